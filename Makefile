@@ -1,0 +1,53 @@
+# Lunia Core control plane. `make run` and `make test` work on a fresh Debian machine.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+DEBIAN_TEST_PACKAGES := redis-server prometheus prometheus-alertmanager
+
+.PHONY: setup run test lint format system-deps clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+## setup: create the virtualenv and install the project with its dev tools
+setup: $(STAMP)
+
+## run: start everything on the embedded defaults (SQLite, paper venues, no Telegram needed)
+run: setup
+	$(BIN)/lunia run
+
+## system-deps: install the Debian services the tests run for real, when missing
+system-deps:
+	@missing=""; for bin in redis-server prometheus prometheus-alertmanager promtool amtool; do \
+	  command -v $$bin >/dev/null || missing="$$missing $$bin"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages for:$$missing"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends \
+	    $(DEBIAN_TEST_PACKAGES); \
+	fi
+
+## lint: ruff (format + rules) everywhere, mypy --strict on bot/ core/ api/
+lint: setup
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+## format: apply ruff's formatting and safe fixes
+format: setup
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+## test: set up everything the tests need, lint, then run the whole suite
+test: setup system-deps lint
+	$(BIN)/pytest
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,131 @@
+"""The FastAPI application factory, request metrics and body limits."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api.errors import install_error_handlers
+from api.routes import audit, flags, health
+from core import __version__
+from core.control_plane import ControlPlane
+from core.metrics import Metrics
+
+MAX_BODY_BYTES = 1024 * 1024
+
+
+class RequestMetrics:
+    """Times every HTTP request into ``request_duration_seconds`` by route template."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            self.metrics.request_duration.labels(template, scope["method"], str(status)).observe(
+                time.perf_counter() - started
+            )
+
+
+class BodyLimit:
+    """Refuses request bodies over a size with 413 before they are read into memory."""
+
+    def __init__(self, app: ASGIApp, limit: int = MAX_BODY_BYTES) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await _too_large(send, self.limit)
+            return
+        seen = 0
+
+        async def limited_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise _BodyTooLarge
+            return message
+
+        try:
+            await self.app(scope, limited_receive, send)
+        except _BodyTooLarge:
+            await _too_large(send, self.limit)
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+async def _too_large(send: Send, limit: int) -> None:
+    body = (
+        b'{"error":{"code":"payload_too_large","message":"request body over '
+        + str(limit).encode()
+        + b' bytes"}}'
+    )
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def create_app(plane: ControlPlane, *, own_lifecycle: bool = False) -> FastAPI:
+    """Build the HTTP app over a control plane (started by the caller unless ``own_lifecycle``)."""
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if own_lifecycle:
+            await plane.start()
+        try:
+            yield
+        finally:
+            if own_lifecycle:
+                await plane.close()
+
+    app = FastAPI(
+        title="Lunia Core control plane",
+        version=__version__,
+        description="Chat-ops control plane API: probes, metrics, flags, incidents, venues.",
+        lifespan=lifespan,
+    )
+    app.state.plane = plane
+    install_error_handlers(app)
+    for router in (health.router, flags.router, audit.router):
+        app.include_router(router)
+    app.add_middleware(BodyLimit)
+    app.add_middleware(RequestMetrics, metrics=plane.metrics)
+    return app

@@ -1,0 +1,61 @@
+"""Request dependencies: the control plane and the caller, as ``Annotated`` aliases."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from core.access import require
+from core.control_plane import ControlPlane
+from core.errors import PermissionDenied
+from core.models import Actor, Role
+
+_bearer = HTTPBearer(auto_error=False, description="API token from API_TOKENS")
+
+
+def get_plane(request: Request) -> ControlPlane:
+    """The running control plane of this app."""
+    plane: ControlPlane = request.app.state.plane
+    return plane
+
+
+PlaneDep = Annotated[ControlPlane, Depends(get_plane)]
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+
+
+def current_actor(plane: PlaneDep, credentials: Credentials) -> Actor:
+    """The API actor for the bearer token, or 401."""
+    if credentials is None:
+        plane.metrics.auth_denied.labels("api", "missing_token").inc()
+        raise HTTPException(
+            401,
+            "missing bearer token (Authorization: Bearer <token>)",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    actor = plane.tokens.resolve(credentials.credentials)
+    if actor is None:
+        plane.metrics.auth_denied.labels("api", "bad_token").inc()
+        raise HTTPException(401, "invalid bearer token", headers={"WWW-Authenticate": "Bearer"})
+    return actor
+
+
+ActorDep = Annotated[Actor, Depends(current_actor)]
+
+
+def _role(needed: Role) -> object:
+    def check(plane: PlaneDep, actor: ActorDep) -> Actor:
+        try:
+            require(actor, needed, "this endpoint")
+        except PermissionDenied:
+            plane.metrics.auth_denied.labels("api", "role").inc()
+            raise
+        return actor
+
+    return Depends(check)
+
+
+ViewerDep = Annotated[Actor, _role(Role.VIEWER)]
+OperatorDep = Annotated[Actor, _role(Role.OPERATOR)]
+AdminDep = Annotated[Actor, _role(Role.ADMIN)]

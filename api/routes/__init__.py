@@ -1,0 +1,1 @@
+"""HTTP routes, one module per feature, combined in ``api.app``."""

@@ -1,0 +1,92 @@
+"""The all-in-one process: core, HTTP API (and, when configured, the bot) in one event loop.
+
+uvicorn's own signal capture re-raises SIGTERM after shutdown (exit 143); we install our own
+handlers instead so a drained shutdown exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Iterator
+
+import uvicorn
+
+from api.app import create_app
+from core.control_plane import ControlPlane
+from core.errors import ConfigError
+from core.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its signal capture: the runner owns SIGTERM/SIGINT."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def announce(plane: ControlPlane) -> None:
+    """Tell the operator where things are, never what the secrets are."""
+    s = plane.settings
+    logger.info(
+        "API listening on http://%s:%d (health: /healthz, metrics: /metrics, docs: /docs)",
+        s.api_host,
+        s.api_port,
+    )
+    for name, path in plane.secrets.generated.items():
+        logger.info("secret %s is in %s", name, path)
+    if s.telegram_bot_token is None:
+        logger.info(
+            "Telegram bot is off: set TELEGRAM_BOT_TOKEN (and TELEGRAM_OPS_CHAT_ID, "
+            "TELEGRAM_ADMINS) to enable it; see README 'Enable the Telegram bot'"
+        )
+
+
+async def serve(settings: Settings) -> int:
+    """Run until SIGTERM/SIGINT, drain, and return the exit code."""
+    plane = ControlPlane(settings)
+    await plane.start()
+    try:
+        config = uvicorn.Config(
+            create_app(plane),
+            host=settings.api_host,
+            port=settings.api_port,
+            log_config=None,
+            access_log=False,
+            lifespan="on",
+            timeout_graceful_shutdown=10,
+        )
+        server = _Server(config)
+        loop = asyncio.get_running_loop()
+
+        def stop(sig: signal.Signals) -> None:
+            logger.info("received %s: draining and shutting down", sig.name)
+            server.should_exit = True
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop, sig)
+        announce(plane)
+        try:
+            await server.serve()
+        except SystemExit as exc:  # uvicorn exits when it cannot bind
+            raise ConfigError(
+                f"API_PORT: cannot listen on {settings.api_host}:{settings.api_port} "
+                "(in use or not permitted)"
+            ) from exc
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+        if not server.started:
+            raise ConfigError(
+                f"API_PORT: cannot listen on {settings.api_host}:{settings.api_port} "
+                "(in use or not permitted)"
+            )
+    finally:
+        await plane.close()
+    logger.info("stopped cleanly")
+    return 0

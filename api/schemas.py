@@ -1,0 +1,73 @@
+"""Request and response bodies of the HTTP API, kept apart from core models."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Generic, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from core.flags import FlagState
+
+T = TypeVar("T")
+
+
+class ErrorDetail(BaseModel):
+    """Machine code plus a message fit to show a person."""
+
+    code: str
+    message: str
+
+
+class ErrorBody(BaseModel):
+    """Every error the API returns."""
+
+    error: ErrorDetail
+
+
+class Items(BaseModel, Generic[T]):
+    """A list response."""
+
+    items: list[T]
+
+
+class FlagOut(FlagState):
+    """A flag as the API shows it."""
+
+
+class FlagUpdate(BaseModel):
+    """Body of ``PUT /api/v1/flags/{name}``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    value: bool | str = Field(description="new value: true/false, or a venue id")
+    confirm: bool = Field(default=False, description="required for dangerous changes")
+
+
+class FlagClear(BaseModel):
+    """Optional body of ``DELETE /api/v1/flags/{name}``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    confirm: bool = False
+
+
+class AuditEntryOut(BaseModel):
+    """One audit entry."""
+
+    seq: int
+    ts: datetime
+    actor: dict[str, Any]
+    action: str
+    target: str
+    before: Any
+    after: Any
+    outcome: str
+    detail: str
+    hash: str
+
+
+class Ready(BaseModel):
+    """Readiness probe answer."""
+
+    ready: bool

@@ -1,0 +1,44 @@
+"""Who may do what: roles, API token resolution and the single permission check.
+
+Deny by default: an actor with no role can do nothing, and every refusal names the role needed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+from core.errors import PermissionDenied
+from core.models import Actor, ActorKind, Role
+from core.settings import ApiToken
+
+
+def require(actor: Actor, needed: Role, action: str) -> None:
+    """Raise ``PermissionDenied`` unless ``actor`` holds at least ``needed``."""
+    if actor.role is None or not actor.role.allows(needed):
+        held = actor.role.value if actor.role else "no role"
+        raise PermissionDenied(f"{action} needs the {needed.value} role; you have {held}")
+
+
+def _digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
+class TokenAuthority:
+    """Maps bearer tokens to API actors without ever storing or logging the tokens."""
+
+    def __init__(self, tokens: list[ApiToken]) -> None:
+        self._entries = [(_digest(t.token), t.name, t.role) for t in tokens]
+
+    def names(self) -> list[tuple[str, Role]]:
+        """Token names and roles, for access reviews."""
+        return [(name, role) for _, name, role in self._entries]
+
+    def resolve(self, presented: str) -> Actor | None:
+        """The actor for a presented token, or None; compares every entry in constant time."""
+        digest = _digest(presented)
+        found: Actor | None = None
+        for known, name, role in self._entries:
+            if hmac.compare_digest(known, digest):
+                found = Actor(kind=ActorKind.API, id=name, name=name, role=role)
+        return found

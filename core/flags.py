@@ -1,0 +1,360 @@
+"""Feature flags: typed, overridable at runtime, audited, and read live by the services.
+
+Precedence: runtime override (persisted in the store) > environment (``.env`` included) > default;
+every read says which source won. Who may flip what, and which changes need an explicit
+confirmation, is decided here so every adapter applies the same rule.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel
+
+from core.access import require
+from core.errors import (
+    ConfirmationRequired,
+    InvalidInput,
+    LuniaError,
+    NotFound,
+    PermissionDenied,
+)
+from core.metrics import Metrics
+from core.models import Actor, AuditRecord, Role, utcnow
+from core.settings import Settings
+from core.store import FlagOverride, Store
+
+logger = logging.getLogger(__name__)
+
+_TRUE = {"true", "on", "1", "yes", "y", "enable", "enabled"}
+_FALSE = {"false", "off", "0", "no", "n", "disable", "disabled"}
+_VENUE_ID = re.compile(r"^[a-z][a-z0-9_]{1,31}$")
+
+
+class FlagKind(enum.StrEnum):
+    """The type of a flag's value."""
+
+    BOOL = "bool"
+    VENUE = "venue"
+
+
+class Source(enum.StrEnum):
+    """Where a flag's effective value came from."""
+
+    OVERRIDE = "override"
+    ENV = "env"
+    DEFAULT = "default"
+
+
+@dataclass(frozen=True)
+class FlagDefinition:
+    """One flag: its type, default, meaning and how dangerous each value is."""
+
+    name: str
+    kind: FlagKind
+    default: Any
+    description: str
+    # Values that can move money or weaken security: setting them needs admin + confirmation.
+    dangerous_values: tuple[Any, ...] = ()
+    dangerous_any_change: bool = False
+    applies: str = "immediately"
+
+    def parse(self, raw: Any) -> Any:
+        """Turn user input (chat text, JSON, CLI) into a typed value or raise ``InvalidInput``."""
+        if self.kind is FlagKind.BOOL:
+            if isinstance(raw, bool):
+                return raw
+            text = str(raw).strip().lower()
+            if text in _TRUE:
+                return True
+            if text in _FALSE:
+                return False
+            raise InvalidInput(f"{self.name} takes true or false (on/off, yes/no), not {raw!r}")
+        text = str(raw).strip().lower()
+        if not _VENUE_ID.fullmatch(text):
+            raise InvalidInput(f"{self.name} takes a ccxt exchange id such as okx, not {raw!r}")
+        return text
+
+    def is_dangerous(self, old: Any, new: Any) -> bool:
+        """True when moving from ``old`` to ``new`` needs admin and confirmation."""
+        if old == new:
+            return False
+        return self.dangerous_any_change or new in self.dangerous_values
+
+
+def _bool(name: str, default: bool, description: str, **kw: Any) -> FlagDefinition:
+    return FlagDefinition(name, FlagKind.BOOL, default, description, **kw)
+
+
+# The runbook's §5 table, plus the operational switches it names elsewhere.
+CATALOGUE: tuple[FlagDefinition, ...] = (
+    _bool("FRONTEND_SIGNAL_HEALTH_ENABLED", True, "Serves the Signal Health page"),
+    _bool(
+        "INFRA_PROD_ENABLED",
+        False,
+        "Production hardening (strict secrets, no chaos)",
+        dangerous_values=(False,),
+    ),
+    _bool(
+        "BINANCE_FORCE_MOCK",
+        False,
+        "Forces paper trading on every venue",
+        dangerous_values=(False,),
+    ),
+    _bool(
+        "BINANCE_LIVE_TRADING",
+        True,
+        "Allows live spot orders on real venues",
+        dangerous_values=(True,),
+    ),
+    _bool("SELF_HEALING_ENABLED", True, "Runs the health monitor loop and its remedies"),
+    _bool("AUTO_BACKUP_ENABLED", True, "Takes scheduled backups"),
+    _bool(
+        "ENABLE_REDIS",
+        False,
+        "Uses Redis as the shared store and bus",
+        dangerous_any_change=True,
+        applies="at the next restart",
+    ),
+    _bool("LLM_RATE_LIMITED", False, "Forces the rule-based assistant (no LLM calls)"),
+    _bool(
+        "SANDBOX_ENABLED", False, "Switches every venue to sandbox/paper", dangerous_any_change=True
+    ),
+    FlagDefinition(
+        "EXCHANGE_FAILOVER", FlagKind.VENUE, "okx", "Standby venue used on failover (ccxt id)"
+    ),
+)
+
+
+class FlagState(BaseModel):
+    """A flag as read now: value, where it came from, and who may change it."""
+
+    name: str
+    kind: FlagKind
+    value: Any
+    default: Any
+    env: Any = None
+    source: Source
+    description: str
+    applies: str
+    override_set_by: str | None = None
+    override_set_at: str | None = None
+
+
+ChangeListener = Callable[[FlagState, Actor], Awaitable[None]]
+
+
+class FlagService:
+    """Reads and flips feature flags; services ask it for live values, never a copy."""
+
+    def __init__(self, settings: Settings, store: Store, metrics: Metrics) -> None:
+        self._definitions = {d.name: d for d in CATALOGUE}
+        self._env: dict[str, Any] = {}
+        for name in self._definitions:
+            field = name.lower()
+            if field in settings.model_fields_set:
+                self._env[name] = getattr(settings, field)
+        self._store = store
+        self._metrics = metrics
+        self._overrides: dict[str, FlagOverride] = {}
+        self._listeners: list[ChangeListener] = []
+        self._loaded = False
+
+    async def load(self) -> None:
+        """Read persisted overrides; changes made by another process are announced."""
+        stored = await self._store.flag_overrides()
+        fresh = {k: v for k, v in stored.items() if k in self._definitions}
+        for name in set(stored) - set(self._definitions):
+            logger.warning("ignoring override for unknown flag %s", name)
+        before = {n: self.get(n).value for n in self._definitions}
+        self._overrides = fresh
+        self._export_metrics()
+        if not self._loaded:
+            self._loaded = True
+            return
+        for name, old in before.items():
+            state = self.get(name)
+            if state.value != old:
+                override = fresh.get(name)
+                actor = override.set_by if override else Actor.system("flags")
+                logger.info("flag %s changed elsewhere to %s", name, _show(state.value))
+                await self._notify(state, actor)
+
+    async def watch(self, interval: float) -> None:
+        """Reload overrides every ``interval`` seconds (CLI or other replicas may write them)."""
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.load()
+            except LuniaError as exc:
+                logger.warning("could not reload flag overrides: %s", exc)
+
+    def subscribe(self, listener: ChangeListener) -> None:
+        """Call ``listener`` after every change (bot announcements, venue switching)."""
+        self._listeners.append(listener)
+
+    def definition(self, name: str) -> FlagDefinition:
+        """The definition of ``name`` (case-insensitive) or ``NotFound`` listing valid names."""
+        definition = self._definitions.get(name.strip().upper())
+        if definition is None:
+            known = ", ".join(sorted(self._definitions))
+            raise NotFound(f"unknown flag {name!r}; flags are: {known}")
+        return definition
+
+    def get(self, name: str) -> FlagState:
+        """The flag's effective value and its source."""
+        d = self.definition(name)
+        override = self._overrides.get(d.name)
+        if override is not None:
+            value, source = override.value, Source.OVERRIDE
+        elif d.name in self._env:
+            value, source = self._env[d.name], Source.ENV
+        else:
+            value, source = d.default, Source.DEFAULT
+        return FlagState(
+            name=d.name,
+            kind=d.kind,
+            value=value,
+            default=d.default,
+            env=self._env.get(d.name),
+            source=source,
+            description=d.description,
+            applies=d.applies,
+            override_set_by=override.set_by.describe() if override else None,
+            override_set_at=override.set_at.isoformat() if override else None,
+        )
+
+    def value(self, name: str) -> Any:
+        """Just the effective value (what services check on their hot paths)."""
+        return self.get(name).value
+
+    def enabled(self, name: str) -> bool:
+        """The effective value of a boolean flag."""
+        return bool(self.value(name))
+
+    def states(self) -> list[FlagState]:
+        """Every flag, in catalogue order."""
+        return [self.get(d.name) for d in CATALOGUE]
+
+    def differing_from_default(self) -> list[FlagState]:
+        """Flags whose effective value is not the default (for /status)."""
+        return [f for f in self.states() if f.value != f.default]
+
+    def _fallback(self, d: FlagDefinition) -> Any:
+        return self._env.get(d.name, d.default)
+
+    async def _authorize(
+        self, actor: Actor, d: FlagDefinition, old: Any, new: Any, confirm: bool, action: str
+    ) -> None:
+        dangerous = d.is_dangerous(old, new)
+        try:
+            require(actor, Role.ADMIN if dangerous else Role.OPERATOR, f"changing {d.name}")
+        except PermissionDenied as exc:
+            self._metrics.auth_denied.labels(actor.kind.value, "role").inc()
+            await self._store.append_audit(
+                AuditRecord(
+                    actor=actor,
+                    action=action,
+                    target=d.name,
+                    before=old,
+                    after=new,
+                    outcome="denied",
+                    detail=exc.message,
+                )
+            )
+            self._metrics.audit_entries.labels("denied").inc()
+            raise
+        if dangerous and not confirm:
+            raise ConfirmationRequired(
+                f"setting {d.name} from {_show(old)} to {_show(new)} can move money or weaken "
+                "security; repeat with confirmation to proceed"
+            )
+
+    async def set(self, name: str, raw: Any, actor: Actor, *, confirm: bool = False) -> FlagState:
+        """Override a flag at runtime; persisted, audited and effective immediately."""
+        d = self.definition(name)
+        new = d.parse(raw)
+        current = self.get(d.name)
+        await self._authorize(actor, d, current.value, new, confirm, "flag.set")
+        if current.source is Source.OVERRIDE and current.value == new:
+            return current
+        override = FlagOverride(name=d.name, value=new, set_by=actor, set_at=utcnow())
+        await self._store.put_flag_override(
+            override,
+            AuditRecord(
+                actor=actor,
+                action="flag.set",
+                target=d.name,
+                before={"value": current.value, "source": current.source.value},
+                after={"value": new, "source": Source.OVERRIDE.value},
+            ),
+        )
+        self._overrides[d.name] = override
+        return await self._changed(d, actor, "set")
+
+    async def unset(self, name: str, actor: Actor, *, confirm: bool = False) -> FlagState:
+        """Clear a runtime override so the flag falls back to env, then default."""
+        d = self.definition(name)
+        current = self.get(d.name)
+        if current.source is not Source.OVERRIDE:
+            return current
+        new = self._fallback(d)
+        await self._authorize(actor, d, current.value, new, confirm, "flag.unset")
+        await self._store.delete_flag_override(
+            d.name,
+            AuditRecord(
+                actor=actor,
+                action="flag.unset",
+                target=d.name,
+                before={"value": current.value, "source": Source.OVERRIDE.value},
+                after={
+                    "value": new,
+                    "source": (Source.ENV if d.name in self._env else Source.DEFAULT).value,
+                },
+            ),
+        )
+        self._overrides.pop(d.name, None)
+        return await self._changed(d, actor, "unset")
+
+    async def _changed(self, d: FlagDefinition, actor: Actor, action: str) -> FlagState:
+        state = self.get(d.name)
+        self._metrics.flag_changes.labels(d.name, action).inc()
+        self._metrics.audit_entries.labels("ok").inc()
+        self._export_metrics()
+        logger.info(
+            "flag %s is now %s (%s) by %s",
+            d.name,
+            _show(state.value),
+            state.source.value,
+            actor.describe(),
+        )
+        await self._notify(state, actor)
+        return state
+
+    async def _notify(self, state: FlagState, actor: Actor) -> None:
+        for listener in self._listeners:
+            try:
+                await listener(state, actor)
+            except Exception:
+                logger.exception("flag listener failed for %s", state.name)
+
+    def _export_metrics(self) -> None:
+        self._metrics.flag_info.clear()
+        for state in self.states():
+            self._metrics.flag_info.labels(state.name, _show(state.value), state.source.value).set(
+                1
+            )
+            if state.kind is FlagKind.BOOL:
+                self._metrics.flag_enabled.labels(state.name).set(1 if state.value else 0)
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)

@@ -1,0 +1,1 @@
+"""The test suite: mirrors bot/, core/, api/; loopback fakes live in tests/fakes/."""
