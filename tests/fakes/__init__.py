@@ -1,0 +1,1 @@
+"""Loopback fakes of the third-party HTTP services the control plane talks to."""

@@ -1,0 +1,1 @@
+"""Test support: real services started on loopback for the test suite."""
