@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import install_error_handlers
-from api.routes import audit, flags, health
+from api.routes import alerts, audit, flags, health, incidents, jobs
 from core import __version__
 from core.control_plane import ControlPlane
 from core.metrics import Metrics
@@ -124,7 +124,14 @@ def create_app(plane: ControlPlane, *, own_lifecycle: bool = False) -> FastAPI:
     )
     app.state.plane = plane
     install_error_handlers(app)
-    for router in (health.router, flags.router, audit.router):
+    for router in (
+        health.router,
+        flags.router,
+        audit.router,
+        alerts.router,
+        incidents.router,
+        jobs.router,
+    ):
         app.include_router(router)
     app.add_middleware(BodyLimit)
     app.add_middleware(RequestMetrics, metrics=plane.metrics)

@@ -17,7 +17,7 @@ from core.errors import (
     NotFound,
     OperationError,
     PermissionDenied,
-    StoreUnavailable,
+    StoreError,
     Unavailable,
 )
 
@@ -89,8 +89,11 @@ async def _http_error(_: Request, exc: Exception) -> JSONResponse:
 
 
 async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
-    if isinstance(exc, StoreUnavailable):
-        return error_response(503, "unavailable", "the state store is unavailable; retry shortly")
+    if isinstance(exc, StoreError):
+        logger.error("state store failed on %s %s: %s", request.method, request.url.path, exc)
+        return error_response(
+            503, "unavailable", "the state store is unavailable; nothing was stored, retry shortly"
+        )
     logger.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     message = str(exc) if isinstance(exc, LuniaError) else "internal error; see the server log"
     return error_response(500, "internal", message)

@@ -8,6 +8,9 @@ from typing import Any, Generic, TypeVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from core.flags import FlagState
+from core.incident_model import Incident
+from core.incidents import IncidentDetail, IngestResult
+from core.scheduler import JobInfo
 
 T = TypeVar("T")
 
@@ -71,3 +74,19 @@ class Ready(BaseModel):
     """Readiness probe answer."""
 
     ready: bool
+
+
+class IngestOut(IngestResult):
+    """What a webhook delivery did: new alerts, re-deliveries, incidents touched."""
+
+
+class IncidentOut(Incident):
+    """An incident as the API shows it."""
+
+
+class IncidentDetailOut(IncidentDetail):
+    """An incident with its newest alerts and timeline."""
+
+
+class JobOut(JobInfo):
+    """A scheduled job as the API shows it."""

@@ -97,6 +97,75 @@ class Metrics:
             registry=r,
         )
 
+        self.job_runs = Counter(
+            "scheduler_job_runs", "Scheduled job runs by outcome.", ["job", "outcome"], registry=r
+        )
+        self.job_duration = Histogram(
+            "scheduler_job_duration_seconds", "Scheduled job run time.", ["job"], registry=r
+        )
+        self.job_last_success = Gauge(
+            "scheduler_job_last_success_timestamp_seconds",
+            "When each job last succeeded.",
+            ["job"],
+            registry=r,
+        )
+
+        # Alerts and incidents
+        self.alerts_received = Counter(
+            "alerts_received",
+            "Alerts received by source and outcome.",
+            ["source", "outcome"],
+            registry=r,
+        )
+        self.incidents_open = Gauge(
+            "incidents_open", "Open incidents by severity.", ["severity"], registry=r
+        )
+        self.time_to_ack = Histogram(
+            "incident_time_to_acknowledge_seconds",
+            "From first alert to acknowledgement.",
+            ["severity"],
+            buckets=(30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 14400),
+            registry=r,
+        )
+        self.escalations = Counter(
+            "incident_escalations",
+            "Escalations sent by target.",
+            ["severity", "target"],
+            registry=r,
+        )
+        self.outbox_sends = Counter(
+            "outbox_sends",
+            "Outbox deliveries by channel and outcome.",
+            ["channel", "outcome"],
+            registry=r,
+        )
+        self.outbox_depth = Gauge(
+            "outbox_depth", "Messages waiting per outbox channel.", ["channel"], registry=r
+        )
+        self.outbox_oldest_age = Gauge(
+            "outbox_oldest_age_seconds",
+            "Age of the oldest waiting message per channel.",
+            ["channel"],
+            registry=r,
+        )
+        self.pagerduty_sends = Counter(
+            "pagerduty_sends",
+            "PagerDuty Events API calls by outcome.",
+            ["action", "outcome"],
+            registry=r,
+        )
+
+        # Backups (issue-owned by the backup service; exported from the start so the
+        # BackupStale rule has series to read: interval 0 means scheduled backups are off).
+        self.backup_last_success = Gauge(
+            "backup_last_success_timestamp_seconds", "When the last backup succeeded.", registry=r
+        )
+        self.backup_interval = Gauge(
+            "backup_schedule_interval_seconds",
+            "Seconds between scheduled backups (0: off).",
+            registry=r,
+        )
+
     def render(self) -> bytes:
         """The exposition text for ``/metrics``."""
         return generate_latest(self.registry)

@@ -84,3 +84,28 @@ class AuditEntry(AuditRecord):
     ts: datetime
     prev_hash: str
     hash: str = Field(min_length=64, max_length=64)
+
+
+class OutboxMessage(BaseModel):
+    """A message to deliver to an outside service, written with the change that caused it."""
+
+    channel: str
+    key: str = ""
+    payload: dict[str, Any]
+
+
+class OutboxItem(OutboxMessage):
+    """A queued outbox message as stored, with its delivery bookkeeping."""
+
+    id: int
+    created_at: datetime
+    next_at: datetime
+    attempts: int = 0
+    last_error: str | None = None
+
+
+class OutboxStats(BaseModel):
+    """How much is waiting in one outbox channel."""
+
+    depth: int
+    oldest: datetime | None

@@ -12,9 +12,11 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
+from core.alerts import Severity
 from core.errors import ConfigError
+from core.incident_model import EscalationStep
 from core.models import Role
 
 _VENUE_ID = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -31,6 +33,17 @@ _SECRET_FIELDS = frozenset(
 )
 
 UserIds = Annotated[list[int], NoDecode]
+
+
+def default_escalation_policy() -> dict[Severity, EscalationStep]:
+    """Critical pages after 5 min (3 times), warnings reach the escalation chat after 30 min."""
+    return {
+        Severity.CRITICAL: EscalationStep(
+            ack_timeout_seconds=300, repeat=3, targets=["chat", "pagerduty"]
+        ),
+        Severity.WARNING: EscalationStep(ack_timeout_seconds=1800, repeat=1, targets=["chat"]),
+        Severity.INFO: EscalationStep(ack_timeout_seconds=3600, repeat=0, targets=[]),
+    }
 
 
 def _split_ids(value: Any) -> Any:
@@ -100,6 +113,13 @@ class Settings(BaseSettings):
     openai_model: str = "gpt-4o-mini"
     llm_rate_limited: bool = False
 
+    escalation_policy: dict[Severity, EscalationStep] = Field(
+        default_factory=default_escalation_policy
+    )
+    escalation_check_seconds: float = Field(default=10.0, gt=0, le=3600)
+    incident_reopen_minutes: float = Field(default=60.0, ge=0)
+    silence_sync_seconds: float = Field(default=30.0, gt=0, le=3600)
+
     pagerduty_routing_key: SecretStr | None = None
     pagerduty_events_url: str = "https://events.pagerduty.com/v2/enqueue"
     alertmanager_url: str | None = None
@@ -136,6 +156,19 @@ class Settings(BaseSettings):
             raise ValueError(f"expected an http(s) URL, got {value!r}")
         return value.rstrip("/")
 
+    @field_validator("escalation_policy")
+    @classmethod
+    def _targets_known(
+        cls, value: dict[Severity, EscalationStep]
+    ) -> dict[Severity, EscalationStep]:
+        for severity, step in value.items():
+            unknown = set(step.targets) - {"chat", "pagerduty"}
+            if unknown:
+                raise ValueError(
+                    f"{severity.value}: unknown targets {sorted(unknown)} (use chat, pagerduty)"
+                )
+        return {**default_escalation_policy(), **value}
+
     @field_validator("api_tokens")
     @classmethod
     def _tokens_parse(cls, value: SecretStr | None) -> SecretStr | None:
@@ -170,6 +203,10 @@ class Settings(BaseSettings):
             return cls(**overrides)
         except ValidationError as exc:
             raise ConfigError(describe_validation_error(exc)) from None
+        except SettingsError as exc:  # a complex value (JSON) that does not parse
+            found = re.search(r'field "(\w+)"', str(exc))
+            name = found.group(1).upper() if found else "settings"
+            raise ConfigError(f"{name}: not valid JSON") from None
 
 
 def parse_api_tokens(raw: str) -> list[ApiToken]:

@@ -8,12 +8,25 @@ both in one transaction, so no change is ever left unaudited.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
 from pydantic import BaseModel
 
-from core.models import Actor, AuditEntry, AuditRecord
+from core.alerts import Alert, Severity
+from core.incident_model import Change, Incident, IncidentEvent, IncidentState
+from core.models import (
+    Actor,
+    AuditEntry,
+    AuditRecord,
+    OutboxItem,
+    OutboxMessage,
+    OutboxStats,
+)
+
+AlertPlanner = Callable[[Alert, Incident | None, Incident | None], Change | None]
+IncidentMutation = Callable[[Incident], Change | None]
 
 
 class FlagOverride(BaseModel):
@@ -23,6 +36,23 @@ class FlagOverride(BaseModel):
     value: Any
     set_by: Actor
     set_at: datetime
+
+
+class IngestOutcome(BaseModel):
+    """What storing one webhook's alerts did."""
+
+    accepted: int
+    duplicates: int
+    events: list[IncidentEvent]
+
+
+class StoredAlert(BaseModel):
+    """An alert as received, linked to its incident."""
+
+    id: int
+    incident_id: int | None
+    received_at: datetime
+    alert: Alert
 
 
 class Store(Protocol):
@@ -67,3 +97,58 @@ class Store(Protocol):
 
     async def delete_flag_override(self, name: str, audit: AuditRecord) -> AuditEntry:
         """Clear an override (no-op if absent) and audit it atomically."""
+
+    async def ingest_alerts(
+        self, alerts: Sequence[Alert], plan: AlertPlanner, now: datetime
+    ) -> IngestOutcome:
+        """Store new alerts (skipping re-deliveries) and apply ``plan`` to their incidents,
+        all in one transaction: either every alert is durable or none is."""
+
+    async def change_incident(
+        self, incident_id: int, mutate: IncidentMutation
+    ) -> tuple[Incident, IncidentEvent | None]:
+        """Read-modify-write one incident atomically; ``NotFound`` if absent."""
+
+    async def get_incident(self, incident_id: int) -> Incident | None:
+        """One incident by id."""
+
+    async def list_incidents(
+        self,
+        *,
+        states: Sequence[IncidentState] | None = None,
+        severity: Severity | None = None,
+        due_before: datetime | None = None,
+        limit: int = 50,
+    ) -> list[Incident]:
+        """Incidents newest first, filtered; ``due_before`` selects escalation/silence deadlines."""
+
+    async def count_open_incidents(self) -> dict[Severity, int]:
+        """Open (not resolved) incidents by severity."""
+
+    async def incident_alerts(self, incident_id: int, limit: int = 50) -> list[StoredAlert]:
+        """The newest alerts of an incident, newest first."""
+
+    async def incident_events(
+        self, *, incident_id: int | None = None, after_seq: int = 0, limit: int = 100
+    ) -> list[IncidentEvent]:
+        """Incident events in order (all incidents, or one incident's timeline)."""
+
+    async def outbox_add(self, messages: Sequence[OutboxMessage]) -> None:
+        """Queue messages for delivery."""
+
+    async def outbox_due(self, channel: str, now: datetime, limit: int) -> list[OutboxItem]:
+        """Pending messages of ``channel`` whose time has come, oldest first."""
+
+    async def outbox_finish(
+        self, item_id: int, *, error: str | None = None, retry_at: datetime | None = None
+    ) -> None:
+        """Mark delivered (no error), rescheduled (``retry_at``) or failed for good."""
+
+    async def outbox_stats(self, channel: str) -> OutboxStats:
+        """Depth and oldest pending message of ``channel``."""
+
+    async def get_cursor(self, name: str) -> int:
+        """A consumer's saved position in the event log (0 when new)."""
+
+    async def set_cursor(self, name: str, value: int) -> None:
+        """Save a consumer's position in the event log."""

@@ -12,16 +12,32 @@ import json
 import logging
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+from core.alerts import Alert, Severity
 from core.audit import GENESIS_HASH, seal
-from core.errors import StoreError, StoreUnavailable
-from core.models import Actor, AuditEntry, AuditRecord, utcnow
-from core.store import FlagOverride
+from core.errors import NotFound, StoreError, StoreUnavailable
+from core.incident_model import Change, Incident, IncidentEvent, IncidentState
+from core.models import (
+    Actor,
+    AuditEntry,
+    AuditRecord,
+    OutboxItem,
+    OutboxMessage,
+    OutboxStats,
+    utcnow,
+)
+from core.store import (
+    AlertPlanner,
+    FlagOverride,
+    IncidentMutation,
+    IngestOutcome,
+    StoredAlert,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +68,52 @@ MIGRATIONS: list[str] = [
         set_at TEXT NOT NULL
     );
     """,
+    """
+    CREATE TABLE incidents (
+        id INTEGER PRIMARY KEY,
+        key TEXT NOT NULL,
+        state TEXT NOT NULL,
+        severity TEXT NOT NULL,
+        deadline TEXT,
+        resolved_at TEXT,
+        updated_at TEXT NOT NULL,
+        doc TEXT NOT NULL
+    );
+    CREATE UNIQUE INDEX incidents_one_open_per_key ON incidents (key) WHERE state != 'resolved';
+    CREATE INDEX incidents_by_key ON incidents (key, id);
+    CREATE INDEX incidents_by_deadline ON incidents (deadline) WHERE deadline IS NOT NULL;
+    CREATE INDEX incidents_by_state ON incidents (state, severity, id);
+    CREATE TABLE alerts (
+        id INTEGER PRIMARY KEY,
+        dedup TEXT NOT NULL UNIQUE,
+        incident_id INTEGER,
+        received_at TEXT NOT NULL,
+        doc TEXT NOT NULL
+    );
+    CREATE INDEX alerts_by_incident ON alerts (incident_id, id);
+    CREATE TABLE incident_events (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        incident_id INTEGER NOT NULL,
+        ts TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        doc TEXT NOT NULL
+    );
+    CREATE INDEX events_by_incident ON incident_events (incident_id, seq);
+    CREATE TABLE outbox (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        channel TEXT NOT NULL,
+        key TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        next_at TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        status TEXT NOT NULL DEFAULT 'pending',
+        last_error TEXT
+    );
+    CREATE INDEX outbox_due ON outbox (channel, status, next_at, id);
+    CREATE INDEX outbox_by_key ON outbox (channel, key, status, id);
+    CREATE TABLE cursors (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+    """,
 ]
 
 
@@ -73,7 +135,12 @@ def _dump(value: Any) -> str:
 
 
 def _ts(value: datetime) -> str:
-    return value.isoformat()
+    # One fixed UTC format, so text comparison in SQL orders times correctly.
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _opt_ts(value: datetime | None) -> str | None:
+    return None if value is None else _ts(value)
 
 
 class SqliteStore:
@@ -336,3 +403,318 @@ class SqliteStore:
             return self._append_audit_tx(conn, audit)
 
         return await self._write(lambda: self._transaction(tx))
+
+    # -- incidents -------------------------------------------------------------------------
+
+    @staticmethod
+    def _incident_by_id(conn: sqlite3.Connection, incident_id: int) -> Incident | None:
+        row = conn.execute("SELECT doc FROM incidents WHERE id = ?", (incident_id,)).fetchone()
+        return None if row is None else Incident.model_validate_json(row["doc"])
+
+    @staticmethod
+    def _save_incident(conn: sqlite3.Connection, incident: Incident) -> Incident:
+        """Insert (id 0) or update an incident; returns it with its id and new version."""
+        now = utcnow()
+        if incident.id == 0:
+            cursor = conn.execute(
+                "INSERT INTO incidents (key, state, severity, deadline, resolved_at, updated_at,"
+                " doc) VALUES (?,?,?,?,?,?,'{}')",
+                (
+                    incident.key,
+                    incident.state.value,
+                    incident.severity.value,
+                    _opt_ts(incident.deadline),
+                    _opt_ts(incident.resolved_at),
+                    _ts(now),
+                ),
+            )
+            incident = incident.model_copy(update={"id": int(cursor.lastrowid or 0), "version": 1})
+        else:
+            incident = incident.model_copy(update={"version": incident.version + 1})
+        conn.execute(
+            "UPDATE incidents SET key = ?, state = ?, severity = ?, deadline = ?,"
+            " resolved_at = ?, updated_at = ?, doc = ? WHERE id = ?",
+            (
+                incident.key,
+                incident.state.value,
+                incident.severity.value,
+                _opt_ts(incident.deadline),
+                _opt_ts(incident.resolved_at),
+                _ts(now),
+                incident.model_dump_json(),
+                incident.id,
+            ),
+        )
+        return incident
+
+    def _apply_change(
+        self, conn: sqlite3.Connection, change: Change, before: IncidentState | None
+    ) -> IncidentEvent:
+        incident = self._save_incident(conn, change.incident)
+        now = utcnow()
+        event_doc = {
+            "kind": change.kind.value,
+            "actor": change.actor.model_dump(mode="json"),
+            "detail": change.detail,
+            "incident": incident.model_dump(mode="json"),
+        }
+        cursor = conn.execute(
+            "INSERT INTO incident_events (incident_id, ts, kind, doc) VALUES (?,?,?,?)",
+            (incident.id, _ts(now), change.kind.value, _dump(event_doc)),
+        )
+        if change.audit:
+            self._append_audit_tx(
+                conn,
+                AuditRecord(
+                    actor=change.actor,
+                    action=f"incident.{change.kind.value}",
+                    target=incident.describe(),
+                    before={"state": before.value} if before else None,
+                    after={"state": incident.state.value},
+                    detail=change.detail,
+                ),
+            )
+        if change.outbox:
+            self._outbox_add_tx(conn, change.outbox, now)
+        return IncidentEvent(
+            seq=int(cursor.lastrowid or 0),
+            ts=now,
+            kind=change.kind,
+            incident=incident,
+            actor=change.actor,
+            detail=change.detail,
+        )
+
+    def _ingest_tx(
+        self, conn: sqlite3.Connection, alerts: Sequence[Alert], plan: AlertPlanner
+    ) -> IngestOutcome:
+        accepted = duplicates = 0
+        events: list[IncidentEvent] = []
+        received = _ts(utcnow())
+        for alert in alerts:
+            cursor = conn.execute(
+                "INSERT OR IGNORE INTO alerts (dedup, received_at, doc) VALUES (?,?,?)",
+                (f"{alert.source.value}:{alert.dedup_key}", received, alert.model_dump_json()),
+            )
+            if cursor.rowcount == 0:
+                duplicates += 1
+                continue
+            accepted += 1
+            alert_id = cursor.lastrowid
+            key = f"{alert.source.value}:{alert.fingerprint}"
+            rows = conn.execute(
+                "SELECT doc FROM incidents WHERE key = ? AND (state != 'resolved' OR id ="
+                " (SELECT MAX(id) FROM incidents WHERE key = ?))",
+                (key, key),
+            ).fetchall()
+            found = [Incident.model_validate_json(r["doc"]) for r in rows]
+            open_incident = next((i for i in found if i.is_open), None)
+            last_resolved = next((i for i in found if not i.is_open), None)
+            change = plan(alert, open_incident, last_resolved)
+            target = open_incident or last_resolved
+            incident_id = target.id if target else None
+            if change is not None:
+                before = (
+                    None
+                    if change.incident.id == 0
+                    else (open_incident or last_resolved or change.incident).state
+                )
+                event = self._apply_change(conn, change, before)
+                events.append(event)
+                incident_id = event.incident.id
+            conn.execute("UPDATE alerts SET incident_id = ? WHERE id = ?", (incident_id, alert_id))
+        return IngestOutcome(accepted=accepted, duplicates=duplicates, events=events)
+
+    async def ingest_alerts(
+        self, alerts: Sequence[Alert], plan: AlertPlanner, now: datetime
+    ) -> IngestOutcome:
+        """Store new alerts and apply ``plan`` to their incidents in one transaction."""
+        return await self._write(
+            lambda: self._transaction(lambda c: self._ingest_tx(c, alerts, plan))
+        )
+
+    async def change_incident(
+        self, incident_id: int, mutate: IncidentMutation
+    ) -> tuple[Incident, IncidentEvent | None]:
+        """Read-modify-write one incident atomically."""
+
+        def tx(conn: sqlite3.Connection) -> tuple[Incident, IncidentEvent | None]:
+            current = self._incident_by_id(conn, incident_id)
+            if current is None:
+                raise NotFound(f"no incident #{incident_id}")
+            change = mutate(current)
+            if change is None:
+                return current, None
+            event = self._apply_change(conn, change, current.state)
+            return event.incident, event
+
+        return await self._write(lambda: self._transaction(tx))
+
+    async def get_incident(self, incident_id: int) -> Incident | None:
+        """One incident by id."""
+        return await self._read(lambda c: self._incident_by_id(c, incident_id))
+
+    async def list_incidents(
+        self,
+        *,
+        states: Sequence[IncidentState] | None = None,
+        severity: Severity | None = None,
+        due_before: datetime | None = None,
+        limit: int = 50,
+    ) -> list[Incident]:
+        """Incidents newest first, filtered."""
+        sql = "SELECT doc FROM incidents WHERE 1 = 1"
+        args: list[Any] = []
+        if states:
+            sql += f" AND state IN ({','.join('?' * len(states))})"
+            args.extend(s.value for s in states)
+        if severity is not None:
+            sql += " AND severity = ?"
+            args.append(severity.value)
+        if due_before is not None:
+            sql += " AND deadline IS NOT NULL AND deadline <= ?"
+            args.append(_ts(due_before))
+        sql += " ORDER BY id DESC LIMIT ?"
+        args.append(limit)
+        rows = await self._read(lambda c: c.execute(sql, args).fetchall())
+        return [Incident.model_validate_json(r["doc"]) for r in rows]
+
+    async def count_open_incidents(self) -> dict[Severity, int]:
+        """Open incidents by severity."""
+        rows = await self._read(
+            lambda c: c.execute(
+                "SELECT severity, COUNT(*) AS n FROM incidents WHERE state != 'resolved'"
+                " GROUP BY severity"
+            ).fetchall()
+        )
+        counts = dict.fromkeys(Severity, 0)
+        for row in rows:
+            counts[Severity(row["severity"])] = int(row["n"])
+        return counts
+
+    async def incident_alerts(self, incident_id: int, limit: int = 50) -> list[StoredAlert]:
+        """The newest alerts of an incident."""
+        rows = await self._read(
+            lambda c: c.execute(
+                "SELECT id, incident_id, received_at, doc FROM alerts WHERE incident_id = ?"
+                " ORDER BY id DESC LIMIT ?",
+                (incident_id, limit),
+            ).fetchall()
+        )
+        return [
+            StoredAlert(
+                id=r["id"],
+                incident_id=r["incident_id"],
+                received_at=datetime.fromisoformat(r["received_at"]),
+                alert=Alert.model_validate_json(r["doc"]),
+            )
+            for r in rows
+        ]
+
+    async def incident_events(
+        self, *, incident_id: int | None = None, after_seq: int = 0, limit: int = 100
+    ) -> list[IncidentEvent]:
+        """Incident events in order."""
+        sql = "SELECT seq, ts, doc FROM incident_events WHERE seq > ?"
+        args: list[Any] = [after_seq]
+        if incident_id is not None:
+            sql += " AND incident_id = ?"
+            args.append(incident_id)
+        sql += " ORDER BY seq LIMIT ?"
+        args.append(limit)
+        rows = await self._read(lambda c: c.execute(sql, args).fetchall())
+        return [
+            IncidentEvent(seq=r["seq"], ts=datetime.fromisoformat(r["ts"]), **json.loads(r["doc"]))
+            for r in rows
+        ]
+
+    # -- outbox and cursors ----------------------------------------------------------------
+
+    @staticmethod
+    def _outbox_add_tx(
+        conn: sqlite3.Connection, messages: Sequence[OutboxMessage], now: datetime
+    ) -> None:
+        conn.executemany(
+            "INSERT INTO outbox (channel, key, payload, created_at, next_at) VALUES (?,?,?,?,?)",
+            [(m.channel, m.key, _dump(m.payload), _ts(now), _ts(now)) for m in messages],
+        )
+
+    async def outbox_add(self, messages: Sequence[OutboxMessage]) -> None:
+        """Queue messages for delivery."""
+        await self._write(
+            lambda: self._transaction(lambda c: self._outbox_add_tx(c, messages, utcnow()))
+        )
+
+    async def outbox_due(self, channel: str, now: datetime, limit: int) -> list[OutboxItem]:
+        """Pending messages of ``channel`` whose time has come, oldest first."""
+        rows = await self._read(
+            lambda c: c.execute(
+                # Only the oldest pending message of each key is eligible: strict order per key.
+                "SELECT * FROM outbox AS o WHERE channel = ? AND status = 'pending'"
+                " AND next_at <= ? AND NOT EXISTS (SELECT 1 FROM outbox AS p"
+                " WHERE p.channel = o.channel AND p.key = o.key AND p.status = 'pending'"
+                " AND p.id < o.id) ORDER BY id LIMIT ?",
+                (channel, _ts(now), limit),
+            ).fetchall()
+        )
+        return [
+            OutboxItem(
+                id=r["id"],
+                channel=r["channel"],
+                key=r["key"],
+                payload=json.loads(r["payload"]),
+                created_at=datetime.fromisoformat(r["created_at"]),
+                next_at=datetime.fromisoformat(r["next_at"]),
+                attempts=r["attempts"],
+                last_error=r["last_error"],
+            )
+            for r in rows
+        ]
+
+    async def outbox_finish(
+        self, item_id: int, *, error: str | None = None, retry_at: datetime | None = None
+    ) -> None:
+        """Mark delivered, rescheduled or failed for good."""
+        args: tuple[Any, ...]
+        if error is None:
+            sql = "UPDATE outbox SET status = 'done', attempts = attempts + 1, last_error = NULL"
+            args = (item_id,)
+        elif retry_at is not None:
+            sql = "UPDATE outbox SET attempts = attempts + 1, last_error = ?, next_at = ?"
+            args = (error, _ts(retry_at), item_id)
+        else:
+            sql = "UPDATE outbox SET status = 'failed', attempts = attempts + 1, last_error = ?"
+            args = (error, item_id)
+        sql += " WHERE id = ?"
+        await self._write(lambda: self._transaction(lambda c: c.execute(sql, args)))
+
+    async def outbox_stats(self, channel: str) -> OutboxStats:
+        """Depth and oldest pending message of ``channel``."""
+        row = await self._read(
+            lambda c: c.execute(
+                "SELECT COUNT(*) AS n, MIN(created_at) AS oldest FROM outbox"
+                " WHERE channel = ? AND status = 'pending'",
+                (channel,),
+            ).fetchone()
+        )
+        oldest = datetime.fromisoformat(row["oldest"]) if row["oldest"] else None
+        return OutboxStats(depth=int(row["n"]), oldest=oldest)
+
+    async def get_cursor(self, name: str) -> int:
+        """A consumer's saved position (0 when new)."""
+        row = await self._read(
+            lambda c: c.execute("SELECT value FROM cursors WHERE name = ?", (name,)).fetchone()
+        )
+        return 0 if row is None else int(row["value"])
+
+    async def set_cursor(self, name: str, value: int) -> None:
+        """Save a consumer's position."""
+        await self._write(
+            lambda: self._transaction(
+                lambda c: c.execute(
+                    "INSERT INTO cursors (name, value) VALUES (?, ?) ON CONFLICT (name)"
+                    " DO UPDATE SET value = excluded.value",
+                    (name, value),
+                )
+            )
+        )

@@ -32,6 +32,17 @@ def test_defaults_are_the_embedded_setup(monkeypatch: pytest.MonkeyPatch) -> Non
         ("EXCHANGE_FAILOVER", "OK X", "EXCHANGE_FAILOVER: expected a ccxt exchange id"),
         ("TELEGRAM_MODE", "carrier-pigeon", "TELEGRAM_MODE: Input should be 'polling'"),
         ("PAGERDUTY_EVENTS_URL", "events.pagerduty", "PAGERDUTY_EVENTS_URL: expected an http"),
+        ("ESCALATION_POLICY", "{critical", "ESCALATION_POLICY: not valid JSON"),
+        (
+            "ESCALATION_POLICY",
+            '{"critical": {"ack_timeout_seconds": 60, "targets": ["sms"]}}',
+            "ESCALATION_POLICY: critical: unknown targets ['sms']",
+        ),
+        (
+            "ESCALATION_POLICY",
+            '{"critical": {"ack_timeout_seconds": -1}}',
+            "ESCALATION_POLICY: Input should be greater than 0",
+        ),
     ],
 )
 def test_bad_value_is_one_line_naming_the_variable(

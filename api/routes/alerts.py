@@ -1,0 +1,82 @@
+"""Alert webhooks: Alertmanager (v4), Grafana unified alerting, falcosidekick.
+
+A 2xx is returned only after the alerts are durably stored; a malformed body gets a 4xx naming
+the bad field and nothing is stored; a store outage answers 503 so the sender retries.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from collections.abc import Callable
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Request
+
+from api.deps import Credentials, PlaneDep
+from api.schemas import ErrorBody, IngestOut
+from core.alerts import Alert
+from core.receivers import parse_alertmanager, parse_falco, parse_grafana
+
+router = APIRouter(prefix="/api/v1/alerts", tags=["alerts"])
+
+_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorBody, "description": "body is not JSON"},
+    401: {"model": ErrorBody, "description": "missing or wrong ALERT_WEBHOOK_TOKEN"},
+    413: {"model": ErrorBody, "description": "body over 1 MiB"},
+    422: {"model": ErrorBody, "description": "payload invalid; the message names the field"},
+    503: {"model": ErrorBody, "description": "not stored; retry"},
+}
+
+
+def webhook_auth(plane: PlaneDep, credentials: Credentials) -> None:
+    """Require ``Authorization: Bearer <ALERT_WEBHOOK_TOKEN>``, compared in constant time."""
+    expected = plane.secrets.alert_webhook_token.get_secret_value().encode()
+    presented = credentials.credentials.encode() if credentials else b""
+    if not hmac.compare_digest(presented, expected):
+        plane.metrics.auth_denied.labels("webhook", "bad_token").inc()
+        raise HTTPException(
+            401,
+            "missing or invalid webhook bearer token (ALERT_WEBHOOK_TOKEN)",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
+
+WebhookAuth = Annotated[None, Depends(webhook_auth)]
+
+
+async def json_body(request: Request) -> Any:
+    """The request body as JSON, or 400 saying why not."""
+    raw = await request.body()
+    if not raw.strip():
+        raise HTTPException(400, "empty body: expected a JSON alert payload")
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise HTTPException(400, f"body is not valid JSON: {exc}") from None
+
+
+async def _ingest(
+    plane: PlaneDep, request: Request, parse: Callable[[Any], list[Alert]]
+) -> IngestOut:
+    alerts = parse(await json_body(request))
+    result = await plane.incidents.ingest(alerts)
+    return IngestOut(**result.model_dump())
+
+
+@router.post("/alertmanager", response_model=IngestOut, responses=_RESPONSES)
+async def alertmanager_webhook(request: Request, plane: PlaneDep, _: WebhookAuth) -> IngestOut:
+    """Receive an Alertmanager webhook (version 4) notification."""
+    return await _ingest(plane, request, parse_alertmanager)
+
+
+@router.post("/grafana", response_model=IngestOut, responses=_RESPONSES)
+async def grafana_webhook(request: Request, plane: PlaneDep, _: WebhookAuth) -> IngestOut:
+    """Receive a Grafana unified-alerting webhook notification."""
+    return await _ingest(plane, request, parse_grafana)
+
+
+@router.post("/falco", response_model=IngestOut, responses=_RESPONSES)
+async def falco_webhook(request: Request, plane: PlaneDep, _: WebhookAuth) -> IngestOut:
+    """Receive a Falco event from falcosidekick's webhook output."""
+    return await _ingest(plane, request, parse_falco)
