@@ -88,12 +88,14 @@ async def _http_error(_: Request, exc: Exception) -> JSONResponse:
     return error_response(exc.status_code, code, message, dict(exc.headers or {}))
 
 
+async def _store_error(request: Request, exc: Exception) -> JSONResponse:
+    logger.error("state store failed on %s %s: %s", request.method, request.url.path, exc)
+    return error_response(
+        503, "unavailable", "the state store is unavailable; nothing was stored, retry shortly"
+    )
+
+
 async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
-    if isinstance(exc, StoreError):
-        logger.error("state store failed on %s %s: %s", request.method, request.url.path, exc)
-        return error_response(
-            503, "unavailable", "the state store is unavailable; nothing was stored, retry shortly"
-        )
     logger.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     message = str(exc) if isinstance(exc, LuniaError) else "internal error; see the server log"
     return error_response(500, "internal", message)
@@ -104,4 +106,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(OperationError, _operation_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(StoreError, _store_error)
+    # Registered on Exception, Starlette runs this in its outermost middleware: the client gets
+    # the JSON body and the error is still logged with its traceback.
     app.add_exception_handler(Exception, _internal_error)

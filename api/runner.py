@@ -22,7 +22,7 @@ from core.settings import Settings
 logger = logging.getLogger(__name__)
 
 
-class _Server(uvicorn.Server):
+class EmbeddedServer(uvicorn.Server):
     """uvicorn without its signal capture: the runner owns SIGTERM/SIGINT."""
 
     @contextlib.contextmanager
@@ -61,7 +61,7 @@ async def serve(settings: Settings) -> int:
             lifespan="on",
             timeout_graceful_shutdown=10,
         )
-        server = _Server(config)
+        server = EmbeddedServer(config)
         loop = asyncio.get_running_loop()
 
         def stop(sig: signal.Signals) -> None:

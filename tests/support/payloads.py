@@ -15,6 +15,7 @@ def am_alert(
     fingerprint: str | None = None,
     starts_at: str = "2026-11-28T09:00:00Z",
     ends_at: str = NOT_ENDED,
+    description: str = "",
     **labels: str,
 ) -> dict[str, Any]:
     """One alert of an Alertmanager v4 notification."""
@@ -28,7 +29,10 @@ def am_alert(
     return {
         "status": status,
         "labels": all_labels,
-        "annotations": {"summary": f"{name} is {status}", "description": f"{name} details"},
+        "annotations": {
+            "summary": f"{name} is {status}",
+            "description": description or f"{name} details",
+        },
         "startsAt": starts_at,
         "endsAt": ends_at if status == "firing" else "2026-11-28T09:30:00Z",
         "generatorURL": f"http://prometheus:9090/graph?g0.expr={name}",
