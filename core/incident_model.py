@@ -191,6 +191,22 @@ def plan_alert(
     rules: Rules,
 ) -> Change | None:
     """Decide what one newly received alert does to its incident."""
+    change = _plan_alert(alert, open_incident, last_resolved, now, rules)
+    if change is not None:
+        # What an alert source does by itself is kept on the incident's timeline (and its
+        # alerts); the audit log is for what people and automation do.
+        change.audit = False
+    return change
+
+
+def _plan_alert(
+    alert: Alert,
+    open_incident: Incident | None,
+    last_resolved: Incident | None,
+    now: datetime,
+    rules: Rules,
+) -> Change | None:
+    """The transition one alert causes (see ``plan_alert``)."""
     actor = source_actor(alert.source)
     if open_incident is not None:
         if alert.status is AlertStatus.RESOLVED:
@@ -219,7 +235,7 @@ def plan_alert(
                 "count": open_incident.count + 1,
             }
         )
-        return Change(incident=updated, kind=EventKind.UPDATED, actor=actor, audit=False)
+        return Change(incident=updated, kind=EventKind.UPDATED, actor=actor)
     if alert.status is AlertStatus.RESOLVED:
         return None  # already resolved here (by hand, or never seen firing): nothing to change
     if (
