@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEBIAN_TEST_PACKAGES := redis-server prometheus prometheus-alertmanager
 
-.PHONY: setup run test lint format system-deps clean
+.PHONY: setup run test lint format system-deps clean create-emergency-backup report
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,14 @@ setup: $(STAMP)
 ## run: start everything on the embedded defaults (SQLite, paper venues, no Telegram needed)
 run: setup
 	$(BIN)/lunia run
+
+## create-emergency-backup: take a backup of all state now (runbook §3), off-site too if set
+create-emergency-backup: setup
+	$(BIN)/lunia backup create --reason emergency
+
+## report: write the access review to docs/RELEASE_REPORT.md (runbook §4, quarterly)
+report: setup
+	$(BIN)/lunia report --out docs/RELEASE_REPORT.md
 
 ## system-deps: install the Debian services the tests run for real, when missing
 system-deps:

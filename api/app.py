@@ -5,15 +5,33 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import install_error_handlers
-from api.routes import alerts, audit, flags, health, incidents, jobs
+from api.routes import (
+    alerts,
+    assistant,
+    audit,
+    backups,
+    cores,
+    flags,
+    health,
+    incidents,
+    jobs,
+    trading,
+    venues,
+)
+from api.routes import status as status_routes
+from api.routes import telegram as telegram_routes
 from core import __version__
 from core.control_plane import ControlPlane
 from core.metrics import Metrics
+
+if TYPE_CHECKING:
+    from bot.app import TelegramBot
 
 MAX_BODY_BYTES = 1024 * 1024
 
@@ -103,8 +121,11 @@ async def _too_large(send: Send, limit: int) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def create_app(plane: ControlPlane, *, own_lifecycle: bool = False) -> FastAPI:
-    """Build the HTTP app over a control plane (started by the caller unless ``own_lifecycle``)."""
+def create_app(
+    plane: ControlPlane, *, own_lifecycle: bool = False, telegram: TelegramBot | None = None
+) -> FastAPI:
+    """Build the HTTP app over a control plane (started by the caller unless ``own_lifecycle``);
+    ``telegram`` receives webhook updates when TELEGRAM_MODE=webhook."""
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -123,6 +144,7 @@ def create_app(plane: ControlPlane, *, own_lifecycle: bool = False) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.plane = plane
+    app.state.telegram = telegram
     install_error_handlers(app)
     for router in (
         health.router,
@@ -131,6 +153,13 @@ def create_app(plane: ControlPlane, *, own_lifecycle: bool = False) -> FastAPI:
         alerts.router,
         incidents.router,
         jobs.router,
+        backups.router,
+        telegram_routes.router,
+        status_routes.router,
+        venues.router,
+        cores.router,
+        trading.router,
+        assistant.router,
     ):
         app.include_router(router)
     app.add_middleware(BodyLimit)

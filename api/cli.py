@@ -11,12 +11,12 @@ import json
 import logging
 import sys
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, TypeVar
 
 import typer
 
-from core.audit import verify_export
 from core.control_plane import ControlPlane
 from core.errors import (
     ConfigError,
@@ -26,6 +26,7 @@ from core.errors import (
     NotFound,
     OperationError,
 )
+from core.exports import parse_destination, verify_exports
 from core.models import Actor, ActorKind, Role
 from core.settings import Settings
 
@@ -173,17 +174,17 @@ def flags_unset(
 @audit_app.command("verify")
 def audit_verify(
     file: Annotated[
-        Path | None,
+        list[Path] | None,
         typer.Option(
-            "--file", help="verify an exported JSONL offline", exists=True, dir_okay=False
+            "--file",
+            help="verify an exported JSONL offline (repeat, oldest first, to check they join)",
+            exists=True,
+            dir_okay=False,
         ),
     ] = None,
 ) -> None:
     """Check the hash chain; exit 1 naming the first bad entry."""
-    if file is not None:
-        report = verify_export(file)
-    else:
-        report = with_plane(lambda plane: plane.audit.verify())
+    report = verify_exports(file) if file else with_plane(lambda plane: plane.audit.verify())
     if not report.ok:
         raise fail(
             f"audit log FAILED verification after {report.checked} good entries: {report.problem}",
@@ -194,19 +195,55 @@ def audit_verify(
 
 @audit_app.command("export")
 def audit_export(
-    dest: Annotated[str, typer.Option("--dest", help="directory or file:// URL")],
+    dest: Annotated[
+        str | None,
+        typer.Option(
+            "--dest",
+            help="directory, file://PATH or s3://bucket/prefix (default AUDIT_EXPORT_DEST)",
+        ),
+    ] = None,
+    since: Annotated[
+        datetime | None, typer.Option("--since", help="first instant included (UTC)")
+    ] = None,
+    until: Annotated[
+        datetime | None, typer.Option("--until", help="first instant excluded (UTC)")
+    ] = None,
 ) -> None:
-    """Export the audit log as JSONL plus a manifest with its sha256."""
-    if dest.startswith("file://"):
-        dest = dest.removeprefix("file://")
-    elif "://" in dest:
-        raise fail(f"unsupported destination {dest!r}: use a directory or file://PATH", 2)
-    target = Path(dest)
+    """Export the audit log (a time range of it) as JSONL plus a manifest with its sha256."""
+    if dest is not None:
+        try:
+            parse_destination(dest)
+        except InvalidInput as exc:
+            raise fail(exc.message, 2) from None
 
-    manifest = with_plane(lambda plane: plane.audit.export(target))
-    typer.echo(
-        f"exported {manifest.count} entries to {target / manifest.file} (sha256 {manifest.sha256})"
+    result = with_plane(
+        lambda plane: plane.exports.export(cli_actor(), dest, since=since, until=until)
     )
+    manifest = result.manifest
+    typer.echo(f"exported {manifest.count} entries to {result.files[0]} (sha256 {manifest.sha256})")
+
+
+@app.command()
+def checklist() -> None:
+    """Run the daily checklist (runbook §1): one line per check; exit 1 on any ❌."""
+    result = with_plane(lambda plane: plane.checklist.run())
+    for item in result.items:
+        typer.echo(f"{item.mark.symbol} {item.name}: {item.reason}")
+    if result.worst.value == "fail":
+        raise typer.Exit(1)
+
+
+from api.cli_backups import backup_app, report  # noqa: E402 - they use the helpers above
+
+app.add_typer(backup_app, name="backup")
+app.command()(report)
+
+from api.cli_venues import chaos_app, failback, failover, venues  # noqa: E402 - as above
+
+app.add_typer(chaos_app, name="chaos")
+app.command()(venues)
+app.command()(failover)
+app.command()(failback)
 
 
 def main() -> None:

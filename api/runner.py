@@ -51,9 +51,15 @@ async def serve(settings: Settings) -> int:
     """Run until SIGTERM/SIGINT, drain, and return the exit code."""
     plane = ControlPlane(settings)
     await plane.start()
+    telegram = None
     try:
+        if settings.telegram_bot_token is not None:
+            from bot.app import TelegramBot  # aiogram is slow to import: only when enabled
+
+            telegram = TelegramBot(plane)
+            await telegram.start()
         config = uvicorn.Config(
-            create_app(plane),
+            create_app(plane, telegram=telegram),
             host=settings.api_host,
             port=settings.api_port,
             log_config=None,
@@ -87,6 +93,8 @@ async def serve(settings: Settings) -> int:
                 "(in use or not permitted)"
             )
     finally:
+        if telegram is not None:
+            await telegram.close()
         await plane.close()
     logger.info("stopped cleanly")
     return 0

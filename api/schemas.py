@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from core.backups import BackupInfo, RestoreReport, Verification
 from core.flags import FlagState
 from core.incident_model import Incident
 from core.incidents import IncidentDetail, IngestResult
@@ -90,3 +91,31 @@ class IncidentDetailOut(IncidentDetail):
 
 class JobOut(JobInfo):
     """A scheduled job as the API shows it."""
+
+
+class BackupOut(BackupInfo):
+    """A backup with its age and verification status."""
+
+
+class BackupCreate(BaseModel):
+    """Optional body of ``POST /api/v1/backups``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reason: Literal["manual", "emergency"] = "manual"
+
+
+class VerificationOut(Verification):
+    """The verdict of a backup verification (checksums, then a trial restore)."""
+
+
+class RestoreBody(BaseModel):
+    """Body of ``POST /api/v1/backups/{id}/restore``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    confirm: bool = Field(default=False, description="required: restoring replaces all state")
+
+
+class RestoreOut(RestoreReport):
+    """What a restore changed."""

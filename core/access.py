@@ -10,7 +10,7 @@ import hmac
 
 from core.errors import PermissionDenied
 from core.models import Actor, ActorKind, Role
-from core.settings import ApiToken
+from core.settings import ApiToken, Settings
 
 
 def require(actor: Actor, needed: Role, action: str) -> None:
@@ -18,6 +18,20 @@ def require(actor: Actor, needed: Role, action: str) -> None:
     if actor.role is None or not actor.role.allows(needed):
         held = actor.role.value if actor.role else "no role"
         raise PermissionDenied(f"{action} needs the {needed.value} role; you have {held}")
+
+
+def telegram_role(settings: Settings, user_id: int) -> Role | None:
+    """The role a Telegram user holds (highest listed wins); None means no access at all.
+
+    Being a member of the ops group grants nothing: only the id lists do.
+    """
+    if user_id in settings.telegram_admins:
+        return Role.ADMIN
+    if user_id in settings.telegram_operators:
+        return Role.OPERATOR
+    if user_id in settings.telegram_viewers:
+        return Role.VIEWER
+    return None
 
 
 def _digest(token: str) -> bytes:

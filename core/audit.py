@@ -170,7 +170,11 @@ class AuditLog:
         self, dest_dir: Path, *, since: datetime | None = None, until: datetime | None = None
     ) -> ExportManifest:
         """Write the entries in [since, until) as JSONL plus a manifest, atomically."""
-        name = f"audit-{utcnow().strftime('%Y%m%dT%H%M%SZ')}.jsonl"
+        stamp = utcnow().strftime("%Y%m%dT%H%M%SZ")
+        name, n = f"audit-{stamp}.jsonl", 1
+        while (dest_dir / name).exists():  # never overwrite an earlier export of the same second
+            n += 1
+            name = f"audit-{stamp}-{n}.jsonl"
         out = await asyncio.to_thread(AtomicFile, dest_dir / name)
         count, first, last = 0, None, None
         try:

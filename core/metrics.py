@@ -66,6 +66,32 @@ class Metrics:
             "1 while the assistant answers from the rule-based fallback.",
             registry=r,
         )
+        # The assistant (core/assistant.py): one count per question answered.
+        self.llm_requests = Counter(
+            "llm_requests",
+            "Assistant questions by outcome (ok, fallback, rate_limited, error).",
+            ["outcome"],
+            registry=r,
+        )
+        self.llm_tool_calls = Counter(
+            "llm_tool_calls",
+            "Assistant tool calls by tool and outcome (ok, error).",
+            ["tool", "outcome"],
+            registry=r,
+        )
+        self.llm_latency = Histogram(
+            "llm_answer_duration_seconds",
+            "Time to answer an assistant question, by source (llm, fallback).",
+            ["source"],
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 40, 80),
+            registry=r,
+        )
+        self.llm_circuit = Enum(
+            "llm_circuit_state",
+            "State of the LLM circuit breaker.",
+            states=["closed", "open", "half_open"],
+            registry=r,
+        )
         self.flag_info = Gauge(
             "feature_flag_info",
             "Effective value and source of each feature flag (always 1).",
@@ -148,6 +174,18 @@ class Metrics:
             ["channel"],
             registry=r,
         )
+        self.telegram_sends = Counter(
+            "telegram_sends",
+            "Telegram Bot API calls by method and outcome.",
+            ["method", "outcome"],
+            registry=r,
+        )
+        self.telegram_commands = Counter(
+            "telegram_commands",
+            "Bot commands and button presses by name and outcome.",
+            ["command", "outcome"],
+            registry=r,
+        )
         self.pagerduty_sends = Counter(
             "pagerduty_sends",
             "PagerDuty Events API calls by outcome.",
@@ -163,6 +201,32 @@ class Metrics:
         self.backup_interval = Gauge(
             "backup_schedule_interval_seconds",
             "Seconds between scheduled backups (0: off).",
+            registry=r,
+        )
+        self.backup_size = Gauge(
+            "backup_last_size_bytes", "Size of the last successful backup.", registry=r
+        )
+        self.backup_duration = Histogram(
+            "backup_duration_seconds",
+            "Time taken by backup operations (create, verify, restore).",
+            ["operation"],
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900),
+            registry=r,
+        )
+        self.backup_operations = Counter(
+            "backup_operations",
+            "Backup operations by kind and outcome.",
+            ["operation", "outcome"],
+            registry=r,
+        )
+        self.backup_last_verified = Gauge(
+            "backup_last_verified_timestamp_seconds",
+            "When a backup last passed verification (trial restore).",
+            registry=r,
+        )
+        self.audit_export_last_success = Gauge(
+            "audit_export_last_success_timestamp_seconds",
+            "When the audit log was last exported.",
             registry=r,
         )
 

@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 class Delivery:
     """What happened to one attempt."""
 
-    outcome: str  # "ok" | "retry" | "failed"
+    outcome: str  # "ok" | "retry" | "deferred" | "failed"
     error: str | None = None
     retry_after: float | None = None
 
@@ -40,6 +40,11 @@ class Delivery:
     def retry(cls, error: str, after: float | None = None) -> Delivery:
         """Try again later (``after`` seconds, or by backoff)."""
         return cls("retry", error, after)
+
+    @classmethod
+    def defer(cls, after: float) -> Delivery:
+        """Not an error: the channel's pacing says wait ``after`` seconds."""
+        return cls("deferred", "paced", after)
 
     @classmethod
     def failed(cls, error: str) -> Delivery:
@@ -134,12 +139,12 @@ class OutboxWorker:
         self._metrics.outbox_sends.labels(self.channel, result.outcome).inc()
         if result.outcome == "ok":
             await self._store.outbox_finish(item.id)
-        elif result.outcome == "retry":
+        elif result.outcome in ("retry", "deferred"):
             delay = result.retry_after if result.retry_after is not None else self._backoff(item)
             await self._store.outbox_finish(
                 item.id, error=result.error, retry_at=utcnow() + timedelta(seconds=delay)
             )
-            logger.info(
+            (logger.debug if result.outcome == "deferred" else logger.info)(
                 "outbox %s: #%d retry in %.1fs (%s)", self.channel, item.id, delay, result.error
             )
         else:

@@ -92,6 +92,16 @@ class Scheduler:
         if self._scheduler.running:
             self._scheduler.shutdown(wait=False)
 
+    def pause(self) -> None:
+        """Hold every job (a restore is swapping the state under them); runs in progress go on."""
+        if self._scheduler.running:
+            self._scheduler.pause()
+
+    def resume(self) -> None:
+        """Let jobs fire again after ``pause``."""
+        if self._scheduler.running:
+            self._scheduler.resume()
+
     async def run_now(self, name: str) -> JobInfo:
         """Run a job immediately (outside its schedule) and report the outcome."""
         if name not in self._jobs:

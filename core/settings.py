@@ -7,11 +7,14 @@ never print.
 
 from __future__ import annotations
 
+import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from dotenv import dotenv_values
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 from core.alerts import Severity
@@ -29,6 +32,8 @@ _SECRET_FIELDS = frozenset(
         "redis_url",
         "openai_api_key",
         "pagerduty_routing_key",
+        "s3_access_key_id",
+        "s3_secret_access_key",
     }
 )
 
@@ -67,6 +72,20 @@ class ApiToken:
         self.token = token
 
 
+class VenueCredentials(BaseModel):
+    """One venue's ccxt credentials and REST host override; secrets never print."""
+
+    api_key: SecretStr | None = None
+    secret: SecretStr | None = None
+    password: SecretStr | None = None
+    api_url: str | None = None
+
+    @property
+    def complete(self) -> bool:
+        """True when there is at least a key and a secret to trade with."""
+        return self.api_key is not None and self.secret is not None
+
+
 class Settings(BaseSettings):
     """All settings of one control-plane process."""
 
@@ -98,12 +117,27 @@ class Settings(BaseSettings):
     telegram_mode: Literal["polling", "webhook"] = "polling"
     telegram_webhook_url: str | None = None
     telegram_webhook_secret: SecretStr | None = None
+    checklist_time_utc: str = Field(default="08:00", pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
 
     exchange_primary: str = "binance"
     exchange_failover: str = "okx"
     binance_force_mock: bool = False
     binance_live_trading: bool = True
     sandbox_enabled: bool = False
+    # The trading engine (issue #5): failover, cores, risk and the paper venue.
+    failover_after_failures: int = Field(default=3, ge=1, le=100)
+    venue_probe_seconds: float = Field(default=15.0, gt=0, le=3600)
+    venue_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+    core_tick_seconds: float = Field(default=2.0, gt=0, le=3600)
+    core_restart_backoff_seconds: float = Field(default=1.0, gt=0, le=600)
+    core_restart_backoff_max_seconds: float = Field(default=60.0, gt=0, le=3600)
+    pnl_snapshot_seconds: float = Field(default=60.0, gt=0, le=3600)
+    risk_max_symbol_exposure: float = Field(default=5000.0, gt=0)
+    risk_max_total_exposure: float = Field(default=15000.0, gt=0)
+    paper_prices: Literal["simulated", "venue"] = "simulated"
+    paper_seed: int = 7
+    paper_start_balance: float = Field(default=100000.0, gt=0)
+    paper_fee_rate: float = Field(default=0.001, ge=0, le=0.05)
 
     enable_redis: bool = False
     redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
@@ -112,6 +146,13 @@ class Settings(BaseSettings):
     openai_base_url: str | None = None
     openai_model: str = "gpt-4o-mini"
     llm_rate_limited: bool = False
+    # The assistant (issue #7): per-question budget and the circuit breaker; see core/assistant.py.
+    llm_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+    llm_max_steps: int = Field(default=4, ge=1, le=20)
+    llm_max_tokens: int = Field(default=12000, ge=500, le=1_000_000)
+    llm_backoff_seconds: float = Field(default=30.0, gt=0, le=3600)
+    llm_backoff_max_seconds: float = Field(default=600.0, gt=0, le=86400)
+    llm_probe_seconds: float = Field(default=15.0, gt=0, le=3600)
 
     escalation_policy: dict[Severity, EscalationStep] = Field(
         default_factory=default_escalation_policy
@@ -128,6 +169,20 @@ class Settings(BaseSettings):
     auto_backup_enabled: bool = True
     infra_prod_enabled: bool = False
     frontend_signal_health_enabled: bool = True
+
+    # Backups (runbook §3) and audit exports (§4); see core/backups.py and core/exports.py.
+    backup_dir: Path | None = None
+    backup_interval_minutes: float = Field(default=60.0, gt=0, le=7 * 24 * 60)
+    backup_keep_last: int = Field(default=24, ge=1)
+    backup_keep_daily: int = Field(default=7, ge=0)
+    backup_keep_weekly: int = Field(default=4, ge=0)
+    backup_verify_hour: int = Field(default=3, ge=0, le=23)
+    backup_s3_url: str | None = None
+    audit_export_dest: str | None = None
+    s3_endpoint_url: str | None = None
+    s3_region: str = "us-east-1"
+    s3_access_key_id: SecretStr | None = None
+    s3_secret_access_key: SecretStr | None = None
 
     _split = field_validator(
         "telegram_admins", "telegram_operators", "telegram_viewers", mode="before"
@@ -147,6 +202,7 @@ class Settings(BaseSettings):
         "openai_base_url",
         "alertmanager_url",
         "telegram_webhook_url",
+        "s3_endpoint_url",
     )
     @classmethod
     def _url(cls, value: str | None) -> str | None:
@@ -154,6 +210,15 @@ class Settings(BaseSettings):
             return None
         if not re.match(r"^https?://[^\s/]+", value):
             raise ValueError(f"expected an http(s) URL, got {value!r}")
+        return value.rstrip("/")
+
+    @field_validator("backup_s3_url")
+    @classmethod
+    def _s3_url(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        if not re.fullmatch(r"s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/\S*)?", value):
+            raise ValueError("expected s3://bucket/prefix (bucket: 3-63 lowercase characters)")
         return value.rstrip("/")
 
     @field_validator("escalation_policy")
@@ -189,6 +254,41 @@ class Settings(BaseSettings):
     def db_path(self) -> Path:
         """Where the SQLite state database lives."""
         return self.lunia_state_dir / "lunia.db"
+
+    @property
+    def backup_path(self) -> Path:
+        """Where local backups live (``BACKUP_DIR``, default ``$LUNIA_STATE_DIR/backups``)."""
+        return self.backup_dir or self.lunia_state_dir / "backups"
+
+    @property
+    def audit_export_target(self) -> str:
+        """Where scheduled audit exports go (``AUDIT_EXPORT_DEST``, default the state dir's)."""
+        return self.audit_export_dest or str(self.lunia_state_dir / "exports")
+
+    def venue_credentials(
+        self, venue: str, environ: Mapping[str, str] | None = None
+    ) -> VenueCredentials:
+        """``<VENUE>_API_KEY/_SECRET/_PASSWORD/_API_URL`` from the environment, then ``.env``."""
+        source: dict[str, str] = {}
+        dotenv = Path(str(self.model_config.get("env_file") or ".env"))
+        if environ is None and dotenv.is_file():
+            source.update({k.upper(): v for k, v in dotenv_values(dotenv).items() if v})
+        source.update({k.upper(): v for k, v in (environ or os.environ).items()})
+        prefix = venue.strip().upper()
+
+        def secret(suffix: str) -> SecretStr | None:
+            value = source.get(f"{prefix}_{suffix}", "").strip()
+            return SecretStr(value) if value else None
+
+        url = source.get(f"{prefix}_API_URL", "").strip().rstrip("/") or None
+        if url is not None and not re.match(r"^https?://[^\s/]+", url):
+            raise ConfigError(f"{prefix}_API_URL: expected an http(s) URL, got {url!r}")
+        return VenueCredentials(
+            api_key=secret("API_KEY"),
+            secret=secret("SECRET"),
+            password=secret("PASSWORD"),
+            api_url=url,
+        )
 
     def configured_api_tokens(self) -> list[ApiToken]:
         """The API tokens from ``API_TOKENS`` (empty when unset)."""

@@ -32,6 +32,8 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[N
     for name in list(__import__("os").environ):
         if name.lower() in Settings.model_fields:
             monkeypatch.delenv(name)
+        elif name.upper().endswith(("_API_KEY", "_SECRET", "_PASSWORD", "_API_URL")):
+            monkeypatch.delenv(name)  # venue credentials: no test may reach a real exchange
     yield
 
 

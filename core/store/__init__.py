@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Protocol
 
 from pydantic import BaseModel
@@ -24,6 +25,7 @@ from core.models import (
     OutboxMessage,
     OutboxStats,
 )
+from core.venues import OrderRecord, OrderStatus
 
 AlertPlanner = Callable[[Alert, Incident | None, Incident | None], Change | None]
 IncidentMutation = Callable[[Incident], Change | None]
@@ -36,6 +38,20 @@ class FlagOverride(BaseModel):
     value: Any
     set_by: Actor
     set_at: datetime
+
+
+class PnlPoint(BaseModel):
+    """One core's realized and unrealized PnL (USDT) at one time, for charts."""
+
+    core: str
+    ts: datetime
+    realized: float
+    unrealized: float
+
+    @property
+    def total(self) -> float:
+        """Realized plus unrealized."""
+        return self.realized + self.unrealized
 
 
 class IngestOutcome(BaseModel):
@@ -53,6 +69,15 @@ class StoredAlert(BaseModel):
     incident_id: int | None
     received_at: datetime
     alert: Alert
+
+
+class StoreSnapshot(BaseModel):
+    """What ``Store.snapshot`` wrote: its files, the schema version and what it holds."""
+
+    kind: str
+    schema_version: int
+    files: list[str]
+    counts: dict[str, int]
 
 
 class Store(Protocol):
@@ -133,8 +158,11 @@ class Store(Protocol):
     ) -> list[IncidentEvent]:
         """Incident events in order (all incidents, or one incident's timeline)."""
 
-    async def outbox_add(self, messages: Sequence[OutboxMessage]) -> None:
-        """Queue messages for delivery."""
+    async def outbox_add(
+        self, messages: Sequence[OutboxMessage], *, cursor: tuple[str, int] | None = None
+    ) -> None:
+        """Queue messages for delivery; with ``cursor``, also save that consumer position in
+        the same transaction (so an event is turned into messages exactly once)."""
 
     async def outbox_due(self, channel: str, now: datetime, limit: int) -> list[OutboxItem]:
         """Pending messages of ``channel`` whose time has come, oldest first."""
@@ -147,8 +175,64 @@ class Store(Protocol):
     async def outbox_stats(self, channel: str) -> OutboxStats:
         """Depth and oldest pending message of ``channel``."""
 
+    async def get_value(self, key: str) -> Any:
+        """A small JSON value saved by an adapter (e.g. which Telegram message shows an
+        incident), or None."""
+
+    async def set_value(self, key: str, value: Any) -> None:
+        """Save (or, with None, delete) a small JSON value."""
+
     async def get_cursor(self, name: str) -> int:
         """A consumer's saved position in the event log (0 when new)."""
 
     async def set_cursor(self, name: str, value: int) -> None:
         """Save a consumer's position in the event log."""
+
+    # -- trading engine (core/trading.py) -------------------------------------------------------
+
+    async def engine_state(self) -> dict[str, Any]:
+        """Every persisted engine setting (active venue, halt, core switches) by key."""
+
+    async def put_engine_state(self, key: str, value: Any, audit: AuditRecord) -> AuditEntry:
+        """Set one engine setting and audit it atomically."""
+
+    async def save_order(self, order: OrderRecord) -> None:
+        """Insert or update an order, keyed by its client order id."""
+
+    async def list_orders(
+        self,
+        *,
+        limit: int = 100,
+        statuses: Sequence[OrderStatus] | None = None,
+        core: str | None = None,
+    ) -> list[OrderRecord]:
+        """Orders newest first, optionally by status and core."""
+
+    async def add_pnl_points(self, points: Sequence[PnlPoint]) -> None:
+        """Append PnL points (a point repeated for the same core and time replaces it)."""
+
+    async def pnl_points(self, *, since: datetime, core: str | None = None) -> list[PnlPoint]:
+        """PnL points at or after ``since``, oldest first."""
+
+    async def prune_pnl_points(self, before: datetime) -> int:
+        """Delete PnL points older than ``before``; return how many went."""
+
+    # -- backups (core/backups.py) ------------------------------------------------------------
+
+    async def snapshot(self, dest_dir: Path) -> StoreSnapshot:
+        """Write a consistent copy of all state into the empty ``dest_dir`` (files mode 0600)
+        without stopping writers, and say what it holds."""
+
+    async def restore(self, source_dir: Path) -> dict[str, int]:
+        """Replace all state with the snapshot in ``source_dir`` in one atomic step, while open
+        (concurrent readers see the old state or the new one, never a mix); return the counts
+        as restored, taken before any other write can land."""
+
+    async def counts(self) -> dict[str, int]:
+        """Rows (or records) per kind of state, to compare a restore against its manifest."""
+
+    async def integrity_problems(self) -> list[str]:
+        """What the storage engine's own consistency check finds (empty when sound)."""
+
+    def trial_store(self, workdir: Path) -> Store:
+        """A new, empty store of the same kind, isolated under ``workdir``, for trial restores."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import sqlite3
 import threading
 from collections.abc import Callable, Sequence
@@ -18,10 +19,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+from pydantic import BaseModel
+
 from core.alerts import Alert, Severity
 from core.audit import GENESIS_HASH, seal
 from core.errors import NotFound, StoreError, StoreUnavailable
-from core.incident_model import Change, Incident, IncidentEvent, IncidentState
+from core.incident_model import Change, EventKind, Incident, IncidentEvent, IncidentState
 from core.models import (
     Actor,
     AuditEntry,
@@ -36,10 +39,17 @@ from core.store import (
     FlagOverride,
     IncidentMutation,
     IngestOutcome,
+    PnlPoint,
+    Store,
     StoredAlert,
+    StoreSnapshot,
 )
+from core.venues import OrderRecord, OrderStatus
 
 logger = logging.getLogger(__name__)
+
+# The one file a snapshot of this store consists of.
+SNAPSHOT_FILE = "state.db"
 
 T = TypeVar("T")
 
@@ -114,6 +124,27 @@ MIGRATIONS: list[str] = [
     CREATE INDEX outbox_by_key ON outbox (channel, key, status, id);
     CREATE TABLE cursors (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
     """,
+    """
+    CREATE TABLE engine_state (key TEXT PRIMARY KEY, value TEXT NOT NULL, updated_at TEXT NOT NULL);
+    CREATE TABLE orders (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        client_order_id TEXT NOT NULL UNIQUE,
+        core TEXT NOT NULL,
+        venue TEXT NOT NULL,
+        status TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        doc TEXT NOT NULL
+    );
+    CREATE INDEX orders_by_status ON orders (status, id);
+    CREATE TABLE pnl_points (
+        core TEXT NOT NULL,
+        ts TEXT NOT NULL,
+        realized REAL NOT NULL,
+        unrealized REAL NOT NULL,
+        PRIMARY KEY (core, ts)
+    );
+    CREATE INDEX pnl_points_by_ts ON pnl_points (ts);
+    """,
 ]
 
 
@@ -135,12 +166,21 @@ def _dump(value: Any) -> str:
 
 
 def _ts(value: datetime) -> str:
-    # One fixed UTC format, so text comparison in SQL orders times correctly.
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    # One fixed-width UTC format, so text comparison in SQL orders times correctly.
+    return value.astimezone(UTC).isoformat(timespec="microseconds")
 
 
 def _opt_ts(value: datetime | None) -> str | None:
     return None if value is None else _ts(value)
+
+
+class _EventDoc(BaseModel):
+    """How an incident event is stored (serialised in one pass by pydantic)."""
+
+    kind: EventKind
+    actor: Actor
+    detail: str
+    incident: Incident
 
 
 class SqliteStore:
@@ -416,24 +456,17 @@ class SqliteStore:
         """Insert (id 0) or update an incident; returns it with its id and new version."""
         now = utcnow()
         if incident.id == 0:
-            cursor = conn.execute(
-                "INSERT INTO incidents (key, state, severity, deadline, resolved_at, updated_at,"
-                " doc) VALUES (?,?,?,?,?,?,'{}')",
-                (
-                    incident.key,
-                    incident.state.value,
-                    incident.severity.value,
-                    _opt_ts(incident.deadline),
-                    _opt_ts(incident.resolved_at),
-                    _ts(now),
-                ),
-            )
-            incident = incident.model_copy(update={"id": int(cursor.lastrowid or 0), "version": 1})
+            # Only the writer thread inserts, inside BEGIN IMMEDIATE: the next id is ours.
+            row = conn.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM incidents").fetchone()
+            incident = incident.model_copy(update={"id": int(row[0]), "version": 1})
         else:
             incident = incident.model_copy(update={"version": incident.version + 1})
         conn.execute(
-            "UPDATE incidents SET key = ?, state = ?, severity = ?, deadline = ?,"
-            " resolved_at = ?, updated_at = ?, doc = ? WHERE id = ?",
+            "INSERT INTO incidents (key, state, severity, deadline, resolved_at, updated_at, doc,"
+            " id) VALUES (?,?,?,?,?,?,?,?) ON CONFLICT (id) DO UPDATE SET key = excluded.key,"
+            " state = excluded.state, severity = excluded.severity,"
+            " deadline = excluded.deadline, resolved_at = excluded.resolved_at,"
+            " updated_at = excluded.updated_at, doc = excluded.doc",
             (
                 incident.key,
                 incident.state.value,
@@ -452,15 +485,12 @@ class SqliteStore:
     ) -> IncidentEvent:
         incident = self._save_incident(conn, change.incident)
         now = utcnow()
-        event_doc = {
-            "kind": change.kind.value,
-            "actor": change.actor.model_dump(mode="json"),
-            "detail": change.detail,
-            "incident": incident.model_dump(mode="json"),
-        }
+        doc = _EventDoc(
+            kind=change.kind, actor=change.actor, detail=change.detail, incident=incident
+        ).model_dump_json()
         cursor = conn.execute(
             "INSERT INTO incident_events (incident_id, ts, kind, doc) VALUES (?,?,?,?)",
-            (incident.id, _ts(now), change.kind.value, _dump(event_doc)),
+            (incident.id, _ts(now), change.kind.value, doc),
         )
         if change.audit:
             self._append_audit_tx(
@@ -492,15 +522,11 @@ class SqliteStore:
         events: list[IncidentEvent] = []
         received = _ts(utcnow())
         for alert in alerts:
-            cursor = conn.execute(
-                "INSERT OR IGNORE INTO alerts (dedup, received_at, doc) VALUES (?,?,?)",
-                (f"{alert.source.value}:{alert.dedup_key}", received, alert.model_dump_json()),
-            )
-            if cursor.rowcount == 0:
+            dedup = f"{alert.source.value}:{alert.dedup_key}"
+            if conn.execute("SELECT 1 FROM alerts WHERE dedup = ?", (dedup,)).fetchone():
                 duplicates += 1
                 continue
             accepted += 1
-            alert_id = cursor.lastrowid
             key = f"{alert.source.value}:{alert.fingerprint}"
             rows = conn.execute(
                 "SELECT doc FROM incidents WHERE key = ? AND (state != 'resolved' OR id ="
@@ -522,7 +548,10 @@ class SqliteStore:
                 event = self._apply_change(conn, change, before)
                 events.append(event)
                 incident_id = event.incident.id
-            conn.execute("UPDATE alerts SET incident_id = ? WHERE id = ?", (incident_id, alert_id))
+            conn.execute(
+                "INSERT INTO alerts (dedup, incident_id, received_at, doc) VALUES (?,?,?,?)",
+                (dedup, incident_id, received, alert.model_dump_json()),
+            )
         return IngestOutcome(accepted=accepted, duplicates=duplicates, events=events)
 
     async def ingest_alerts(
@@ -639,11 +668,41 @@ class SqliteStore:
             [(m.channel, m.key, _dump(m.payload), _ts(now), _ts(now)) for m in messages],
         )
 
-    async def outbox_add(self, messages: Sequence[OutboxMessage]) -> None:
-        """Queue messages for delivery."""
-        await self._write(
-            lambda: self._transaction(lambda c: self._outbox_add_tx(c, messages, utcnow()))
+    async def outbox_add(
+        self, messages: Sequence[OutboxMessage], *, cursor: tuple[str, int] | None = None
+    ) -> None:
+        """Queue messages for delivery, saving ``cursor`` in the same transaction."""
+
+        def tx(conn: sqlite3.Connection) -> None:
+            self._outbox_add_tx(conn, messages, utcnow())
+            if cursor is not None:
+                conn.execute(
+                    "INSERT INTO cursors (name, value) VALUES (?, ?) ON CONFLICT (name)"
+                    " DO UPDATE SET value = excluded.value",
+                    cursor,
+                )
+
+        await self._write(lambda: self._transaction(tx))
+
+    async def get_value(self, key: str) -> Any:
+        """A small JSON value saved by an adapter, or None."""
+        row = await self._read(
+            lambda c: c.execute("SELECT value FROM meta WHERE key = ?", (f"kv:{key}",)).fetchone()
         )
+        return None if row is None else json.loads(row["value"])
+
+    async def set_value(self, key: str, value: Any) -> None:
+        """Save (or, with None, delete) a small JSON value."""
+        args: tuple[Any, ...]
+        if value is None:
+            sql, args = "DELETE FROM meta WHERE key = ?", (f"kv:{key}",)
+        else:
+            sql = (
+                "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key)"
+                " DO UPDATE SET value = excluded.value"
+            )
+            args = (f"kv:{key}", _dump(value))
+        await self._write(lambda: self._transaction(lambda c: c.execute(sql, args)))
 
     async def outbox_due(self, channel: str, now: datetime, limit: int) -> list[OutboxItem]:
         """Pending messages of ``channel`` whose time has come, oldest first."""
@@ -718,3 +777,200 @@ class SqliteStore:
                 )
             )
         )
+
+    # -- trading engine --------------------------------------------------------------------
+
+    async def engine_state(self) -> dict[str, Any]:
+        """Every persisted engine setting by key."""
+        rows = await self._read(lambda c: c.execute("SELECT * FROM engine_state").fetchall())
+        return {r["key"]: json.loads(r["value"]) for r in rows}
+
+    async def put_engine_state(self, key: str, value: Any, audit: AuditRecord) -> AuditEntry:
+        """Set one engine setting and audit it in one transaction."""
+
+        def tx(conn: sqlite3.Connection) -> AuditEntry:
+            conn.execute(
+                "INSERT INTO engine_state (key, value, updated_at) VALUES (?,?,?)"
+                " ON CONFLICT (key) DO UPDATE SET value = excluded.value,"
+                " updated_at = excluded.updated_at",
+                (key, _dump(value), _ts(utcnow())),
+            )
+            return self._append_audit_tx(conn, audit)
+
+        return await self._write(lambda: self._transaction(tx))
+
+    async def save_order(self, order: OrderRecord) -> None:
+        """Insert or update an order by client order id."""
+        await self._write(
+            lambda: self._transaction(
+                lambda c: c.execute(
+                    "INSERT INTO orders (client_order_id, core, venue, status, created_at, doc)"
+                    " VALUES (?,?,?,?,?,?) ON CONFLICT (client_order_id) DO UPDATE SET"
+                    " venue = excluded.venue, status = excluded.status, doc = excluded.doc",
+                    (
+                        order.client_order_id,
+                        order.core,
+                        order.venue,
+                        order.status.value,
+                        _ts(order.created_at),
+                        order.model_dump_json(),
+                    ),
+                )
+            )
+        )
+
+    async def list_orders(
+        self,
+        *,
+        limit: int = 100,
+        statuses: Sequence[OrderStatus] | None = None,
+        core: str | None = None,
+    ) -> list[OrderRecord]:
+        """Orders newest first, optionally by status and core."""
+        sql = "SELECT doc FROM orders WHERE 1 = 1"
+        args: list[Any] = []
+        if statuses:
+            sql += f" AND status IN ({','.join('?' * len(statuses))})"
+            args.extend(s.value for s in statuses)
+        if core is not None:
+            sql += " AND core = ?"
+            args.append(core)
+        sql += " ORDER BY id DESC LIMIT ?"
+        args.append(limit)
+        rows = await self._read(lambda c: c.execute(sql, args).fetchall())
+        return [OrderRecord.model_validate_json(r["doc"]) for r in rows]
+
+    async def add_pnl_points(self, points: Sequence[PnlPoint]) -> None:
+        """Append PnL points; the same core and time replaces the earlier point."""
+        rows = [(p.core, _ts(p.ts), p.realized, p.unrealized) for p in points]
+        await self._write(
+            lambda: self._transaction(
+                lambda c: c.executemany(
+                    "INSERT OR REPLACE INTO pnl_points (core, ts, realized, unrealized)"
+                    " VALUES (?,?,?,?)",
+                    rows,
+                )
+            )
+        )
+
+    async def pnl_points(self, *, since: datetime, core: str | None = None) -> list[PnlPoint]:
+        """PnL points at or after ``since``, oldest first."""
+        sql = "SELECT * FROM pnl_points WHERE ts >= ?"
+        args: list[Any] = [_ts(since)]
+        if core is not None:
+            sql += " AND core = ?"
+            args.append(core)
+        sql += " ORDER BY ts, core"
+        rows = await self._read(lambda c: c.execute(sql, args).fetchall())
+        return [
+            PnlPoint(
+                core=r["core"],
+                ts=datetime.fromisoformat(r["ts"]),
+                realized=r["realized"],
+                unrealized=r["unrealized"],
+            )
+            for r in rows
+        ]
+
+    async def prune_pnl_points(self, before: datetime) -> int:
+        """Delete PnL points older than ``before``."""
+        cursor = await self._write(
+            lambda: self._transaction(
+                lambda c: c.execute("DELETE FROM pnl_points WHERE ts < ?", (_ts(before),))
+            )
+        )
+        return int(cursor.rowcount)
+
+    # -- backups ---------------------------------------------------------------------------
+
+    async def snapshot(self, dest_dir: Path) -> StoreSnapshot:
+        """Copy the database with SQLite's online backup API in one read transaction (writers
+        carry on meanwhile) into ``dest_dir/state.db``, a self-contained file of mode 0600."""
+        if self._writer is None:
+            raise StoreUnavailable("the state store is closed")
+        return await asyncio.to_thread(self._snapshot_to, dest_dir / SNAPSHOT_FILE)
+
+    def _snapshot_to(self, dest: Path) -> StoreSnapshot:
+        os.close(os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        try:
+            source = _connect(self.path)
+            try:
+                target = sqlite3.connect(dest, isolation_level=None)
+                try:
+                    source.backup(target)  # all pages in one step: one consistent snapshot
+                    target.execute("PRAGMA journal_mode=DELETE")  # one file, no -wal beside it
+                    version = int(target.execute("PRAGMA user_version").fetchone()[0])
+                    counts = _count_rows(target)
+                finally:
+                    target.close()
+            finally:
+                source.close()
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"snapshot of {self.path} failed: {exc}") from exc
+        with open(dest, "rb") as written:
+            os.fsync(written.fileno())
+        return StoreSnapshot(
+            kind="sqlite", schema_version=version, files=[SNAPSHOT_FILE], counts=counts
+        )
+
+    async def restore(self, source_dir: Path) -> dict[str, int]:
+        """Copy the snapshot over the live database on the writer thread, in one transaction.
+
+        No writer can interleave (they queue on the same thread), a failure part way rolls the
+        whole copy back, and reader connections simply see the new state on their next query, so
+        the store never closes and the process keeps serving.
+        """
+        source = source_dir / SNAPSHOT_FILE
+        if not source.is_file():
+            raise StoreError(f"snapshot file {SNAPSHOT_FILE} is missing from {source_dir}")
+        return await self._write(lambda: self._restore_from(source))
+
+    def _restore_from(self, source: Path) -> dict[str, int]:
+        conn = self._write_conn
+        if conn is None:
+            raise StoreUnavailable("the state store is closed")
+        try:
+            snapshot = sqlite3.connect(f"{source.resolve().as_uri()}?mode=ro", uri=True)
+            try:
+                version = int(snapshot.execute("PRAGMA user_version").fetchone()[0])
+                if version > len(MIGRATIONS):
+                    raise StoreError(
+                        f"snapshot is at schema {version}, newer than this release "
+                        f"({len(MIGRATIONS)}); restore it with a newer control plane"
+                    )
+                snapshot.backup(conn)
+            finally:
+                snapshot.close()
+            self._migrate(conn)  # an older snapshot is brought up to this release's schema
+            return _count_rows(conn)  # still on the writer thread: no other write landed yet
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"restore from {source.name} failed: {exc}") from exc
+
+    async def counts(self) -> dict[str, int]:
+        """Rows per table."""
+        return await self._read(_count_rows)
+
+    async def integrity_problems(self) -> list[str]:
+        """What ``PRAGMA integrity_check`` reports (empty when the database is sound)."""
+        rows = await self._read(lambda c: c.execute("PRAGMA integrity_check").fetchall())
+        found = [str(r[0]) for r in rows]
+        return [] if found == ["ok"] else found
+
+    def trial_store(self, workdir: Path) -> Store:
+        """An empty SQLite store under ``workdir`` (restores are tried there first)."""
+        return SqliteStore(workdir / "trial.db", readers=1)
+
+
+def _count_rows(conn: sqlite3.Connection) -> dict[str, int]:
+    tables = [
+        str(r[0])
+        for r in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+            " ORDER BY name"
+        )
+    ]
+    # Table names come from sqlite_master itself, quoted: nothing user-supplied reaches the SQL.
+    return {
+        t: int(conn.execute(f'SELECT COUNT(*) FROM "{t}"').fetchone()[0])  # noqa: S608
+        for t in tables
+    }

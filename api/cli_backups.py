@@ -1,0 +1,156 @@
+"""``lunia backup create|list|verify|restore`` and ``lunia report`` (runbook §3, §4).
+
+Registered on the ``lunia`` app by ``api.cli``; every command is one core call through
+``with_plane``, so exit codes and one-line errors are the CLI's usual ones.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from api.cli import cli_actor, fail, with_plane
+from core.access_review import render_markdown
+from core.backups import BackupInfo, BackupReason, RestoreReport, Verification
+from core.control_plane import ControlPlane
+from core.files import write_atomically
+
+backup_app = typer.Typer(
+    help="Backups, verification and restore (runbook §3).", no_args_is_help=True
+)
+
+JsonOption = Annotated[bool, typer.Option("--json", help="machine-readable output")]
+
+
+def _age(seconds: float) -> str:
+    minutes = int(seconds // 60)
+    if minutes < 60:
+        return f"{minutes}m"
+    if minutes < 48 * 60:
+        return f"{minutes // 60}h{minutes % 60:02d}m"
+    return f"{minutes // 1440}d"
+
+
+def _size(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KiB", "MiB"):
+        if value < 1024:
+            return f"{size} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GiB"
+
+
+@backup_app.command("create")
+def backup_create(
+    reason: Annotated[
+        str, typer.Option("--reason", help="manual or emergency (shown in the catalogue)")
+    ] = "manual",
+    as_json: JsonOption = False,
+) -> None:
+    """Take a backup of all state now."""
+    if reason not in (BackupReason.MANUAL.value, BackupReason.EMERGENCY.value):
+        raise fail(f"--reason must be manual or emergency, not {reason!r}", 2)
+
+    async def go(plane: ControlPlane) -> tuple[BackupInfo, Path]:
+        info = await plane.backups.create(cli_actor(), reason=BackupReason(reason))
+        return info, plane.backups.root / info.id
+
+    info, where = with_plane(go)
+    if as_json:
+        typer.echo(info.model_dump_json(indent=2))
+        return
+    counts = ", ".join(f"{k} {v}" for k, v in sorted(info.counts.items()))
+    typer.echo(f"backup {info.id} taken: {_size(info.size_bytes)} ({counts})")
+    typer.echo(f"  in {where}" + (f", copied to {info.offsite}" if info.offsite else ""))
+    if info.problem:
+        typer.echo(f"  warning: {info.problem}", err=True)
+
+
+@backup_app.command("list")
+def backup_list(
+    remote: Annotated[bool, typer.Option("--remote", help="include off-site-only backups")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Show every backup, newest first, with age, size and verification status."""
+    backups = with_plane(lambda plane: plane.backups.list(remote=remote))
+    if as_json:
+        typer.echo(json.dumps([b.model_dump(mode="json") for b in backups], indent=2))
+        return
+    if not backups:
+        typer.echo("no backups yet: `lunia backup create` takes one")
+        return
+    typer.echo(f"{'ID':<20} {'AGE':>7} {'REASON':<10} {'SIZE':>10} {'STATUS':<11} OFF-SITE")
+    for b in backups:
+        reason = b.reason.value if b.reason else "?"
+        where = b.offsite or "-"
+        if not b.local:
+            where += " (only off-site)"
+        line = f"{b.id:<20} {_age(b.age_seconds):>7} {reason:<10} {_size(b.size_bytes):>10} "
+        typer.echo(f"{line}{b.status:<11} {where}" + (f"  {b.problem}" if b.problem else ""))
+
+
+@backup_app.command("verify")
+def backup_verify(backup_id: str, as_json: JsonOption = False) -> None:
+    """Check checksums, then trial-restore into a scratch store; exit 1 naming any problem."""
+
+    async def go(plane: ControlPlane) -> Verification:
+        return await plane.backups.verify(backup_id, cli_actor())
+
+    result = with_plane(go)
+    if as_json:
+        typer.echo(result.model_dump_json(indent=2))
+    if not result.ok:
+        raise fail(f"backup {backup_id} FAILED verification: {'; '.join(result.problems)}", 1)
+    if not as_json:
+        typer.echo(
+            f"backup {backup_id} OK: checksums match; trial restore passed the integrity check, "
+            f"{len(result.counts)} tables match the manifest, "
+            f"{result.audit_entries_checked} audit entries chain ({result.duration_seconds:.2f}s)"
+        )
+
+
+@backup_app.command("restore")
+def backup_restore(
+    backup_id: str,
+    yes: Annotated[bool, typer.Option("--yes", help="confirm: replaces all current state")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Replace all state with a backup (a safety backup is taken first; rolled back on failure)."""
+
+    async def go(plane: ControlPlane) -> RestoreReport:
+        return await plane.backups.restore(backup_id, cli_actor(), confirm=yes)
+
+    report = with_plane(go)
+    if as_json:
+        typer.echo(report.model_dump_json(indent=2))
+        return
+    typer.echo(
+        f"restored backup {report.backup_id} (taken {report.backup_created_at.isoformat()}) "
+        f"in {report.duration_seconds:.2f}s; safety backup of the previous state: "
+        f"{report.safety_backup_id}"
+    )
+    for table in sorted(set(report.counts_before) | set(report.counts_after)):
+        before, after = report.counts_before.get(table, 0), report.counts_after.get(table, 0)
+        if before != after:
+            typer.echo(f"  {table}: {before} -> {after}")
+    for flag in report.flags_changed:
+        typer.echo(f"  flag {flag.name}: {json.dumps(flag.before)} -> {json.dumps(flag.after)}")
+
+
+def report(
+    out: Annotated[
+        Path, typer.Option("--out", help="where to write the Markdown report", dir_okay=False)
+    ] = Path("docs/RELEASE_REPORT.md"),
+) -> None:
+    """Write the access review (roles, last actions, flags, backups, incidents) as Markdown."""
+
+    async def go(plane: ControlPlane) -> str:
+        return render_markdown(await plane.access_review.review(cli_actor()))
+
+    text = with_plane(go)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_atomically(out, text.encode())
+    typer.echo(f"access review written to {out}")

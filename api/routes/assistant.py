@@ -1,0 +1,72 @@
+"""The assistant over HTTP: ask a question, diagnose an incident, see which assistant answers."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from fastapi import APIRouter
+from pydantic import BaseModel, ConfigDict, Field
+
+from api.deps import PlaneDep, ViewerDep
+from api.schemas import ErrorBody
+from core.assistant import AssistantStatus
+from core.assistant_models import Answer, AnswerSection, ProposedAction, ToolResult
+
+router = APIRouter(tags=["assistant"])
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorBody},
+    403: {"model": ErrorBody},
+    404: {"model": ErrorBody},
+    422: {"model": ErrorBody},
+}
+
+
+class AskIn(BaseModel):
+    """Body of ``POST /api/v1/assistant/ask``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    question: str = Field(min_length=1, max_length=2000, examples=["what's our PnL?"])
+
+
+class AnswerOut(BaseModel):
+    """An answer: plain text (``#`` headings, ``-`` items), where it came from, and why."""
+
+    answer: str
+    source: Literal["llm", "fallback"]
+    fallback_reason: str | None
+    intent: str | None
+    inference: str
+    facts: list[ToolResult]
+    tools_failed: list[str]
+    proposals: list[ProposedAction]
+    sections: list[AnswerSection]
+    latency_seconds: float
+    steps: int
+    tokens: int
+
+    @classmethod
+    def of(cls, answer: Answer) -> AnswerOut:
+        """The API form of a core answer."""
+        return cls(answer=answer.text, **answer.model_dump(exclude={"text", "question"}))
+
+
+@router.post("/api/v1/assistant/ask", response_model=AnswerOut, responses=_ERRORS)
+async def ask(body: AskIn, plane: PlaneDep, actor: ViewerDep) -> AnswerOut:
+    """Ask a question; answered by the LLM, or by the rule-based fallback (``source``)."""
+    return AnswerOut.of(await plane.assistant.ask(body.question, actor))
+
+
+@router.get("/api/v1/assistant", response_model=AssistantStatus, responses=_ERRORS)
+async def assistant_status(plane: PlaneDep, _: ViewerDep) -> AssistantStatus:
+    """Whether questions go to the LLM now (configured, LLM_RATE_LIMITED, circuit)."""
+    return plane.assistant.status()
+
+
+@router.post(
+    "/api/v1/incidents/{incident_id}/diagnose", response_model=AnswerOut, responses=_ERRORS
+)
+async def diagnose(incident_id: int, plane: PlaneDep, actor: ViewerDep) -> AnswerOut:
+    """Likely causes, the runbook's next steps and proposed actions for one incident."""
+    return AnswerOut.of(await plane.assistant.diagnose(incident_id, actor))

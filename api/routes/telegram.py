@@ -1,0 +1,43 @@
+"""``POST /telegram/webhook``: Telegram's updates in webhook mode (TELEGRAM_MODE=webhook)."""
+
+from __future__ import annotations
+
+import hmac
+import json
+from typing import TYPE_CHECKING, Annotated, Any
+
+from fastapi import APIRouter, Header, HTTPException, Request
+
+from api.schemas import ErrorBody
+
+if TYPE_CHECKING:
+    from bot.app import TelegramBot
+
+router = APIRouter(tags=["telegram"])
+
+
+@router.post(
+    "/telegram/webhook",
+    responses={401: {"model": ErrorBody}, 404: {"model": ErrorBody}, 400: {"model": ErrorBody}},
+)
+async def telegram_webhook(
+    request: Request,
+    secret: Annotated[str | None, Header(alias="X-Telegram-Bot-Api-Secret-Token")] = None,
+) -> dict[str, bool]:
+    """Accept one update from Telegram after checking its secret header in constant time."""
+    bot: TelegramBot | None = getattr(request.app.state, "telegram", None)
+    settings = request.app.state.plane.settings
+    if bot is None or settings.telegram_mode != "webhook" or not settings.telegram_webhook_secret:
+        raise HTTPException(404, "webhook mode is not enabled (TELEGRAM_MODE=webhook)")
+    expected = settings.telegram_webhook_secret.get_secret_value().encode()
+    if not hmac.compare_digest((secret or "").encode(), expected):
+        request.app.state.plane.metrics.auth_denied.labels("telegram", "webhook_secret").inc()
+        raise HTTPException(401, "wrong or missing X-Telegram-Bot-Api-Secret-Token")
+    try:
+        update: Any = json.loads(await request.body())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise HTTPException(400, f"body is not valid JSON: {exc}") from None
+    if not isinstance(update, dict) or "update_id" not in update:
+        raise HTTPException(400, "body is not a Telegram Update (no update_id)")
+    await bot.feed_webhook(update)
+    return {"ok": True}

@@ -1,0 +1,218 @@
+"""The Telegram bot's lifecycle: session, dispatcher, delivery, polling or webhook, health.
+
+``TelegramBot(plane)`` is started by ``lunia run`` (and ``lunia bot``) when TELEGRAM_BOT_TOKEN
+is set. Polling errors (409 conflict, network, 5xx) never end the process: aiogram retries them
+with backoff and the bot's ``/healthz`` component reports them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from aiogram import Bot, Dispatcher
+from aiogram.client.session.aiohttp import AiohttpSession
+from aiogram.client.session.middlewares.base import BaseRequestMiddleware, NextRequestMiddlewareType
+from aiogram.client.telegram import TelegramAPIServer
+from aiogram.exceptions import TelegramAPIError, TelegramConflictError, TelegramNetworkError
+from aiogram.filters import ExceptionTypeFilter
+from aiogram.methods import GetUpdates, TelegramMethod
+from aiogram.methods.base import Response, TelegramType
+from aiogram.types import BotCommand, ErrorEvent, Update
+
+from bot.callbacks import Confirmations, Signer
+from bot.handlers import all_commands, build_routers
+from bot.middlewares import AccessMiddleware
+from bot.notifier import Notifier
+from bot.render import checklist_text, e
+from bot.sender import CHANNEL, TelegramSender
+from bot.ui import BotHealth, Ui
+from core.control_plane import ControlPlane
+from core.errors import OperationError, PermissionDenied
+from core.health import ComponentHealth, Status
+from core.models import AuditRecord
+from core.outbox import OutboxWorker
+
+logger = logging.getLogger(__name__)
+
+
+class _WatchRequests(BaseRequestMiddleware):
+    """Notes polling conflicts and recoveries for the bot's health component."""
+
+    def __init__(self, health: BotHealth) -> None:
+        self._health = health
+
+    async def __call__(
+        self,
+        make_request: NextRequestMiddlewareType[TelegramType],
+        bot: Bot,
+        method: TelegramMethod[TelegramType],
+    ) -> Response[TelegramType]:
+        try:
+            response = await make_request(bot, method)
+        except TelegramConflictError as exc:
+            self._health.conflict = exc.message
+            raise
+        except (TelegramNetworkError, TelegramAPIError) as exc:
+            if isinstance(method, GetUpdates):
+                self._health.error = f"{type(exc).__name__}: {exc.message}"
+            raise
+        if isinstance(method, GetUpdates):
+            self._health.conflict = None
+            self._health.error = None
+        return response
+
+
+class TelegramBot:
+    """Everything Telegram: polling or webhook, handlers, notifier, outbox, daily checklist."""
+
+    def __init__(self, plane: ControlPlane) -> None:
+        s = plane.settings
+        assert s.telegram_bot_token is not None  # noqa: S101 - only built when configured
+        self.plane = plane
+        self.health = BotHealth()
+        session = AiohttpSession(api=TelegramAPIServer.from_base(s.telegram_api_base))
+        session.middleware(_WatchRequests(self.health))
+        self.bot = Bot(s.telegram_bot_token.get_secret_value(), session=session)
+        self.signer = Signer(plane.secrets.callback_signing_key.get_secret_value().encode())
+        diagnose = hasattr(plane, "assistant")
+        self.sender = TelegramSender(
+            self.bot, plane, self.signer, plane.metrics, diagnose_button=diagnose
+        )
+        self.outbox = OutboxWorker(plane.store, CHANNEL, self.sender.deliver, plane.metrics)
+        self.ui = Ui(
+            plane.store, self.outbox, self.signer, Confirmations(), self.health, diagnose=diagnose
+        )
+        self.notifier = Notifier(plane, self.outbox)
+        self.dispatcher = Dispatcher(plane=plane, ui=self.ui)
+        access = AccessMiddleware(plane, self.ui)
+        self.dispatcher.message.outer_middleware(access)
+        self.dispatcher.callback_query.outer_middleware(access)
+        self.dispatcher.errors.register(self._operation_error, ExceptionTypeFilter(OperationError))
+        self.dispatcher.include_routers(*build_routers())
+        self._polling: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[Any]] = set()
+        plane.health.register("telegram", self._check, critical=False)
+        if s.telegram_ops_chat_id is not None:
+            hour, minute = s.checklist_time_utc.split(":")
+            plane.scheduler.cron(
+                "daily-checklist", self.post_checklist, hour=int(hour), minute=int(minute)
+            )
+
+    async def start(self) -> None:
+        """Deliver queued messages, catch up on events, then start receiving updates."""
+        await self.outbox.start()
+        await self.notifier.start()
+        try:
+            me = await self.bot.get_me()
+            await self.bot.set_my_commands(
+                [BotCommand(command=c, description=d[:256]) for c, d in all_commands()]
+            )
+            await self._reconcile_webhook()
+        except TelegramAPIError as exc:
+            # The bot stays up: the outbox retries, and polling retries getUpdates by itself.
+            self.health.error = f"startup: {type(exc).__name__}: {exc.message}"
+            logger.error("Telegram startup call failed (%s); will keep retrying", exc.message)
+        else:
+            logger.info(
+                "Telegram bot @%s ready (%s mode)", me.username, self.plane.settings.telegram_mode
+            )
+        if self.plane.settings.telegram_mode == "polling":
+            self._polling = asyncio.create_task(self._poll(), name="telegram-polling")
+        self.health.started = True
+
+    async def _reconcile_webhook(self) -> None:
+        s = self.plane.settings
+        if s.telegram_mode == "webhook":
+            assert s.telegram_webhook_url and s.telegram_webhook_secret  # noqa: S101
+            await self.bot.set_webhook(
+                s.telegram_webhook_url,
+                secret_token=s.telegram_webhook_secret.get_secret_value(),
+                allowed_updates=self.dispatcher.resolve_used_update_types(),
+                drop_pending_updates=False,
+            )
+        else:
+            await self.bot.delete_webhook(drop_pending_updates=False)
+
+    async def _poll(self) -> None:
+        await self.dispatcher.start_polling(
+            self.bot, handle_signals=False, close_bot_session=False, polling_timeout=25
+        )
+
+    async def feed_webhook(self, update: dict[str, Any]) -> None:
+        """Handle one webhook update in the background (the HTTP answer does not wait)."""
+        parsed = Update.model_validate(update, context={"bot": self.bot})
+        task = asyncio.create_task(self.dispatcher.feed_update(self.bot, parsed))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def close(self) -> None:
+        """Stop receiving, finish running handlers, flush the outbox, close the session."""
+        if self._polling is not None:
+            await self.dispatcher.stop_polling()
+            await asyncio.gather(self._polling, return_exceptions=True)
+        if self._background:
+            await asyncio.wait(self._background, timeout=10)
+        await self.notifier.close()
+        await self.outbox.close(drain_timeout=10)
+        await self.bot.session.close()
+
+    async def post_checklist(self) -> None:
+        """The scheduled daily checklist, to the ops chat (runbook §1)."""
+        chat = self.plane.settings.telegram_ops_chat_id
+        if chat is not None:
+            await self.ui.reply(chat, checklist_text(await self.plane.checklist.run()))
+
+    async def _operation_error(self, event: ErrorEvent) -> None:
+        """One place where refusals and failures become a reply to the person."""
+        exc = event.exception
+        assert isinstance(exc, OperationError)  # noqa: S101 - filtered on this type
+        update = event.update
+        if isinstance(exc, PermissionDenied):
+            user = (
+                update.message.from_user
+                if update.message
+                else (update.callback_query.from_user if update.callback_query else None)
+            )
+            if user is not None:
+                from bot.middlewares import actor_for
+
+                await self.plane.audit.record(
+                    AuditRecord(
+                        actor=actor_for(user, self.plane),
+                        action="telegram.denied",
+                        target=(update.message.text or "")[:64] if update.message else "button",
+                        outcome="denied",
+                        detail=exc.message,
+                    )
+                )
+        if update.callback_query is not None:
+            await update.callback_query.answer(f"⛔️ {exc.message}"[:200], show_alert=True)
+        elif update.message is not None:
+            await self.ui.reply(update.message.chat.id, f"⛔️ {e(exc.message)}")
+
+    async def _check(self) -> ComponentHealth:
+        h = self.health
+        if not h.started:
+            return ComponentHealth(status=Status.DEGRADED, detail="starting")
+        sent = self.sender.last_success
+        detail = (
+            f"last update {_age(h.last_update)} ago, last send {_age(sent)} ago, "
+            f"outbox {(await self.plane.store.outbox_stats(CHANNEL)).depth} queued"
+        )
+        if h.conflict:
+            return ComponentHealth(
+                status=Status.DEGRADED, detail=f"another poller holds getUpdates: {h.conflict}"
+            )
+        if h.error:
+            return ComponentHealth(status=Status.DEGRADED, detail=f"{h.error}; {detail}")
+        if self.sender.failed_chats:
+            chats = ", ".join(str(c) for c in sorted(self.sender.failed_chats))
+            return ComponentHealth(status=Status.DEGRADED, detail=f"chats refusing us: {chats}")
+        return ComponentHealth(status=Status.OK, detail=detail)
+
+
+def _age(moment: float | None) -> str:
+    return "never" if moment is None else f"{int(time.time() - moment)}s"

@@ -1,0 +1,157 @@
+"""Questions in plain words (runbook §2.3): /ask, private messages, mentions and replies in the
+ops group, and the Diagnose button. Proposed actions become buttons that go through the same
+roles and confirmations as the commands; the assistant itself never acts."""
+
+from __future__ import annotations
+
+from aiogram import Bot, F, Router
+from aiogram.filters import Command, CommandObject
+from aiogram.types import CallbackQuery, InlineKeyboardMarkup, Message
+
+from bot.callbacks import ProposalButton
+from bot.render import e
+from bot.ui import Ui
+from core.assistant_models import ActionKind, Answer, ProposedAction
+from core.control_plane import ControlPlane
+from core.errors import InvalidInput
+from core.models import Actor, AuditRecord
+
+COMMANDS = [("ask", "ask in plain words: /ask what's our PnL? (or just write to me)")]
+
+_KINDS = {
+    ActionKind.ACKNOWLEDGE_INCIDENT: "a",
+    ActionKind.TOGGLE_CORE: "t",
+    ActionKind.FAILOVER: "f",
+    ActionKind.BACKUP: "b",
+}
+
+
+def answer_html(answer: Answer) -> str:
+    """The answer's sections, escaped, with where it came from."""
+    lines: list[str] = []
+    for section in answer.sections:
+        lines.append(f"<b>{e(section.title)}</b>")
+        lines += [e(line) for line in section.lines]
+        lines += [f"• {e(item)}" for item in section.items]
+        lines.append("")
+    if not answer.sections:
+        lines.append(e(answer.text))
+    if answer.tools_failed:
+        lines.append(f"⚠️ unavailable: {e(', '.join(answer.tools_failed))}")
+    source = (
+        "🤖 LLM"
+        if answer.source == "llm"
+        else f"📐 rule-based fallback ({e(answer.fallback_reason or 'no LLM')})"
+    )
+    lines.append(f"<i>{source} · {answer.latency_seconds:.1f}s</i>")
+    return "\n".join(lines).strip()
+
+
+def proposal_keyboard(ui: Ui, proposals: list[ProposedAction]) -> InlineKeyboardMarkup | None:
+    """One button per proposed action (signed; pressing runs the real command path)."""
+    rows = []
+    for proposal in proposals[:4]:
+        state = proposal.args.get("enabled")
+        enabled = "1" if state is True else "0" if state is False else ""
+        data = ProposalButton(
+            kind=_KINDS[proposal.kind], target=proposal.target[:24], enabled=enabled
+        )
+        rows.append([ui.signer.button(f"▶️ {proposal.describe()}"[:60], data)])
+    return InlineKeyboardMarkup(inline_keyboard=rows) if rows else None
+
+
+async def _reply(ui: Ui, chat_id: int, answer: Answer) -> None:
+    await ui.reply(chat_id, answer_html(answer), proposal_keyboard(ui, answer.proposals))
+
+
+async def ask(
+    message: Message, command: CommandObject, plane: ControlPlane, ui: Ui, actor: Actor
+) -> None:
+    """``/ask QUESTION``."""
+    question = (command.args or "").strip()
+    if not question:
+        raise InvalidInput("usage: /ask QUESTION, e.g. /ask is redis ok?")
+    await _reply(ui, message.chat.id, await plane.assistant.ask(question, actor))
+
+
+async def plain_question(
+    message: Message, plane: ControlPlane, ui: Ui, actor: Actor, bot: Bot
+) -> None:
+    """Plain text in a private chat, or a mention/reply to the bot in a group."""
+    text = (message.text or "").strip()
+    if message.chat.type != "private":
+        me = await bot.me()
+        mention = f"@{me.username}" if me.username else ""
+        replied = (
+            message.reply_to_message is not None
+            and message.reply_to_message.from_user is not None
+            and message.reply_to_message.from_user.id == me.id
+        )
+        if not replied and (not mention or mention.lower() not in text.lower()):
+            return  # ordinary group chatter is not for us
+        text = text.replace(mention, "").strip()
+    if not text:
+        return
+    await _reply(ui, message.chat.id, await plane.assistant.ask(text, actor))
+
+
+async def diagnose(
+    plane: ControlPlane, ui: Ui, actor: Actor, chat_id: int, incident_id: int
+) -> None:
+    """The Diagnose button: likely causes and the runbook's next steps, in the thread."""
+    answer = await plane.assistant.diagnose(incident_id, actor)
+    await ui.reply_in_thread(
+        chat_id, incident_id, answer_html(answer), proposal_keyboard(ui, answer.proposals)
+    )
+
+
+async def proposal_pressed(
+    query: CallbackQuery, callback_data: ProposalButton, plane: ControlPlane, ui: Ui, actor: Actor
+) -> None:
+    """Carry out a proposed action as the presser: roles and confirmations from core."""
+    if not ui.signer.verify(callback_data):
+        await plane.audit.record(
+            AuditRecord(
+                actor=actor,
+                action="telegram.forged_button",
+                target=str(query.data)[:64],
+                outcome="denied",
+                detail="proposal signature did not verify",
+            )
+        )
+        await query.answer("Refused: this button was not issued by this bot.", show_alert=True)
+        return
+    chat_id = query.message.chat.id if query.message else query.from_user.id
+    target = callback_data.target
+
+    async def run(confirm: bool) -> str:
+        match callback_data.kind:
+            case "a":
+                incident = await plane.incidents.acknowledge(int(target), actor)
+                return f"👀 Acknowledged <b>#{incident.id}</b> {e(incident.title)}"
+            case "t":
+                enabled = {"1": True, "0": False}.get(callback_data.enabled)
+                core = await plane.trading.toggle_core(
+                    target, actor, enabled=enabled, confirm=confirm
+                )
+                return f"⚙️ Core <b>{e(core.name)}</b> is now {'on' if core.enabled else 'off'}."
+            case "f":
+                s = await plane.venues.failover(
+                    actor, to=target or None, confirm=confirm, reason="proposed by the assistant"
+                )
+                return f"🔀 Trading on <b>{e(s.active)}</b> now."
+            case _:
+                backup = await plane.backups.create(actor)
+                return f"💾 Backup <code>{e(backup.id)}</code> taken."
+
+    await ui.confirm_or_run(chat_id, query.from_user.id, run)
+    await query.answer("Done, or waiting for your confirmation below.")
+
+
+def router() -> Router:
+    """The assistant's handlers (plain text last: after every command)."""
+    r = Router(name="assistant")
+    r.message.register(ask, Command("ask"))
+    r.callback_query.register(proposal_pressed, ProposalButton.filter())
+    r.message.register(plain_question, F.text & ~F.text.startswith("/"))
+    return r

@@ -1,0 +1,38 @@
+"""/audit: the newest audit entries and whether the hash chain holds (runbook §4)."""
+
+from __future__ import annotations
+
+from aiogram import Router
+from aiogram.filters import Command, CommandObject
+from aiogram.types import Message
+
+from bot.render import audit_text
+from bot.ui import Ui
+from core.access import require
+from core.control_plane import ControlPlane
+from core.errors import InvalidInput
+from core.models import Actor, Role
+
+COMMANDS = [("audit", "newest audit entries: /audit [N] (operator)")]
+
+
+def router() -> Router:
+    """The audit feature's handlers."""
+    r = Router(name="audit")
+
+    @r.message(Command("audit"))
+    async def audit(
+        message: Message, command: CommandObject, plane: ControlPlane, ui: Ui, actor: Actor
+    ) -> None:
+        """The last N (default 15) entries, and a chain check."""
+        require(actor, Role.OPERATOR, "reading the audit log")
+        arg = (command.args or "15").strip()
+        if not arg.isdigit():
+            raise InvalidInput("usage: /audit [N] with N from 1 to 100")
+        limit = int(arg)
+        if not 1 <= limit <= 100:
+            raise InvalidInput("usage: /audit [N] with N from 1 to 100")
+        entries = await plane.audit.tail(limit)
+        await ui.reply(message.chat.id, audit_text(entries, await plane.audit.verify()))
+
+    return r

@@ -1,0 +1,111 @@
+"""The one access check for every update: deny by default, then who the actor is.
+
+Unknown users get one polite refusal per hour (audited, counted), never data. Being in the ops
+group grants nothing: only ``TELEGRAM_ADMINS/OPERATORS/VIEWERS`` do (``core.access``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiogram import BaseMiddleware
+from aiogram.types import CallbackQuery, Message, TelegramObject, User
+
+from bot.ui import Ui
+from core.access import telegram_role
+from core.control_plane import ControlPlane
+from core.errors import OperationError
+from core.models import Actor, ActorKind, AuditRecord
+
+logger = logging.getLogger(__name__)
+
+REFUSAL = (
+    "Sorry, you are not authorised to use this bot. Ask an admin to add your Telegram "
+    "id ({user_id}) to TELEGRAM_VIEWERS, TELEGRAM_OPERATORS or TELEGRAM_ADMINS."
+)
+REFUSAL_EVERY = 3600.0
+
+Handler = Callable[[TelegramObject, dict[str, Any]], Awaitable[Any]]
+
+
+def command_name(event: TelegramObject) -> str:
+    """A short name of what was asked, for metrics and audit."""
+    if isinstance(event, Message):
+        text = event.text or ""
+        if text.startswith("/"):
+            return text.split()[0].split("@")[0][:32]
+        return "text"
+    if isinstance(event, CallbackQuery):
+        return f"button:{(event.data or '?').split(':')[0]}"
+    return type(event).__name__
+
+
+def actor_for(user: User, plane: ControlPlane) -> Actor:
+    """The actor a Telegram user acts as (role None when not listed)."""
+    name = f"@{user.username}" if user.username else user.full_name
+    return Actor(
+        kind=ActorKind.TELEGRAM,
+        id=str(user.id),
+        name=name,
+        role=telegram_role(plane.settings, user.id),
+    )
+
+
+class AccessMiddleware(BaseMiddleware):
+    """Resolves the actor, refuses unknown users, and counts every command's outcome."""
+
+    def __init__(self, plane: ControlPlane, ui: Ui) -> None:
+        self._plane = plane
+        self._ui = ui
+
+    async def __call__(self, handler: Handler, event: TelegramObject, data: dict[str, Any]) -> Any:
+        self._ui.seen_update()
+        user: User | None = data.get("event_from_user")
+        if user is None or user.is_bot:
+            return None
+        actor = actor_for(user, self._plane)
+        name = command_name(event)
+        metrics = self._plane.metrics
+        if actor.role is None:
+            metrics.auth_denied.labels("telegram", "unknown_user").inc()
+            metrics.telegram_commands.labels(name, "unauthorized").inc()
+            await self._refuse(event, user, actor, name)
+            return None
+        data["actor"] = actor
+        try:
+            result = await handler(event, data)
+        except OperationError:
+            metrics.telegram_commands.labels(name, "refused").inc()
+            raise
+        except Exception:
+            metrics.telegram_commands.labels(name, "error").inc()
+            raise
+        metrics.telegram_commands.labels(name, "ok").inc()
+        return result
+
+    async def _refuse(self, event: TelegramObject, user: User, actor: Actor, name: str) -> None:
+        now = time.monotonic()
+        last = self._ui.health.refused_users.get(user.id)
+        if last is not None and now - last < REFUSAL_EVERY:
+            if isinstance(event, CallbackQuery):
+                await event.answer("Not authorised.", show_alert=True)
+            return
+        self._ui.health.refused_users[user.id] = now
+        logger.warning("refused Telegram user %d (%s) for %s", user.id, actor.name, name)
+        await self._plane.audit.record(
+            AuditRecord(
+                actor=actor,
+                action="telegram.refused",
+                target=name,
+                outcome="denied",
+                detail="user not in TELEGRAM_ADMINS/OPERATORS/VIEWERS",
+            )
+        )
+        text = REFUSAL.format(user_id=user.id)
+        if isinstance(event, CallbackQuery):
+            await event.answer(text, show_alert=True)
+        elif isinstance(event, Message):
+            await self._ui.reply(event.chat.id, text)

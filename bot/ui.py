@@ -1,0 +1,143 @@
+"""What every handler gets besides the control plane: replies through the outbox, signed
+buttons, confirmations, and the bot's own health."""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from html import escape
+
+from aiogram.types import InlineKeyboardMarkup
+
+from bot.callbacks import Confirmations, Signer
+from bot.render import split_html
+from bot.sender import CHANNEL
+from core.errors import ConfirmationRequired
+from core.models import OutboxMessage
+from core.outbox import OutboxWorker
+from core.store import Store
+
+
+@dataclass
+class BotHealth:
+    """What ``/healthz`` reports about the bot."""
+
+    started: bool = False
+    last_update: float | None = None
+    conflict: str | None = None
+    error: str | None = None
+    refused_users: dict[int, float] = field(default_factory=dict)
+
+
+class Ui:
+    """Replies (durable, paced, split), signer and confirmations for the handlers."""
+
+    def __init__(
+        self,
+        store: Store,
+        outbox: OutboxWorker,
+        signer: Signer,
+        confirmations: Confirmations,
+        health: BotHealth,
+        *,
+        diagnose: bool,
+    ) -> None:
+        self._store = store
+        self._outbox = outbox
+        self.signer = signer
+        self.confirmations = confirmations
+        self.health = health
+        self.diagnose = diagnose
+
+    async def reply(
+        self, chat_id: int, text: str, keyboard: InlineKeyboardMarkup | None = None
+    ) -> None:
+        """Queue ``text`` for ``chat_id`` (split over 4096 characters; buttons on the last)."""
+        parts = split_html(text)
+        messages = []
+        for index, part in enumerate(parts):
+            payload: dict[str, object] = {"op": "text", "chat_id": chat_id, "text": part}
+            if keyboard is not None and index == len(parts) - 1:
+                payload["keyboard"] = keyboard.model_dump(mode="json", exclude_none=True)
+            messages.append(OutboxMessage(channel=CHANNEL, key=str(chat_id), payload=payload))
+        await self._store.outbox_add(messages)
+        self._outbox.wake()
+
+    async def reply_in_thread(
+        self,
+        chat_id: int,
+        incident_id: int,
+        text: str,
+        keyboard: InlineKeyboardMarkup | None = None,
+    ) -> None:
+        """Reply to the incident's own message (its thread), split if long."""
+        parts = split_html(text)
+        messages = []
+        for index, part in enumerate(parts):
+            payload: dict[str, object] = {
+                "op": "text",
+                "chat_id": chat_id,
+                "text": part,
+                "reply_to_incident": incident_id,
+            }
+            if keyboard is not None and index == len(parts) - 1:
+                payload["keyboard"] = keyboard.model_dump(mode="json", exclude_none=True)
+            messages.append(OutboxMessage(channel=CHANNEL, key=str(chat_id), payload=payload))
+        await self._store.outbox_add(messages)
+        self._outbox.wake()
+
+    async def refresh_incident(self, chat_id: int, incident_id: int) -> None:
+        """Queue a re-render of an incident's message (after a stale press)."""
+        await self._store.outbox_add(
+            [
+                OutboxMessage(
+                    channel=CHANNEL,
+                    key=str(chat_id),
+                    payload={"op": "incident", "chat_id": chat_id, "incident_id": incident_id},
+                )
+            ]
+        )
+        self._outbox.wake()
+
+    async def confirm_or_run(
+        self, chat_id: int, user_id: int, action: Callable[[bool], Awaitable[str]]
+    ) -> None:
+        """Run ``action(False)``; if core says it needs confirmation, ask only this user."""
+        try:
+            await self.reply(chat_id, await action(False))
+        except ConfirmationRequired as exc:
+
+            async def confirmed() -> str:
+                return await action(True)
+
+            token = self.confirmations.ask(user_id, exc.message, confirmed)
+            await self.reply(
+                chat_id,
+                f"⚠️ {escape(exc.message, quote=False)}\nOnly you can confirm, within "
+                f"{int(self.confirmations.ttl)}s.",
+                self.confirmations.keyboard(self.signer, token),
+            )
+
+    async def photo(self, chat_id: int, png: bytes, caption: str) -> None:
+        """Queue a picture (a chart) with an HTML caption."""
+        await self._store.outbox_add(
+            [
+                OutboxMessage(
+                    channel=CHANNEL,
+                    key=str(chat_id),
+                    payload={
+                        "op": "photo",
+                        "chat_id": chat_id,
+                        "caption": caption[:1024],
+                        "png_b64": base64.b64encode(png).decode(),
+                    },
+                )
+            ]
+        )
+        self._outbox.wake()
+
+    def seen_update(self) -> None:
+        """Note that Telegram delivered an update (bot health)."""
+        self.health.last_update = time.time()

@@ -1,0 +1,1 @@
+"""Tests of the Telegram bot, driving real aiogram against a loopback fake Bot API."""

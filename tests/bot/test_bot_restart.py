@@ -1,0 +1,104 @@
+"""Killed with messages queued, ``lunia run`` delivers every one of them once after a restart."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+
+from tests.bot.conftest import ADMIN, OPS
+from tests.conftest import WEBHOOK_TOKEN
+from tests.fakes.telegram import FakeTelegram
+from tests.support.payloads import am_alert, am_payload
+from tests.support.services import free_port
+
+LUNIA = str(Path(sys.executable).with_name("lunia"))
+
+
+def start(tmp_path: Path, fake: FakeTelegram, port: int) -> subprocess.Popen[bytes]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("API_", "TELEGRAM_"))}
+    env.update(
+        LUNIA_STATE_DIR=str(tmp_path / "var"),
+        API_PORT=str(port),
+        ALERT_WEBHOOK_TOKEN=WEBHOOK_TOKEN,
+        TELEGRAM_BOT_TOKEN=fake.token,
+        TELEGRAM_API_BASE=fake.base,
+        TELEGRAM_OPS_CHAT_ID=str(OPS),
+        TELEGRAM_ADMINS=str(ADMIN),
+        ENABLE_REDIS="false",
+    )
+    return subprocess.Popen(
+        [LUNIA, "run"], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+
+
+async def wait_healthy(url: str, proc: subprocess.Popen[bytes]) -> None:
+    async with httpx.AsyncClient() as client:
+        for _ in range(300):
+            assert proc.poll() is None, (proc.stderr.read() if proc.stderr else b"").decode()
+            try:
+                if (await client.get(f"{url}/readyz", timeout=1)).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            await asyncio.sleep(0.1)
+    raise AssertionError("lunia run did not become ready")
+
+
+async def test_queued_messages_survive_kill_9(tmp_path: Path) -> None:
+    async with FakeTelegram() as fake:
+        fake.set_offline(True, mode="502")
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        first = start(tmp_path, fake, port)
+        try:
+            await wait_healthy(url, first)
+            body = am_payload(*(am_alert(f"Queued{i}", fingerprint=f"q{i}") for i in range(3)))
+            async with httpx.AsyncClient() as client:
+                response = await client.post(
+                    f"{url}/api/v1/alerts/alertmanager",
+                    json=body,
+                    headers={"Authorization": f"Bearer {WEBHOOK_TOKEN}"},
+                )
+            assert response.status_code == 200
+            await fake.wait_for(
+                lambda: (
+                    True if any(c.status == 502 for c in fake.calls_to("sendMessage")) else None
+                ),
+                timeout=10,
+            )
+        finally:
+            first.send_signal(signal.SIGKILL)
+            first.wait(timeout=10)
+            if first.stderr:
+                first.stderr.close()
+        assert not fake.calls_to("sendMessage", ok=True)
+
+        fake.set_offline(False)
+        second = start(tmp_path, fake, port)
+        try:
+            await wait_healthy(url, second)
+
+            def delivered() -> list[str] | None:
+                texts = [
+                    str(c.params.get("text", "")) for c in fake.calls_to("sendMessage", ok=True)
+                ]
+                titles = [t for t in texts if "Queued" in t]
+                return titles if len(titles) >= 3 else None
+
+            await fake.wait_for(delivered, timeout=30)
+            await asyncio.sleep(1.5)  # anything duplicated would show up now
+            titles = delivered() or []
+            for i in range(3):
+                assert sum(f"Queued{i}" in t for t in titles) == 1, titles
+        finally:
+            second.send_signal(signal.SIGTERM)
+            code = second.wait(timeout=20)
+            if second.stderr:
+                second.stderr.close()
+        assert code == 0

@@ -1,0 +1,85 @@
+"""The engine from chat: venues, failover with its pre-check, cores, PnL chart, halt."""
+
+from __future__ import annotations
+
+from bot.app import TelegramBot
+from tests.bot.conftest import ADMIN, OPERATOR, VIEWER
+from tests.bot.test_bot import button, incident_message, replies
+from tests.fakes.telegram import PNG_SIGNATURE, FakeTelegram
+
+
+async def test_pnl_chart_arrives_as_a_png(
+    telegram: TelegramBot, fake_telegram: FakeTelegram
+) -> None:
+    await telegram.plane.trading.record_pnl()
+    fake_telegram.push_message(VIEWER, VIEWER, "/pnl 24h")
+    [call] = await fake_telegram.wait_for_call("sendPhoto", timeout=15)
+    assert call.ok, call.description
+    photo = fake_telegram.messages(VIEWER)[-1].photo
+    assert photo is not None and photo.startswith(PNG_SIGNATURE)
+    assert "PnL now" in str(call.params.get("caption"))
+    fake_telegram.push_message(VIEWER, VIEWER, "/pnl 1y")
+    assert "usage: /pnl [24h|7d]" in await replies(fake_telegram, VIEWER, "usage")
+
+
+async def test_venues_cores_exposure_and_status(
+    telegram: TelegramBot, fake_telegram: FakeTelegram
+) -> None:
+    fake_telegram.push_message(VIEWER, VIEWER, "/venues")
+    text = await replies(fake_telegram, VIEWER, "Venues")
+    assert "trading on binance" in text and "okx" in text
+    fake_telegram.push_message(VIEWER, VIEWER, "/cores")
+    assert "Switch with /toggle" in await replies(fake_telegram, VIEWER, "Cores")
+    fake_telegram.push_message(VIEWER, VIEWER, "/exposure")
+    await replies(fake_telegram, VIEWER, "Exposure")
+    fake_telegram.push_message(VIEWER, VIEWER, "/status")
+    status = await replies(fake_telegram, VIEWER, "Lunia status")
+    assert "PnL:" in status and "exposure:" in status and "venue: binance" in status
+
+
+async def test_failover_shows_the_precheck_and_needs_confirmation(
+    telegram: TelegramBot, fake_telegram: FakeTelegram
+) -> None:
+    fake_telegram.push_message(VIEWER, VIEWER, "/failover")
+    assert "needs the operator role" in await replies(fake_telegram, VIEWER, "⛔️")
+    fake_telegram.push_message(OPERATOR, OPERATOR, "/failover")
+    prompt = await incident_message(fake_telegram, OPERATOR, "Only you can confirm")
+    assert "okx" in (prompt.text or "")
+    assert telegram.plane.venues.status().active == "binance"
+    fake_telegram.push_callback(OPERATOR, OPERATOR, prompt.message_id, button(prompt, "Confirm"))
+    assert "Trading on okx" in await replies(fake_telegram, OPERATOR, "Trading on")
+    assert telegram.plane.venues.status().failed_over
+    fake_telegram.push_message(OPERATOR, OPERATOR, "/failback")
+    await replies(fake_telegram, OPERATOR, "Back on")
+    assert not telegram.plane.venues.status().failed_over
+
+
+async def test_halt_is_admin_only_and_confirmed(
+    telegram: TelegramBot, fake_telegram: FakeTelegram
+) -> None:
+    fake_telegram.push_message(OPERATOR, OPERATOR, "/halt")
+    assert "admin" in await replies(fake_telegram, OPERATOR, "⛔️")
+    fake_telegram.push_message(ADMIN, ADMIN, "/halt drill")
+    prompt = await incident_message(fake_telegram, ADMIN, "Only you can confirm")
+    assert not telegram.plane.trading.state().halted
+    fake_telegram.push_callback(ADMIN, ADMIN, prompt.message_id, button(prompt, "Confirm"))
+    await replies(fake_telegram, ADMIN, "Trading halted")
+    assert telegram.plane.trading.state().halted
+    fake_telegram.push_message(ADMIN, ADMIN, "/resume")
+    prompts = await fake_telegram.wait_for(
+        lambda: (
+            found
+            if len(
+                found := [
+                    m
+                    for m in fake_telegram.messages(ADMIN)
+                    if "Only you can confirm" in (m.text or "")
+                ]
+            )
+            == 2
+            else None
+        )
+    )
+    fake_telegram.push_callback(ADMIN, ADMIN, prompts[1].message_id, button(prompts[1], "Confirm"))
+    await replies(fake_telegram, ADMIN, "Trading resumed")
+    assert not telegram.plane.trading.state().halted
