@@ -72,6 +72,7 @@ async def main(alerts: int, incidents: int, seconds: float) -> None:
                 await plane.incidents.ingest(parse_alertmanager(body))
                 await asyncio.sleep(seconds * batch / alerts)
             ingested = time.perf_counter() - started
+            await bot.notifier.catch_up()
             await bot.notifier.flush_digest()
             while (await plane.store.outbox_stats("telegram")).depth:
                 await asyncio.sleep(0.2)

@@ -30,9 +30,8 @@ from bot.render import checklist_text, e
 from bot.sender import CHANNEL, TelegramSender
 from bot.ui import BotHealth, Ui
 from core.control_plane import ControlPlane
-from core.errors import OperationError, PermissionDenied
+from core.errors import OperationError
 from core.health import ComponentHealth, Status
-from core.models import AuditRecord
 from core.outbox import OutboxWorker
 
 logger = logging.getLogger(__name__)
@@ -170,24 +169,7 @@ class TelegramBot:
         exc = event.exception
         assert isinstance(exc, OperationError)  # noqa: S101 - filtered on this type
         update = event.update
-        if isinstance(exc, PermissionDenied):
-            user = (
-                update.message.from_user
-                if update.message
-                else (update.callback_query.from_user if update.callback_query else None)
-            )
-            if user is not None:
-                from bot.middlewares import actor_for
-
-                await self.plane.audit.record(
-                    AuditRecord(
-                        actor=actor_for(user, self.plane),
-                        action="telegram.denied",
-                        target=(update.message.text or "")[:64] if update.message else "button",
-                        outcome="denied",
-                        detail=exc.message,
-                    )
-                )
+        # Refusals were already counted and audited in core (core.access.Guard).
         if update.callback_query is not None:
             await update.callback_query.answer(f"⛔️ {exc.message}"[:200], show_alert=True)
         elif update.message is not None:

@@ -7,10 +7,15 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from typing import TYPE_CHECKING, Any
 
 from core.errors import PermissionDenied
-from core.models import Actor, ActorKind, Role
+from core.models import Actor, ActorKind, AuditRecord, Role
 from core.settings import ApiToken, Settings
+
+if TYPE_CHECKING:
+    from core.audit import AuditLog
+    from core.metrics import Metrics
 
 
 def require(actor: Actor, needed: Role, action: str) -> None:
@@ -18,6 +23,45 @@ def require(actor: Actor, needed: Role, action: str) -> None:
     if actor.role is None or not actor.role.allows(needed):
         held = actor.role.value if actor.role else "no role"
         raise PermissionDenied(f"{action} needs the {needed.value} role; you have {held}")
+
+
+class Guard:
+    """The permission check for mutating operations: a refusal is counted and audited, so
+    attempts show in the audit log whichever adapter they came through."""
+
+    def __init__(self, audit: AuditLog, metrics: Metrics) -> None:
+        self._audit = audit
+        self._metrics = metrics
+
+    async def require(
+        self,
+        actor: Actor,
+        needed: Role,
+        what: str,
+        *,
+        action: str,
+        target: str = "",
+        before: Any = None,
+        after: Any = None,
+    ) -> None:
+        """``require``, and on refusal one ``outcome="denied"`` audit entry naming ``action``."""
+        try:
+            require(actor, needed, what)
+        except PermissionDenied as exc:
+            self._metrics.auth_denied.labels(actor.kind.value, "role").inc()
+            self._metrics.audit_entries.labels("denied").inc()
+            await self._audit.record(
+                AuditRecord(
+                    actor=actor,
+                    action=action,
+                    target=target,
+                    before=before,
+                    after=after,
+                    outcome="denied",
+                    detail=exc.message,
+                )
+            )
+            raise
 
 
 def telegram_role(settings: Settings, user_id: int) -> Role | None:

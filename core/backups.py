@@ -39,7 +39,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from core import __version__
-from core.access import require
+from core.access import Guard
 from core.alerts import Severity
 from core.audit import AuditLog
 from core.checklist import ChecklistItem, Mark
@@ -49,7 +49,6 @@ from core.errors import (
     LuniaError,
     NotFound,
     OperationError,
-    PermissionDenied,
 )
 from core.files import write_atomically
 from core.flags import FlagService
@@ -310,6 +309,7 @@ class BackupService:
         self._flags = flags
         self._incidents = incidents
         self._metrics = metrics
+        self._guard = Guard(audit, metrics)
         self._s3 = s3
         self._offsite = S3Location.parse(settings.backup_s3_url) if settings.backup_s3_url else None
         self._before_restore = before_restore
@@ -986,12 +986,7 @@ class BackupService:
     async def _authorize(
         self, actor: Actor, needed: Role, what: str, action: str, target: str
     ) -> None:
-        try:
-            require(actor, needed, what)
-        except PermissionDenied as exc:
-            self._metrics.auth_denied.labels(actor.kind.value, "role").inc()
-            await self._record(actor, action, target, outcome="denied", detail=exc.message)
-            raise
+        await self._guard.require(actor, needed, what, action=action, target=target)
 
     async def _record(
         self,

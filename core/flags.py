@@ -17,13 +17,13 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from core.access import require
+from core.access import Guard
+from core.audit import AuditLog
 from core.errors import (
     ConfirmationRequired,
     InvalidInput,
     LuniaError,
     NotFound,
-    PermissionDenied,
 )
 from core.metrics import Metrics
 from core.models import Actor, AuditRecord, Role, utcnow
@@ -162,6 +162,7 @@ class FlagService:
                 self._env[name] = getattr(settings, field)
         self._store = store
         self._metrics = metrics
+        self._guard = Guard(AuditLog(store), metrics)
         self._overrides: dict[str, FlagOverride] = {}
         self._listeners: list[ChangeListener] = []
         self._loaded = False
@@ -253,23 +254,15 @@ class FlagService:
         self, actor: Actor, d: FlagDefinition, old: Any, new: Any, confirm: bool, action: str
     ) -> None:
         dangerous = d.is_dangerous(old, new)
-        try:
-            require(actor, Role.ADMIN if dangerous else Role.OPERATOR, f"changing {d.name}")
-        except PermissionDenied as exc:
-            self._metrics.auth_denied.labels(actor.kind.value, "role").inc()
-            await self._store.append_audit(
-                AuditRecord(
-                    actor=actor,
-                    action=action,
-                    target=d.name,
-                    before=old,
-                    after=new,
-                    outcome="denied",
-                    detail=exc.message,
-                )
-            )
-            self._metrics.audit_entries.labels("denied").inc()
-            raise
+        await self._guard.require(
+            actor,
+            Role.ADMIN if dangerous else Role.OPERATOR,
+            f"changing {d.name}",
+            action=action,
+            target=d.name,
+            before=old,
+            after=new,
+        )
         if dangerous and not confirm:
             raise ConfirmationRequired(
                 f"setting {d.name} from {_show(old)} to {_show(new)} can move money or weaken "

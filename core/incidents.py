@@ -18,9 +18,10 @@ from pydantic import BaseModel
 
 from core import incident_model as rules_
 from core import pagerduty
-from core.access import require
+from core.access import Guard
 from core.alertmanager import AlertmanagerClient
 from core.alerts import Alert, AlertSource, AlertStatus, Severity
+from core.audit import AuditLog
 from core.bus import Bus
 from core.errors import InvalidInput, LuniaError, NotFound, Unavailable
 from core.incident_model import (
@@ -82,6 +83,7 @@ class IncidentService:
         self._store = store
         self._bus = bus
         self._metrics = metrics
+        self._guard = Guard(AuditLog(store), metrics)
         self.rules = rules
         self._alertmanager = alertmanager
         self._pagerduty = pagerduty_outbox
@@ -187,19 +189,37 @@ class IncidentService:
 
     async def acknowledge(self, incident_id: int, actor: Actor) -> Incident:
         """Take the incident: escalation stops."""
-        require(actor, Role.OPERATOR, "acknowledging an incident")
+        await self._guard.require(
+            actor,
+            Role.OPERATOR,
+            "acknowledging an incident",
+            action="incident.acknowledge",
+            target=f"#{incident_id}",
+        )
         return await self._change(incident_id, lambda i: rules_.acknowledge(i, actor, utcnow()))
 
     async def unacknowledge(self, incident_id: int, actor: Actor) -> Incident:
         """Hand the incident back: it is triggered again and escalation restarts."""
-        require(actor, Role.OPERATOR, "unacknowledging an incident")
+        await self._guard.require(
+            actor,
+            Role.OPERATOR,
+            "unacknowledging an incident",
+            action="incident.unacknowledge",
+            target=f"#{incident_id}",
+        )
         return await self._change(
             incident_id, lambda i: rules_.unacknowledge(i, actor, utcnow(), self.rules)
         )
 
     async def resolve(self, incident_id: int, actor: Actor) -> Incident:
         """Close the incident (lifting its Alertmanager silence, if any)."""
-        require(actor, Role.OPERATOR, "resolving an incident")
+        await self._guard.require(
+            actor,
+            Role.OPERATOR,
+            "resolving an incident",
+            action="incident.resolve",
+            target=f"#{incident_id}",
+        )
         before = await self.get(incident_id)
         incident = await self._change(incident_id, lambda i: rules_.resolve(i, actor, utcnow()))
         if before.silence_id:
@@ -208,7 +228,13 @@ class IncidentService:
 
     async def silence(self, incident_id: int, actor: Actor, duration: str | timedelta) -> Incident:
         """Mute the incident for ``duration``; Alertmanager incidents get a real silence."""
-        require(actor, Role.OPERATOR, "silencing an incident")
+        await self._guard.require(
+            actor,
+            Role.OPERATOR,
+            "silencing an incident",
+            action="incident.silence",
+            target=f"#{incident_id}",
+        )
         span = parse_duration(duration) if isinstance(duration, str) else duration
         if span < timedelta(minutes=1):
             raise InvalidInput("silence duration must be at least 1 minute")
@@ -225,7 +251,13 @@ class IncidentService:
 
     async def unsilence(self, incident_id: int, actor: Actor) -> Incident:
         """Lift a silence before its end (and in Alertmanager)."""
-        require(actor, Role.OPERATOR, "lifting a silence")
+        await self._guard.require(
+            actor,
+            Role.OPERATOR,
+            "lifting a silence",
+            action="incident.unsilence",
+            target=f"#{incident_id}",
+        )
         before = await self.get(incident_id)
         incident = await self._change(
             incident_id, lambda i: rules_.unsilence(i, actor, utcnow(), self.rules)

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from core.access import require
+from core.access import Guard
 from core.audit import AuditLog
-from core.errors import PermissionDenied
 from core.metrics import Metrics
 from core.models import Actor, AuditRecord, Role
 from core.scheduler import JobInfo, Scheduler
@@ -17,6 +16,7 @@ class JobService:
         self._scheduler = scheduler
         self._audit = audit
         self._metrics = metrics
+        self._guard = Guard(audit, metrics)
 
     def list(self) -> list[JobInfo]:
         """Every job with its schedule, last outcome and next run."""
@@ -24,12 +24,9 @@ class JobService:
 
     async def run(self, name: str, actor: Actor) -> JobInfo:
         """Run a job now and report how it went (admin)."""
-        try:
-            require(actor, Role.ADMIN, f"running job {name}")
-        except PermissionDenied as exc:
-            self._metrics.auth_denied.labels(actor.kind.value, "role").inc()
-            await self._record(actor, name, "denied", exc.message)
-            raise
+        await self._guard.require(
+            actor, Role.ADMIN, f"running job {name}", action="job.run", target=name
+        )
         info = await self._scheduler.run_now(name)
         outcome = "ok" if info.last_outcome == "ok" else "failed"
         await self._record(actor, name, outcome, info.last_error or "")

@@ -144,6 +144,9 @@ class OutboxWorker:
             await self._store.outbox_finish(
                 item.id, error=result.error, retry_at=utcnow() + timedelta(seconds=delay)
             )
+            # Wake exactly when it is due (retry_after is honoured to the moment, not to the
+            # next idle poll).
+            asyncio.get_running_loop().call_later(delay, self.wake)
             (logger.debug if result.outcome == "deferred" else logger.info)(
                 "outbox %s: #%d retry in %.1fs (%s)", self.channel, item.id, delay, result.error
             )

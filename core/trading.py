@@ -18,8 +18,9 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from core.access import require
+from core.access import Guard, require
 from core.alerts import Severity
+from core.audit import AuditLog
 from core.cores import Core, CoreContext, Intent
 from core.errors import (
     ConfirmationRequired,
@@ -28,7 +29,6 @@ from core.errors import (
     NotFound,
     OperationError,
     OrderRejected,
-    PermissionDenied,
     StoreError,
     VenueError,
 )
@@ -128,6 +128,7 @@ class TradingEngine:
         self._venues = venues
         self._incidents = incidents
         self._metrics = metrics
+        self._guard = Guard(AuditLog(store), metrics)
         self.portfolio = Portfolio()
         self.risk = RiskManager(
             self.portfolio,
@@ -389,16 +390,7 @@ class TradingEngine:
     # -- operator actions -------------------------------------------------------------------
 
     async def _authorize(self, actor: Actor, role: Role, action: str, target: str) -> None:
-        try:
-            require(actor, role, action)
-        except PermissionDenied as exc:
-            self._metrics.auth_denied.labels(actor.kind.value, "role").inc()
-            await self._store.append_audit(
-                AuditRecord(
-                    actor=actor, action=action, target=target, outcome="denied", detail=exc.message
-                )
-            )
-            raise
+        await self._guard.require(actor, role, action, action=action, target=target)
 
     def _core(self, name: str) -> Core:
         core = self._cores.get(name)

@@ -8,10 +8,10 @@ from types import ModuleType
 
 from aiogram import Router
 
-from bot.handlers import assistant, audit, common, flags, incidents, status, trading
+from bot.handlers import assistant, audit, backups, common, flags, incidents, status, trading
 
 # The assistant comes last among features: it takes plain text (never a /command).
-FEATURES: list[ModuleType] = [status, incidents, trading, flags, audit, assistant]
+FEATURES: list[ModuleType] = [status, incidents, trading, backups, flags, audit, assistant]
 LAST: list[ModuleType] = [common]
 
 

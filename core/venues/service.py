@@ -17,13 +17,13 @@ from datetime import datetime
 
 from pydantic import BaseModel
 
-from core.access import require
+from core.access import Guard
 from core.alerts import Severity
+from core.audit import AuditLog
 from core.errors import (
     ConfirmationRequired,
     Conflict,
     InvalidInput,
-    PermissionDenied,
     VenueBanned,
     VenueError,
     VenueRateLimited,
@@ -121,6 +121,7 @@ class VenueService:
         self._store = store
         self._incidents = incidents
         self._metrics = metrics
+        self._guard = Guard(AuditLog(store), metrics)
         self._live: dict[tuple[str, bool], CcxtVenue] = {}
         self._paper: dict[str, PaperVenue] = {}
         self._credentials: dict[str, VenueCredentials] = {}
@@ -347,16 +348,7 @@ class VenueService:
         )
 
     async def _authorize(self, actor: Actor, role: Role, action: str, target: str) -> None:
-        try:
-            require(actor, role, action)
-        except PermissionDenied as exc:
-            self._metrics.auth_denied.labels(actor.kind.value, "role").inc()
-            await self._store.append_audit(
-                AuditRecord(
-                    actor=actor, action=action, target=target, outcome="denied", detail=exc.message
-                )
-            )
-            raise
+        await self._guard.require(actor, role, action, action=action, target=target)
 
     async def failover(
         self, actor: Actor, *, to: str | None = None, confirm: bool = False, reason: str = ""

@@ -22,7 +22,7 @@ async def llm_client(
     """An API client over a plane whose assistant talks to a fake OpenAI server."""
     async with FakeOpenAI() as fake:
         plane = await make_plane(
-            openai_api_key=fake.api_key, openai_base_url=fake.base_url, llm_timeout_seconds=0.5
+            openai_api_key=fake.api_key, openai_base_url=fake.base_url, llm_timeout_seconds=5
         )
         transport = httpx.ASGITransport(app=create_app(plane))
         async with httpx.AsyncClient(transport=transport, base_url="http://lunia.test") as c:

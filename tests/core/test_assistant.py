@@ -43,7 +43,8 @@ def llm_plane(make_plane: PlaneFactory, fake_openai: FakeOpenAI) -> LlmPlane:
     async def make(**env: Any) -> ControlPlane:
         env.setdefault("openai_api_key", fake_openai.api_key)
         env.setdefault("openai_base_url", fake_openai.base_url)
-        env.setdefault("llm_timeout_seconds", 0.5)
+        # Generous: a cold CI machine compiles the SDK on first use. Timeout tests set their own.
+        env.setdefault("llm_timeout_seconds", 5)
         env.setdefault("llm_backoff_seconds", 0.2)
         env.setdefault("llm_backoff_max_seconds", 5)
         return await make_plane(**env)
