@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEBIAN_TEST_PACKAGES := redis-server prometheus prometheus-alertmanager
 
-.PHONY: setup run test lint format system-deps clean create-emergency-backup report
+.PHONY: setup run test lint format system-deps clean create-emergency-backup report enable-self-healing
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,10 @@ run: setup
 ## create-emergency-backup: take a backup of all state now (runbook §3), off-site too if set
 create-emergency-backup: setup
 	$(BIN)/lunia backup create --reason emergency
+
+## enable-self-healing: turn SELF_HEALING_ENABLED on (a running instance picks it up in 2 s)
+enable-self-healing: setup
+	$(BIN)/lunia flags set SELF_HEALING_ENABLED on
 
 ## report: write the access review to docs/RELEASE_REPORT.md (runbook §4, quarterly)
 report: setup

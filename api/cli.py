@@ -52,7 +52,7 @@ def setup_logging(level: str) -> None:
         stream=sys.stderr,
         force=True,
     )
-    for noisy in ("aiogram.event", "httpx", "apscheduler.executors.default"):
+    for noisy in ("aiogram.event", "httpx", "apscheduler"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
