@@ -90,6 +90,7 @@ class TelegramBot:
         self.dispatcher.message.outer_middleware(access)
         self.dispatcher.callback_query.outer_middleware(access)
         self.dispatcher.errors.register(self._operation_error, ExceptionTypeFilter(OperationError))
+        self.dispatcher.errors.register(self._unexpected_error, ExceptionTypeFilter(Exception))
         self.dispatcher.include_routers(*build_routers())
         self._polling: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[Any]] = set()
@@ -174,6 +175,17 @@ class TelegramBot:
             await update.callback_query.answer(f"⛔️ {exc.message}"[:200], show_alert=True)
         elif update.message is not None:
             await self.ui.reply(update.message.chat.id, f"⛔️ {e(exc.message)}")
+
+    async def _unexpected_error(self, event: ErrorEvent) -> None:
+        """A bug must not leave on-call in silence: log it, say so, keep going."""
+        logger.error(
+            "handler failed on update %s", event.update.update_id, exc_info=event.exception
+        )
+        update, text = event.update, "⚠️ Internal error; it has been logged. Try again."
+        if update.callback_query is not None:
+            await update.callback_query.answer(text, show_alert=True)
+        elif update.message is not None:
+            await self.ui.reply(update.message.chat.id, text)
 
     async def _check(self) -> ComponentHealth:
         h = self.health

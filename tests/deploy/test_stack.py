@@ -1,0 +1,377 @@
+"""The production stack files hang together: compose, Dockerfile, Grafana provisioning.
+
+No Docker engine runs here, so these are structural checks across files: every name one file
+refers to (a service, a network alias, a mounted path, a secret, a datasource uid, a metric) is
+defined by the file it points at, and every metric the dashboard plots is one the control plane
+really exports.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import subprocess
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from core.control_plane import ControlPlane
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE = ROOT / "docker-compose.prod.yml"
+DOCKERFILE = ROOT / "deploy/Dockerfile"
+DOCKERIGNORE = ROOT / ".dockerignore"
+PROMETHEUS_CONFIG = ROOT / "deploy/prometheus/prometheus.yml"
+ALERTMANAGER_CONFIG = ROOT / "deploy/alertmanager/alertmanager.yml"
+GRAFANA = ROOT / "deploy/grafana"
+DASHBOARD = GRAFANA / "dashboards/lunia.json"
+DATASOURCES = GRAFANA / "provisioning/datasources/prometheus.yml"
+DASHBOARD_PROVIDERS = GRAFANA / "provisioning/dashboards/lunia.yml"
+
+SERVICES = {"lunia", "redis", "prometheus", "alertmanager", "grafana"}
+# PromQL words that look like metric names but are not (functions are followed by "(").
+PROMQL_WORDS = {"and", "or", "unless", "bool", "offset", "inf", "nan"}
+
+
+def load_yaml(path: Path) -> Any:
+    return yaml.safe_load(path.read_text())
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    data = load_yaml(COMPOSE)
+    assert isinstance(data, dict)
+    return data
+
+
+@pytest.fixture(scope="module")
+def dashboard() -> dict[str, Any]:
+    data = json.loads(DASHBOARD.read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+def bind_mounts(service: dict[str, Any]) -> dict[str, Path]:
+    """Container path -> host path of a service's bind mounts (short syntax)."""
+    mounts = {}
+    for volume in service.get("volumes", []):
+        assert isinstance(volume, str), f"use the short volume syntax: {volume!r}"
+        source, target = volume.split(":")[:2]
+        if source.startswith((".", "/")):
+            mounts[target] = (COMPOSE.parent / source).resolve()
+    return mounts
+
+
+def host_path(service: dict[str, Any], container_path: str) -> Path | None:
+    """Where a path inside the container comes from on the host, if from a bind mount."""
+    wanted = PurePosixPath(container_path)
+    for target, source in bind_mounts(service).items():
+        if wanted == PurePosixPath(target) or PurePosixPath(target) in wanted.parents:
+            return source / wanted.relative_to(target)
+    return None
+
+
+def flag_value(service: dict[str, Any], flag: str) -> str:
+    command = service["command"]
+    args = shlex.split(command) if isinstance(command, str) else command
+    values = [a.split("=", 1)[1] for a in args if a.startswith(f"{flag}=")]
+    assert len(values) == 1, (flag, args)
+    return values[0]
+
+
+def network_names(compose: dict[str, Any], name: str) -> dict[str, set[str]]:
+    """Network -> the names a service answers to on it (service name plus aliases)."""
+    networks = compose["services"][name].get("networks", {})
+    if isinstance(networks, list):
+        networks = dict.fromkeys(networks)
+    return {net: {name, *((cfg or {}).get("aliases") or [])} for net, cfg in networks.items()}
+
+
+def reachable(compose: dict[str, Any], client: str, host: str) -> bool:
+    """Whether service ``client`` can resolve ``host`` on a network they share."""
+    client_nets = set(network_names(compose, client))
+    return any(
+        host in names and net in client_nets
+        for other in compose["services"]
+        for net, names in network_names(compose, other).items()
+    )
+
+
+def metric_names(expr: str) -> set[str]:
+    """The metric names a PromQL expression selects (label names and functions stripped)."""
+    expr = re.sub(r'"(?:[^"\\]|\\.)*"', "", expr)
+    expr = re.sub(r"\{[^}]*\}|\[[^\]]*\]", "", expr)
+    expr = re.sub(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", expr)
+    found = re.finditer(r"(?<![\w:.$])([A-Za-z_:][\w:]*)\s*(\()?", expr)
+    return {m.group(1) for m in found if not m.group(2)} - PROMQL_WORDS
+
+
+# Compose ------------------------------------------------------------------------------------
+
+
+def test_compose_file_stays_valid_for_docker_compose_1_29(compose: dict[str, Any]) -> None:
+    assert compose["version"] == "3.8"
+    assert "name" not in compose
+    assert compose["services"].keys() >= SERVICES
+    for name, service in compose["services"].items():
+        assert "start_interval" not in service.get("healthcheck", {}), name
+        for net in network_names(compose, name):
+            assert net in compose["networks"], (name, net)
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            if not source.startswith((".", "/")):
+                assert source in compose["volumes"], (name, volume)
+        for secret in service.get("secrets", []):
+            assert secret in compose["secrets"], (name, secret)
+
+
+def test_every_service_is_on_a_user_defined_network(compose: dict[str, Any]) -> None:
+    for name in SERVICES:
+        assert network_names(compose, name), name
+        assert "network_mode" not in compose["services"][name], name
+
+
+def test_lunia_builds_from_the_dockerfile_runs_and_is_healthchecked(
+    compose: dict[str, Any],
+) -> None:
+    lunia = compose["services"]["lunia"]
+    build = lunia["build"]
+    assert (COMPOSE.parent / build["context"]).resolve() == ROOT
+    assert (ROOT / build["context"] / build["dockerfile"]).resolve() == DOCKERFILE
+    assert lunia["command"] in ("run", ["run"])
+    assert lunia["env_file"] in (".env", [".env"])
+    assert lunia["restart"] == "unless-stopped"
+    assert "127.0.0.1:8000:8000" in lunia["ports"]
+    assert "/healthz" in " ".join(lunia["healthcheck"]["test"])
+    env = lunia["environment"]
+    # .env (a copy of .env.example) says 127.0.0.1 and ./var; the container needs these.
+    assert env["API_HOST"] == "0.0.0.0"  # noqa: S104 - inside the container only
+    assert env["LUNIA_STATE_DIR"] == "/var/lib/lunia"
+    state = [v for v in lunia["volumes"] if v.split(":")[1] == "/var/lib/lunia"]
+    assert state and state[0].split(":")[0] in compose["volumes"]
+
+
+def test_prometheus_and_alertmanager_reach_the_control_plane_by_their_configured_name(
+    compose: dict[str, Any],
+) -> None:
+    prometheus = load_yaml(PROMETHEUS_CONFIG)
+    targets = [
+        target
+        for job in prometheus["scrape_configs"]
+        for config in job["static_configs"]
+        for target in config["targets"]
+    ]
+    assert "lunia-api:8000" in targets
+    for target in targets:
+        assert reachable(compose, "prometheus", target.split(":")[0]), target
+    assert "lunia-api" in network_names(compose, "lunia")["lunia"]
+    for manager in prometheus["alerting"]["alertmanagers"]:
+        for target in manager["static_configs"][0]["targets"]:
+            assert reachable(compose, "prometheus", target.split(":")[0]), target
+    alertmanager = load_yaml(ALERTMANAGER_CONFIG)
+    for receiver in alertmanager["receivers"]:
+        for hook in receiver.get("webhook_configs", []):
+            host = re.match(r"https?://([^:/]+)", hook["url"]).group(1)  # type: ignore[union-attr]
+            assert reachable(compose, "alertmanager", host), hook["url"]
+
+
+def test_the_webhook_token_secret_is_where_alertmanager_reads_it(compose: dict[str, Any]) -> None:
+    alertmanager = load_yaml(ALERTMANAGER_CONFIG)
+    files = {
+        hook["http_config"]["authorization"]["credentials_file"]
+        for receiver in alertmanager["receivers"]
+        for hook in receiver.get("webhook_configs", [])
+    }
+    assert files == {"/run/secrets/alert_webhook_token"}
+    assert compose["secrets"]["alert_webhook_token"]["file"] == "./secrets/alert_webhook_token"
+    for name in ("lunia", "alertmanager"):
+        assert "alert_webhook_token" in compose["services"][name]["secrets"], name
+    # The token is never part of the repository or the image.
+    ignored = DOCKERIGNORE.read_text().split()
+    assert "secrets" in ignored and ".env" in ignored
+
+
+def test_redis_persists_with_append_only_file(compose: dict[str, Any]) -> None:
+    redis = compose["services"]["redis"]
+    assert redis["image"].startswith("redis:7")
+    command = redis["command"]
+    args = shlex.split(command) if isinstance(command, str) else command
+    assert args[args.index("--appendonly") + 1] == "yes"
+    assert any(v.split(":")[1] == "/data" for v in redis["volumes"])
+
+
+def test_every_bind_mounted_host_path_exists(compose: dict[str, Any]) -> None:
+    mounts = [(n, p) for n, s in compose["services"].items() for p in bind_mounts(s).values()]
+    assert len(mounts) >= 4
+    for name, path in mounts:
+        assert path.exists(), (name, path)
+        assert ROOT in path.parents, (name, path)
+
+
+def test_config_files_named_on_command_lines_are_mounted(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    for name, expected in (
+        ("prometheus", PROMETHEUS_CONFIG),
+        ("alertmanager", ALERTMANAGER_CONFIG),
+    ):
+        config = flag_value(services[name], "--config.file")
+        assert host_path(services[name], config) == expected, name
+    # rule_files: resolved next to the config inside the container.
+    rules_dir = host_path(services["prometheus"], "/etc/prometheus/rules")
+    assert rules_dir is not None and any(rules_dir.glob("*.yml"))
+
+
+def test_grafana_provisioning_is_mounted_and_points_at_the_dashboard(
+    compose: dict[str, Any], dashboard: dict[str, Any]
+) -> None:
+    grafana = compose["services"]["grafana"]
+    provisioning = host_path(grafana, "/etc/grafana/provisioning")
+    assert provisioning is not None
+    assert provisioning / "datasources/prometheus.yml" == DATASOURCES
+    providers = load_yaml(DASHBOARD_PROVIDERS)["providers"]
+    dashboards_dir = host_path(grafana, providers[0]["options"]["path"])
+    assert dashboards_dir is not None
+    assert json.loads((dashboards_dir / "lunia.json").read_text())["uid"] == dashboard["uid"]
+    (source,) = load_yaml(DATASOURCES)["datasources"]
+    assert source["uid"] == "prometheus" and source["type"] == "prometheus"
+    host = re.match(r"http://([^:/]+):9090$", source["url"]).group(1)  # type: ignore[union-attr]
+    assert reachable(compose, "grafana", host)
+
+
+# Dockerfile ---------------------------------------------------------------------------------
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
+    lines = [line.strip() for line in text.splitlines()]
+    return [
+        (line.split(None, 1)[0].upper(), line.split(None, 1)[1])
+        for line in lines
+        if line and not line.startswith("#")
+    ]
+
+
+def test_dockerfile_runs_lunia_as_non_root_with_a_healthcheck() -> None:
+    steps = dockerfile_instructions()
+    kinds = [kind for kind, _ in steps]
+    assert steps[0] == ("FROM", "python:3.11-slim")
+    users = [arg for kind, arg in steps if kind == "USER"]
+    assert users and users[-1].split(":")[0] not in {"root", "0"}
+    # USER comes after the root-only steps, before the process starts.
+    assert kinds.index("USER") > max(i for i, k in enumerate(kinds) if k == "RUN")
+    assert "8000" in [arg for kind, arg in steps if kind == "EXPOSE"]
+    (healthcheck,) = [arg for kind, arg in steps if kind == "HEALTHCHECK"]
+    # Exec form must be valid JSON, or Docker silently runs it through a shell instead.
+    probe = json.loads(healthcheck[healthcheck.index("CMD ") + 4 :])
+    assert probe[:2] == ["python", "-c"] and "curl" not in healthcheck
+    assert "urllib" in probe[2] and "127.0.0.1:8000/healthz" in probe[2]
+    env = " ".join(arg for kind, arg in steps if kind == "ENV")
+    assert "LUNIA_STATE_DIR=/var/lib/lunia" in env and "API_HOST=0.0.0.0" in env
+    assert [arg for kind, arg in steps if kind == "ENTRYPOINT"] == ['["lunia"]']
+    assert [arg for kind, arg in steps if kind == "CMD"] == ['["run"]']
+    assert any("pip install --no-cache-dir ." in arg for kind, arg in steps if kind == "RUN")
+
+
+def test_dockerfile_copies_every_package_the_wheel_needs_and_none_is_ignored() -> None:
+    copies = [arg.split() for kind, arg in dockerfile_instructions() if kind == "COPY"]
+    copied = {source.rstrip("/") for words in copies for source in words[:-1]}
+    # pyproject's readme and [tool.setuptools.packages.find] include list.
+    needed = {"pyproject.toml", "README.md", "api", "bot", "core"}
+    assert needed <= copied
+    ignored = set(DOCKERIGNORE.read_text().split())
+    assert not needed & ignored
+    assert {".venv", "var", ".git"} <= ignored
+    for name in needed:
+        assert (ROOT / name).exists(), name
+
+
+# Dashboard ----------------------------------------------------------------------------------
+
+
+def test_dashboard_is_provisionable(dashboard: dict[str, Any]) -> None:
+    assert dashboard["uid"] == "lunia-control-plane"
+    assert dashboard["schemaVersion"] == 38
+    ids = [panel["id"] for panel in dashboard["panels"]]
+    assert len(ids) == len(set(ids))
+    for panel in dashboard["panels"]:
+        assert panel["type"] in {"timeseries", "stat"}, panel["title"]
+        assert panel["datasource"]["uid"] == "prometheus", panel["title"]
+        assert panel["targets"], panel["title"]
+        for target in panel["targets"]:
+            assert target["expr"].strip(), panel["title"]
+            assert target.get("datasource", {"uid": "prometheus"})["uid"] == "prometheus"
+
+
+def test_dashboard_plots_what_the_runbook_watches(dashboard: dict[str, Any]) -> None:
+    exprs = " ".join(t["expr"] for p in dashboard["panels"] for t in p["targets"])
+    plotted = metric_names(exprs)
+    assert {
+        "core_pnl",
+        "risk_exposure",
+        "request_duration_seconds_bucket",
+        "exchange_failover",
+        "incidents_open",
+        "alerts_received_total",
+        "outbox_depth",
+        "telegram_sends_total",
+        "llm_requests_total",
+        "backup_last_success_timestamp_seconds",
+        "redis_status",
+    } <= plotted
+    assert "histogram_quantile(0.99, sum by (le, route)" in exprs
+
+
+def test_every_dashboard_expression_is_valid_promql(
+    dashboard: dict[str, Any], tmp_path: Path
+) -> None:
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    rules = [{"record": f"lunia:panel_{i}", "expr": expr} for i, expr in enumerate(exprs)]
+    path = tmp_path / "panels.yml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "panels", "rules": rules}]}))
+    done = subprocess.run(
+        ["promtool", "check", "rules", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"{len(exprs)} rules found" in done.stdout
+
+
+def exported_series_names(exposition: str) -> set[str]:
+    """Every series name a scrape of this exposition can contain."""
+    suffixes = {
+        "counter": ("_total", "_created"),
+        "histogram": ("_bucket", "_sum", "_count", "_created"),
+        "summary": ("_sum", "_count", "_created"),
+    }
+    names = set()
+    for family in text_string_to_metric_families(exposition):
+        names.add(family.name)
+        names.update(family.name + suffix for suffix in suffixes.get(family.type, ()))
+        names.update(sample.name for sample in family.samples)
+    return names
+
+
+async def test_every_plotted_metric_is_exported_by_the_control_plane(
+    plane: ControlPlane, dashboard: dict[str, Any]
+) -> None:
+    exported = exported_series_names(plane.metrics.render().decode())
+    assert "request_duration_seconds_bucket" in exported  # the parse found the real families
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            unknown = metric_names(target["expr"]) - exported
+            assert not unknown, (panel["title"], target["expr"], unknown)
+
+
+def test_metric_name_extraction_ignores_functions_labels_and_durations() -> None:
+    expr = (
+        'histogram_quantile(0.99, sum by (le, route) (rate(x_bucket{route="/a b"}[5m])))'
+        " and on(job) time() - y_seconds offset 5m > bool 1e3"
+    )
+    assert metric_names(expr) == {"x_bucket", "y_seconds"}
