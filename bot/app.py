@@ -104,6 +104,7 @@ class TelegramBot:
     async def start(self) -> None:
         """Deliver queued messages, catch up on events, then start receiving updates."""
         await self.outbox.start()
+        self.plane.self_healing.watch_outbox(self.outbox)
         await self.notifier.start()
         try:
             me = await self.bot.get_me()
@@ -156,6 +157,7 @@ class TelegramBot:
         if self._background:
             await asyncio.wait(self._background, timeout=10)
         await self.notifier.close()
+        self.plane.self_healing.forget_outbox(self.outbox)
         await self.outbox.close(drain_timeout=10)
         await self.bot.session.close()
 

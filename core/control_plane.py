@@ -42,7 +42,9 @@ from core.runbook import Runbook
 from core.s3 import S3Client
 from core.scheduler import Scheduler
 from core.secrets import RuntimeSecrets, resolve_secrets
+from core.self_healing import SelfHealingService
 from core.settings import Settings
+from core.slo import SloGuard
 from core.status import StatusLine, StatusService
 from core.store import Store
 from core.store.sqlite import SqliteStore
@@ -185,6 +187,30 @@ class ControlPlane:
         )
         if self.assistant.configured:
             self.scheduler.every("llm-probe", settings.llm_probe_seconds, self.assistant.probe)
+        # Self-healing and the latency SLO (issue #9, runbook §2.4 and §5).
+        self.self_healing = SelfHealingService(
+            settings,
+            self.flags,
+            self.store,
+            self.audit,
+            self.incidents,
+            self.metrics,
+            venues=self.venues,
+            trading=self.trading,
+            assistant=self.assistant,
+        )
+        self.scheduler.every(
+            "self-healing", settings.self_healing_interval_seconds, self.self_healing.run_once
+        )
+        self.slo = SloGuard(
+            self.metrics.request_duration,
+            self.incidents,
+            self.trading.cores,
+            objective_seconds=settings.slo_p99_seconds,
+            window_seconds=settings.slo_window_seconds,
+            on_p99=self.metrics.slo_p99.set,
+        )
+        self.scheduler.every("slo-check", settings.slo_check_seconds, self.slo.run)
         self._restore_set_read_only = False
         self.ready = False
         self._stack = AsyncExitStack()
@@ -206,6 +232,7 @@ class ControlPlane:
                     self._stack.push_async_callback(client.close)
             if self.pagerduty_outbox is not None:
                 await self.pagerduty_outbox.start()
+                self.self_healing.watch_outbox(self.pagerduty_outbox)
                 self._stack.push_async_callback(self.pagerduty_outbox.close)
             await self.venues.start()
             self._stack.push_async_callback(self.venues.close)

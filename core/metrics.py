@@ -230,6 +230,19 @@ class Metrics:
             registry=r,
         )
 
+        # Self-healing (core/self_healing.py) and the latency SLO guard (core/slo.py).
+        self.self_healing_actions = Counter(
+            "self_healing_actions",
+            "Remedies the self-healing loop carried out, by action.",
+            ["action"],
+            registry=r,
+        )
+        self.slo_p99 = Gauge(
+            "slo_request_p99_seconds",
+            "P99 of request_duration_seconds over the SLO window (NaN: no traffic).",
+            registry=r,
+        )
+
     def render(self) -> bytes:
         """The exposition text for ``/metrics``."""
         return generate_latest(self.registry)

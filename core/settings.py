@@ -15,12 +15,19 @@ from typing import Annotated, Any, Literal
 
 from dotenv import dotenv_values
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
 
 from core.alerts import Severity
 from core.errors import ConfigError
 from core.incident_model import EscalationStep
 from core.models import Role
+from core.secret_files import SecretFileSource
 
 _VENUE_ID = re.compile(r"^[a-z][a-z0-9_]*$")
 _SECRET_FIELDS = frozenset(
@@ -105,6 +112,8 @@ class Settings(BaseSettings):
     api_tokens: SecretStr | None = None
     alert_webhook_token: SecretStr | None = None
     health_check_interval_seconds: float = Field(default=5.0, gt=0, le=300)
+    # Requests per minute per bearer token on /api/v1 (alert webhooks exempt); 0 turns it off.
+    api_rate_limit_per_minute: int = Field(default=600, ge=0, le=1_000_000)
 
     telegram_bot_token: SecretStr | None = None
     telegram_api_base: str = "https://api.telegram.org"
@@ -166,6 +175,13 @@ class Settings(BaseSettings):
     alertmanager_url: str | None = None
 
     self_healing_enabled: bool = True
+    # Self-healing (issue #9, core/self_healing.py) and the latency SLO guard (core/slo.py).
+    self_healing_interval_seconds: float = Field(default=15.0, gt=0, le=3600)
+    self_healing_cooldown_seconds: float = Field(default=300.0, ge=0, le=86400)
+    self_healing_outbox_stuck_seconds: float = Field(default=120.0, gt=0, le=86400)
+    slo_p99_seconds: float = Field(default=0.2, gt=0, le=60)
+    slo_window_seconds: float = Field(default=300.0, gt=0, le=86400)
+    slo_check_seconds: float = Field(default=15.0, gt=0, le=3600)
     auto_backup_enabled: bool = True
     infra_prod_enabled: bool = False
     frontend_signal_health_enabled: bool = True
@@ -249,6 +265,22 @@ class Settings(BaseSettings):
             if self.telegram_webhook_secret is None:
                 raise ValueError("TELEGRAM_WEBHOOK_SECRET is required when TELEGRAM_MODE=webhook")
         return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Add ``<NAME>_FILE`` for every secret (core/secret_files.py), below explicit values."""
+        environments = [
+            getattr(source, "env_vars", {}) for source in (env_settings, dotenv_settings)
+        ]
+        files = SecretFileSource(settings_cls, _SECRET_FIELDS, environments)
+        return init_settings, files, env_settings, dotenv_settings, file_secret_settings
 
     @property
     def db_path(self) -> Path:
