@@ -21,11 +21,13 @@ from api.routes import (
     health,
     incidents,
     jobs,
+    tokens,
     trading,
     venues,
 )
 from api.routes import status as status_routes
 from api.routes import telegram as telegram_routes
+from api.security import RateLimit, SecurityHeaders
 from core import __version__
 from core.control_plane import ControlPlane
 from core.metrics import Metrics
@@ -160,8 +162,11 @@ def create_app(
         cores.router,
         trading.router,
         assistant.router,
+        tokens.router,
     ):
         app.include_router(router)
     app.add_middleware(BodyLimit)
+    app.add_middleware(RateLimit, per_minute=plane.settings.api_rate_limit_per_minute)
     app.add_middleware(RequestMetrics, metrics=plane.metrics)
+    app.add_middleware(SecurityHeaders)  # outermost: 413 and 429 answers carry them too
     return app

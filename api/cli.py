@@ -99,6 +99,8 @@ def with_plane(fn: Callable[[ControlPlane], Awaitable[T]]) -> T:
         raise fail(exc.message, 2) from None
     except ConfirmationRequired as exc:
         raise fail(f"{exc.message} (add --yes)", 2) from None
+    except ConfigError as exc:
+        raise fail(f"configuration error: {exc}", 2) from None
     except OperationError as exc:
         raise fail(exc.message, 1) from None
     except LuniaError as exc:
@@ -244,6 +246,10 @@ app.add_typer(chaos_app, name="chaos")
 app.command()(venues)
 app.command()(failover)
 app.command()(failback)
+
+from api.cli_tokens import token_app  # noqa: E402 - as above
+
+app.add_typer(token_app, name="token")
 
 
 def main() -> None:

@@ -25,8 +25,8 @@ PlaneDep = Annotated[ControlPlane, Depends(get_plane)]
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 
 
-def current_actor(plane: PlaneDep, credentials: Credentials) -> Actor:
-    """The API actor for the bearer token, or 401."""
+async def current_actor(plane: PlaneDep, credentials: Credentials) -> Actor:
+    """The API actor for the bearer token (configured or temporary), or 401."""
     if credentials is None:
         plane.metrics.auth_denied.labels("api", "missing_token").inc()
         raise HTTPException(
@@ -35,6 +35,12 @@ def current_actor(plane: PlaneDep, credentials: Credentials) -> Actor:
             headers={"WWW-Authenticate": "Bearer"},
         )
     actor = plane.tokens.resolve(credentials.credentials)
+    if actor is None:
+        check = await plane.temporary_tokens.resolve(credentials.credentials)
+        if check is not None and check.refusal is not None:
+            plane.metrics.auth_denied.labels("api", "expired_token").inc()
+            raise HTTPException(401, check.refusal, headers={"WWW-Authenticate": "Bearer"})
+        actor = check.actor if check is not None else None
     if actor is None:
         plane.metrics.auth_denied.labels("api", "bad_token").inc()
         raise HTTPException(401, "invalid bearer token", headers={"WWW-Authenticate": "Bearer"})

@@ -31,6 +31,7 @@ from core.checklist import ChecklistItem, ChecklistService, Mark
 from core.cores import default_cores
 from core.exports import JOB_EXPORT, AuditExportService
 from core.flags import FlagService, FlagState
+from core.hardening import check_production
 from core.health import ComponentHealth, HealthService, Status
 from core.incident_model import Rules
 from core.incidents import IncidentService
@@ -48,6 +49,7 @@ from core.slo import SloGuard
 from core.status import StatusLine, StatusService
 from core.store import Store
 from core.store.sqlite import SqliteStore
+from core.tokens import TokenService
 from core.trading import TradingEngine
 from core.venues.service import VenueService
 
@@ -69,6 +71,7 @@ class ControlPlane:
         self.settings = settings
         self.version = __version__
         self.metrics = Metrics()
+        check_production(settings)  # INFRA_PROD_ENABLED: before any secret is generated
         self.secrets: RuntimeSecrets = resolve_secrets(settings)
         self.tokens = TokenAuthority(self.secrets.api_tokens)
         self.store: Store = store or SqliteStore(settings.db_path)
@@ -155,6 +158,9 @@ class ControlPlane:
         self.health.register("backups", self.backups.health, critical=False)
         self.status.register("backups", self.backups.status_lines)
         self.checklist.register("backups", self.backups.checklist_items)
+        # Temporary API tokens (issue #9): issued, listed, revoked; rotation on the checklist.
+        self.temporary_tokens = TokenService(self.store, self.audit, self.metrics)
+        self.checklist.register("tokens", self.temporary_tokens.checklist_items)
         self.access_review = AccessReviewService(
             settings,
             self.tokens,

@@ -13,10 +13,11 @@ from api.app import create_app
 from core.control_plane import ControlPlane
 from core.settings import Settings
 
-ADMIN_TOKEN = "admin-token-for-tests"
-OPERATOR_TOKEN = "operator-token-for-tests"
-VIEWER_TOKEN = "viewer-token-for-tests"
-WEBHOOK_TOKEN = "webhook-token-for-tests"
+# Long enough for the INFRA_PROD_ENABLED start checks (24+ characters, core/hardening.py).
+ADMIN_TOKEN = "admin-token-for-tests-4f9c2a71"
+OPERATOR_TOKEN = "operator-token-for-tests-8b1d"
+VIEWER_TOKEN = "viewer-token-for-tests-3e7a5c"
+WEBHOOK_TOKEN = "webhook-token-for-tests-6d2f0b"
 TOKENS = f"admin:{ADMIN_TOKEN},operator:{OPERATOR_TOKEN},viewer:{VIEWER_TOKEN}"
 
 
@@ -30,7 +31,7 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[N
     """No test reads the developer's .env or environment settings."""
     monkeypatch.chdir(tmp_path)
     for name in list(__import__("os").environ):
-        if name.lower() in Settings.model_fields:
+        if name.lower().removesuffix("_file") in Settings.model_fields:  # and <NAME>_FILE
             monkeypatch.delenv(name)
         elif name.upper().endswith(("_API_KEY", "_SECRET", "_PASSWORD", "_API_URL")):
             monkeypatch.delenv(name)  # venue credentials: no test may reach a real exchange

@@ -8,10 +8,29 @@ from types import ModuleType
 
 from aiogram import Router
 
-from bot.handlers import assistant, audit, backups, common, flags, incidents, status, trading
+from bot.handlers import (
+    assistant,
+    audit,
+    backups,
+    common,
+    flags,
+    incidents,
+    status,
+    tokens,
+    trading,
+)
 
 # The assistant comes last among features: it takes plain text (never a /command).
-FEATURES: list[ModuleType] = [status, incidents, trading, backups, flags, audit, assistant]
+FEATURES: list[ModuleType] = [
+    status,
+    incidents,
+    trading,
+    backups,
+    flags,
+    audit,
+    tokens,
+    assistant,
+]
 LAST: list[ModuleType] = [common]
 
 

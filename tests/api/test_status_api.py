@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from api.cli import app
 from core.control_plane import ControlPlane
 from core.receivers import parse_alertmanager
-from tests.conftest import VIEWER_TOKEN, WEBHOOK_TOKEN, auth
+from tests.conftest import OPERATOR_TOKEN, VIEWER_TOKEN, WEBHOOK_TOKEN, auth
 from tests.support.payloads import am_alert, am_payload
 
 
@@ -22,7 +22,7 @@ async def test_status_counts_open_incidents_and_changed_flags(
     await client.put(
         "/api/v1/flags/LLM_RATE_LIMITED",
         json={"value": True},
-        headers=auth("operator-token-for-tests"),
+        headers=auth(OPERATOR_TOKEN),
     )
     body = (await client.get("/api/v1/status", headers=auth(VIEWER_TOKEN))).json()
     assert body["open_incidents"]["critical"] == 1

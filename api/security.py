@@ -1,0 +1,114 @@
+"""HTTP hardening middlewares: security headers on every response, per-token rate limits.
+
+Both are on in every mode (they are harmless in development). The rate limit keys on the bearer
+token's sha256 (the client address when there is none) and uses a moving window from ``limits``;
+alert webhooks are exempt, because an alert storm must be stored, not refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import time
+
+from limits import RateLimitItemPerMinute
+from limits.storage import MemoryStorage
+from limits.strategies import MovingWindowRateLimiter
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+logger = logging.getLogger(__name__)
+
+API_PREFIX = "/api/v1/"
+EXEMPT_PREFIXES = ("/api/v1/alerts/",)
+
+_COMMON_HEADERS = (
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"strict-transport-security", b"max-age=63072000; includeSubDomains"),
+)
+# JSON and text may load nothing; HTML (the /docs pages) keeps its scripts but cannot be framed.
+_CSP_STRICT = b"default-src 'none'; frame-ancestors 'none'"
+_CSP_HTML = b"frame-ancestors 'none'"
+
+
+class SecurityHeaders:
+    """Adds nosniff, DENY framing, no-referrer, HSTS and a CSP to every HTTP response."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_wrapper(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers") or [])
+                present = {name.lower() for name, _ in headers}
+                content_type = dict(headers).get(b"content-type", b"")
+                csp = _CSP_HTML if content_type.startswith(b"text/html") else _CSP_STRICT
+                for name, value in (*_COMMON_HEADERS, (b"content-security-policy", csp)):
+                    if name not in present:
+                        headers.append((name, value))
+                message["headers"] = headers
+            await send(message)
+
+        await self.app(scope, receive, send_wrapper)
+
+
+class RateLimit:
+    """Answers 429 with ``Retry-After`` once a token exceeds its requests per minute on /api/v1."""
+
+    def __init__(self, app: ASGIApp, per_minute: int) -> None:
+        self.app = app
+        self.item = RateLimitItemPerMinute(per_minute) if per_minute > 0 else None
+        self.limiter = MovingWindowRateLimiter(MemoryStorage())
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope.get("path", "")
+        if (
+            self.item is None
+            or scope["type"] != "http"
+            or not path.startswith(API_PREFIX)
+            or path.startswith(EXEMPT_PREFIXES)
+        ):
+            await self.app(scope, receive, send)
+            return
+        key = _caller_key(scope)
+        if self.limiter.hit(self.item, key):
+            await self.app(scope, receive, send)
+            return
+        reset = self.limiter.get_window_stats(self.item, key).reset_time
+        retry_after = max(1, math.ceil(reset - time.time()))
+        logger.warning("rate limit hit on %s for caller %s", path, key[:16])
+        await _too_many(send, self.item.amount, retry_after)
+
+
+def _caller_key(scope: Scope) -> str:
+    """sha256 of the bearer token, or the client address for requests without one."""
+    for name, value in scope.get("headers") or []:
+        if name == b"authorization" and value[:7].lower() == b"bearer ":
+            return "token:" + hashlib.sha256(value[7:].strip()).hexdigest()
+    client = scope.get("client")
+    return f"client:{client[0] if client else 'unknown'}"
+
+
+async def _too_many(send: Send, limit: int, retry_after: int) -> None:
+    message = f"rate limit of {limit} requests per minute exceeded; retry in {retry_after} s"
+    body = json.dumps({"error": {"code": "rate_limited", "message": message}}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 429,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"retry-after", str(retry_after).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
