@@ -8,16 +8,20 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from html import escape
+from typing import TYPE_CHECKING
 
-from aiogram.types import InlineKeyboardMarkup
+from aiogram.types import CallbackQuery, InlineKeyboardMarkup
 
-from bot.callbacks import Confirmations, Signer
+from bot.callbacks import Confirmations, Signed, Signer
 from bot.render import split_html
 from bot.sender import CHANNEL
 from core.errors import ConfirmationRequired
-from core.models import OutboxMessage
+from core.models import Actor, AuditRecord, OutboxMessage
 from core.outbox import OutboxWorker
 from core.store import Store
+
+if TYPE_CHECKING:
+    from core.control_plane import ControlPlane
 
 
 @dataclass
@@ -137,6 +141,25 @@ class Ui:
             ]
         )
         self._outbox.wake()
+
+    async def genuine(
+        self, query: CallbackQuery, data: Signed, plane: ControlPlane, actor: Actor
+    ) -> bool:
+        """True when the press carries our signature; otherwise refuse, audit and count it."""
+        if self.signer.verify(data):
+            return True
+        await plane.audit.record(
+            AuditRecord(
+                actor=actor,
+                action="telegram.forged_button",
+                target=str(query.data)[:64],
+                outcome="denied",
+                detail="button signature did not verify",
+            )
+        )
+        plane.metrics.auth_denied.labels("telegram", "forged_callback").inc()
+        await query.answer("Refused: this button was not issued by this bot.", show_alert=True)
+        return False
 
     def seen_update(self) -> None:
         """Note that Telegram delivered an update (bot health)."""

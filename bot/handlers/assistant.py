@@ -14,7 +14,7 @@ from bot.ui import Ui
 from core.assistant_models import ActionKind, Answer, ProposedAction
 from core.control_plane import ControlPlane
 from core.errors import InvalidInput
-from core.models import Actor, AuditRecord
+from core.models import Actor
 
 COMMANDS = [("ask", "ask in plain words: /ask what's our PnL? (or just write to me)")]
 
@@ -109,17 +109,7 @@ async def proposal_pressed(
     query: CallbackQuery, callback_data: ProposalButton, plane: ControlPlane, ui: Ui, actor: Actor
 ) -> None:
     """Carry out a proposed action as the presser: roles and confirmations from core."""
-    if not ui.signer.verify(callback_data):
-        await plane.audit.record(
-            AuditRecord(
-                actor=actor,
-                action="telegram.forged_button",
-                target=str(query.data)[:64],
-                outcome="denied",
-                detail="proposal signature did not verify",
-            )
-        )
-        await query.answer("Refused: this button was not issued by this bot.", show_alert=True)
+    if not await ui.genuine(query, callback_data, plane, actor):
         return
     chat_id = query.message.chat.id if query.message else query.from_user.id
     target = callback_data.target

@@ -58,17 +58,7 @@ def router() -> Router:
         actor: Actor,
     ) -> None:
         """Carry out (or drop) a pending dangerous action, for its asker only."""
-        if not ui.signer.verify(callback_data):
-            await plane.audit.record(
-                AuditRecord(
-                    actor=actor,
-                    action="telegram.forged_button",
-                    target=str(query.data)[:64],
-                    outcome="denied",
-                    detail="confirmation signature did not verify",
-                )
-            )
-            await query.answer("Refused: this button was not issued by this bot.", show_alert=True)
+        if not await ui.genuine(query, callback_data, plane, actor):
             return
         user_id = query.from_user.id
         pending = ui.confirmations.take(callback_data.token, user_id)

@@ -15,7 +15,7 @@ from bot.ui import Ui
 from core.control_plane import ControlPlane
 from core.errors import Conflict, InvalidInput
 from core.incident_model import Incident
-from core.models import Actor, AuditRecord
+from core.models import Actor
 
 logger = logging.getLogger(__name__)
 
@@ -131,19 +131,7 @@ async def pressed(
     actor: Actor,
 ) -> None:
     """A button on an incident message; the message itself is edited by the event."""
-    if not ui.signer.verify(callback_data):
-        logger.warning("forged incident button from %s: %r", actor.describe(), query.data)
-        await plane.audit.record(
-            AuditRecord(
-                actor=actor,
-                action="telegram.forged_button",
-                target=str(query.data)[:64],
-                outcome="denied",
-                detail="callback signature did not verify",
-            )
-        )
-        plane.metrics.auth_denied.labels("telegram", "forged_callback").inc()
-        await query.answer("Refused: this button was not issued by this bot.", show_alert=True)
+    if not await ui.genuine(query, callback_data, plane, actor):
         return
     number = callback_data.incident
     if callback_data.action == "d":
