@@ -11,9 +11,9 @@ import logging
 from contextlib import AsyncExitStack
 from datetime import timedelta
 
-from core import __version__, pagerduty
+from core import __version__, pagerduty, security_mail
 from core.access import TokenAuthority
-from core.access_review import AccessReviewService
+from core.access_review import AccessReviewService, render_markdown
 from core.alertmanager import AlertmanagerClient
 from core.alerts import Severity
 from core.assistant import AssistantService
@@ -37,8 +37,8 @@ from core.incident_model import Rules
 from core.incidents import IncidentService
 from core.jobs import JobService
 from core.metrics import Metrics
-from core.models import Actor
-from core.outbox import OutboxWorker
+from core.models import Actor, OutboxItem
+from core.outbox import Delivery, OutboxWorker
 from core.runbook import Runbook
 from core.s3 import S3Client
 from core.scheduler import Scheduler
@@ -91,6 +91,11 @@ class ControlPlane:
             self.pagerduty_outbox = OutboxWorker(
                 self.store, pagerduty.CHANNEL, self.pagerduty.deliver, self.metrics
             )
+        self.security_mail_outbox: OutboxWorker | None = None
+        if settings.smtp_host:
+            self.security_mail_outbox = OutboxWorker(
+                self.store, security_mail.CHANNEL, self._send_security_mail, self.metrics
+            )
         self.incidents = IncidentService(
             self.store,
             self.bus,
@@ -101,6 +106,7 @@ class ControlPlane:
             ),
             alertmanager=self.alertmanager,
             pagerduty_outbox=self.pagerduty_outbox,
+            security_mail_outbox=self.security_mail_outbox,
         )
         self.scheduler.every(
             "escalation", settings.escalation_check_seconds, self.incidents.run_deadlines
@@ -236,6 +242,9 @@ class ControlPlane:
             for client in (self.alertmanager, self.pagerduty):
                 if client is not None:
                     self._stack.push_async_callback(client.close)
+            if self.security_mail_outbox is not None:
+                await self.security_mail_outbox.start()
+                self._stack.push_async_callback(self.security_mail_outbox.close)
             if self.pagerduty_outbox is not None:
                 await self.pagerduty_outbox.start()
                 self.self_healing.watch_outbox(self.pagerduty_outbox)
@@ -310,6 +319,15 @@ class ControlPlane:
             )
             for line in await self._engine_status()
         ]
+
+    async def _send_security_mail(self, item: OutboxItem) -> Delivery:
+        """Deliver a queued security email (built late: it needs the access review)."""
+
+        async def report() -> str:
+            return render_markdown(await self.access_review.review(Actor.system("security-mail")))
+
+        mailer = security_mail.SecurityMailer(self.settings, self.incidents.get, report)
+        return await mailer.deliver(item)
 
     async def _job_outcome(self, job: str, error: BaseException | None) -> None:
         """A failing scheduled job is an incident; its next success resolves it."""

@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from pydantic import BaseModel
 
 from core import incident_model as rules_
-from core import pagerduty
+from core import pagerduty, security_mail
 from core.access import Guard
 from core.alertmanager import AlertmanagerClient
 from core.alerts import Alert, AlertSource, AlertStatus, Severity
@@ -79,6 +79,7 @@ class IncidentService:
         *,
         alertmanager: AlertmanagerClient | None = None,
         pagerduty_outbox: OutboxWorker | None = None,
+        security_mail_outbox: OutboxWorker | None = None,
     ) -> None:
         self._store = store
         self._bus = bus
@@ -87,6 +88,7 @@ class IncidentService:
         self.rules = rules
         self._alertmanager = alertmanager
         self._pagerduty = pagerduty_outbox
+        self._security_mail = security_mail_outbox
 
     # -- alerts in -------------------------------------------------------------------------
 
@@ -366,7 +368,11 @@ class IncidentService:
     # -- plumbing --------------------------------------------------------------------------
 
     def _with_pagerduty(self, change: Change) -> Change:
-        """Attach the PagerDuty event a change implies (written in the same transaction)."""
+        """Attach the PagerDuty event (and security email) a change implies, written in the
+        same transaction as the change."""
+        opened = change.kind in (EventKind.OPENED, EventKind.REOPENED)
+        if self._security_mail is not None and change.incident.security and opened:
+            change.outbox.append(security_mail.message_for(change.incident))
         if self._pagerduty is None:
             return change
         incident = change.incident
@@ -399,8 +405,9 @@ class IncidentService:
         for event in events:
             self._observe(event)
             await self._bus.publish(event)
-        if self._pagerduty is not None:
-            self._pagerduty.wake()
+        for worker in (self._pagerduty, self._security_mail):
+            if worker is not None:
+                worker.wake()
         counts = await self._store.count_open_incidents()
         for severity, count in counts.items():
             self._metrics.incidents_open.labels(severity.value).set(count)

@@ -32,6 +32,7 @@ from core.secret_files import SecretFileSource
 _VENUE_ID = re.compile(r"^[a-z][a-z0-9_]*$")
 _SECRET_FIELDS = frozenset(
     {
+        "smtp_password",
         "api_tokens",
         "alert_webhook_token",
         "telegram_bot_token",
@@ -169,6 +170,14 @@ class Settings(BaseSettings):
     escalation_check_seconds: float = Field(default=10.0, gt=0, le=3600)
     incident_reopen_minutes: float = Field(default=60.0, ge=0)
     silence_sync_seconds: float = Field(default=30.0, gt=0, le=3600)
+
+    smtp_host: str | None = None
+    smtp_port: int = Field(default=25, ge=1, le=65535)
+    smtp_starttls: bool = False
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_from: str = "lunia-control-plane@localhost"
+    security_email: str = "security@lunia.example"
 
     pagerduty_routing_key: SecretStr | None = None
     pagerduty_events_url: str = "https://events.pagerduty.com/v2/enqueue"

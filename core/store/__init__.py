@@ -126,7 +126,8 @@ class Store(Protocol):
     async def ingest_alerts(
         self, alerts: Sequence[Alert], plan: AlertPlanner, now: datetime
     ) -> IngestOutcome:
-        """Store new alerts (skipping re-deliveries) and apply ``plan`` to their incidents,
+        """Store new alerts (skipping re-deliveries; an outbox message of a change naming
+        ``incident_id`` 0 gets the new incident's id) and apply ``plan`` to their incidents,
         all in one transaction: either every alert is durable or none is."""
 
     async def change_incident(

@@ -505,7 +505,14 @@ class SqliteStore:
                 ),
             )
         if change.outbox:
-            self._outbox_add_tx(conn, change.outbox, now)
+            # A message about a brand-new incident names it as id 0: give it the real id.
+            messages = [
+                m.model_copy(update={"payload": {**m.payload, "incident_id": incident.id}})
+                if m.payload.get("incident_id") == 0
+                else m
+                for m in change.outbox
+            ]
+            self._outbox_add_tx(conn, messages, now)
         return IncidentEvent(
             seq=int(cursor.lastrowid or 0),
             ts=now,
