@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEBIAN_TEST_PACKAGES := redis-server prometheus prometheus-alertmanager
 
-.PHONY: setup run test lint format system-deps clean create-emergency-backup report enable-self-healing
+.PHONY: setup run test lint format system-deps clean create-emergency-backup report enable-self-healing smoke verify up down
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,28 @@ create-emergency-backup: setup
 ## enable-self-healing: turn SELF_HEALING_ENABLED on (a running instance picks it up in 2 s)
 enable-self-healing: setup
 	$(BIN)/lunia flags set SELF_HEALING_ENABLED on
+
+## smoke: drive a running instance end to end (probes, a test alert, the bot); exit 1 on failure
+smoke: setup
+	$(BIN)/lunia smoke
+
+## verify: the full verification: lint, every test, shipped config checks, audit chain, report
+verify: test
+	promtool check config deploy/prometheus/prometheus.yml
+	promtool check rules deploy/prometheus/rules/lunia.rules.yml
+	amtool check-config deploy/alertmanager/alertmanager.yml
+	$(BIN)/lunia audit verify
+	$(BIN)/lunia backup create --reason manual
+	$(BIN)/lunia backup verify $$($(BIN)/lunia backup list --json | $(BIN)/python -c \
+	  'import json,sys; print(json.load(sys.stdin)[0]["id"])')
+	$(BIN)/lunia report --out docs/RELEASE_REPORT.md
+
+## up / down: start or stop the production stack with Compose (needs a Docker engine)
+up:
+	docker compose -f docker-compose.prod.yml up -d --build
+
+down:
+	docker compose -f docker-compose.prod.yml down
 
 ## report: write the access review to docs/RELEASE_REPORT.md (runbook §4, quarterly)
 report: setup

@@ -252,6 +252,11 @@ from api.cli_tokens import token_app  # noqa: E402 - as above
 app.add_typer(token_app, name="token")
 
 
+from api.cli_smoke import smoke  # noqa: E402 - it uses the helpers above
+
+app.command()(smoke)
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

@@ -1,0 +1,131 @@
+"""``lunia smoke``: drive a running instance end to end and exit 1 on any failure.
+
+Probes (/healthz, /readyz, /metrics), the status summary, a test alert through the real webhook
+to an incident and back to resolved, and the Telegram bot's health when it is enabled.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import httpx
+import typer
+
+from api.cli import fail, load_settings
+from api.cli_venues import TokenOption, UrlOption, _base_url, _token
+from core.secrets import WEBHOOK_TOKEN_FILE
+from core.settings import Settings
+
+
+class SmokeFailure(Exception):
+    """One smoke check did not hold."""
+
+
+def expect(condition: bool, message: str) -> None:
+    """Fail the current check with ``message`` unless ``condition`` holds."""
+    if not condition:
+        raise SmokeFailure(message)
+
+
+def _webhook_token(settings: Settings) -> str:
+    if settings.alert_webhook_token is not None:
+        return settings.alert_webhook_token.get_secret_value()
+    path = settings.lunia_state_dir / "secrets" / WEBHOOK_TOKEN_FILE
+    if path.is_file():
+        return path.read_text().strip()
+    raise fail("no alert webhook token: set ALERT_WEBHOOK_TOKEN", 2)
+
+
+def _test_alert(fingerprint: str, status: str) -> dict[str, object]:
+    return {
+        "version": "4",
+        "groupKey": '{}:{alertname="LuniaSmokeTest"}',
+        "truncatedAlerts": 0,
+        "status": status,
+        "receiver": "smoke",
+        "groupLabels": {},
+        "commonLabels": {},
+        "commonAnnotations": {},
+        "externalURL": "http://smoke",
+        "alerts": [
+            {
+                "status": status,
+                "labels": {"alertname": "LuniaSmokeTest", "severity": "info", "smoke": fingerprint},
+                "annotations": {"summary": "lunia smoke test alert"},
+                "startsAt": "2026-01-01T00:00:00Z",
+                "endsAt": "0001-01-01T00:00:00Z" if status == "firing" else "2026-01-01T00:01:00Z",
+                "generatorURL": "",
+                "fingerprint": fingerprint,
+            }
+        ],
+    }
+
+
+def smoke(url: UrlOption = None, token: TokenOption = None) -> None:
+    """Drive the running instance end to end; exit 1 if any check fails."""
+    settings = load_settings()
+    base = _base_url(settings, url)
+    api = {"Authorization": f"Bearer {_token(settings, token)}"}
+    hook = {"Authorization": f"Bearer {_webhook_token(settings)}"}
+    failures = 0
+
+    def check(name: str, probe: Callable[[httpx.Client], str]) -> None:
+        nonlocal failures
+        try:
+            with httpx.Client(base_url=base, timeout=10) as client:
+                detail = probe(client)
+        except (SmokeFailure, httpx.HTTPError, KeyError, ValueError) as exc:
+            failures += 1
+            typer.echo(f"❌ {name}: {exc or type(exc).__name__}")
+        else:
+            typer.echo(f"✅ {name}: {detail}")
+
+    def healthz(c: httpx.Client) -> str:
+        body = c.get("/healthz").json()
+        expect(body["status"] in ("ok", "degraded"), f"status {body['status']}")
+        return str(body["status"])
+
+    def probes(c: httpx.Client) -> str:
+        expect(c.get("/readyz").status_code == 200, "/readyz not ready")
+        metrics = c.get("/metrics").text
+        for name in ("request_duration_seconds_bucket", "redis_status", "exchange_failover"):
+            expect(name in metrics, f"/metrics lacks {name}")
+        return "/readyz 200, /metrics complete"
+
+    def status(c: httpx.Client) -> str:
+        response = c.get("/api/v1/status", headers=api)
+        expect(response.status_code == 200, f"HTTP {response.status_code}")
+        return f"health {response.json()['health']}"
+
+    def alert_round_trip(c: httpx.Client) -> str:
+        fingerprint = f"smoke-{int(time.time() * 1000)}"
+        fired = c.post(
+            "/api/v1/alerts/alertmanager", json=_test_alert(fingerprint, "firing"), headers=hook
+        )
+        expect(fired.status_code == 200, f"webhook answered {fired.status_code}")
+        [incident_id] = fired.json()["incidents"]
+        found = c.get(f"/api/v1/incidents/{incident_id}", headers=api).json()
+        expect(found["incident"]["state"] == "triggered", "incident not triggered")
+        c.post(
+            "/api/v1/alerts/alertmanager", json=_test_alert(fingerprint, "resolved"), headers=hook
+        )
+        after = c.get(f"/api/v1/incidents/{incident_id}", headers=api).json()
+        expect(after["incident"]["state"] == "resolved", "incident not resolved by the alert")
+        return f"incident #{incident_id} opened and resolved"
+
+    def telegram(c: httpx.Client) -> str:
+        component = c.get("/healthz").json()["components"]["telegram"]
+        if component["status"] == "disabled":
+            return "bot off (no TELEGRAM_BOT_TOKEN)"
+        expect(component["status"] == "ok", f"{component['status']}: {component['detail']}")
+        return str(component["detail"])
+
+    check("healthz", healthz)
+    check("probes and metrics", probes)
+    check("status API", status)
+    check("test alert end to end", alert_round_trip)
+    check("telegram bot", telegram)
+    if failures:
+        raise fail(f"smoke FAILED: {failures} check(s) failed against {base}", 1)
+    typer.echo(f"smoke OK against {base}")
