@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-DEBIAN_TEST_PACKAGES := redis-server prometheus prometheus-alertmanager
+DEBIAN_TEST_PACKAGES := redis-server prometheus prometheus-alertmanager chromium
 
 .PHONY: setup run test lint format system-deps clean create-emergency-backup report enable-self-healing smoke verify up down
 
@@ -57,9 +57,9 @@ down:
 report: setup
 	$(BIN)/lunia report --out docs/RELEASE_REPORT.md
 
-## system-deps: install the Debian services the tests run for real, when missing
+## system-deps: install the Debian services the tests run for real (and Chromium), when missing
 system-deps:
-	@missing=""; for bin in redis-server prometheus prometheus-alertmanager promtool amtool; do \
+	@missing=""; for bin in redis-server prometheus prometheus-alertmanager promtool amtool chromium; do \
 	  command -v $$bin >/dev/null || missing="$$missing $$bin"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages for:$$missing"; \

@@ -21,6 +21,7 @@ from api.routes import (
     health,
     incidents,
     jobs,
+    signal_health,
     tokens,
     trading,
     venues,
@@ -163,6 +164,7 @@ def create_app(
         trading.router,
         assistant.router,
         tokens.router,
+        signal_health.router,
     ):
         app.include_router(router)
     app.add_middleware(BodyLimit)

@@ -25,6 +25,21 @@ PlaneDep = Annotated[ControlPlane, Depends(get_plane)]
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 
 
+async def actor_for_token(plane: ControlPlane, token: str) -> Actor:
+    """The API actor for a token (configured or temporary), or 401 saying why not."""
+    actor = plane.tokens.resolve(token)
+    if actor is None:
+        check = await plane.temporary_tokens.resolve(token)
+        if check is not None and check.refusal is not None:
+            plane.metrics.auth_denied.labels("api", "expired_token").inc()
+            raise HTTPException(401, check.refusal, headers={"WWW-Authenticate": "Bearer"})
+        actor = check.actor if check is not None else None
+    if actor is None:
+        plane.metrics.auth_denied.labels("api", "bad_token").inc()
+        raise HTTPException(401, "invalid bearer token", headers={"WWW-Authenticate": "Bearer"})
+    return actor
+
+
 async def current_actor(plane: PlaneDep, credentials: Credentials) -> Actor:
     """The API actor for the bearer token (configured or temporary), or 401."""
     if credentials is None:
@@ -34,17 +49,7 @@ async def current_actor(plane: PlaneDep, credentials: Credentials) -> Actor:
             "missing bearer token (Authorization: Bearer <token>)",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    actor = plane.tokens.resolve(credentials.credentials)
-    if actor is None:
-        check = await plane.temporary_tokens.resolve(credentials.credentials)
-        if check is not None and check.refusal is not None:
-            plane.metrics.auth_denied.labels("api", "expired_token").inc()
-            raise HTTPException(401, check.refusal, headers={"WWW-Authenticate": "Bearer"})
-        actor = check.actor if check is not None else None
-    if actor is None:
-        plane.metrics.auth_denied.labels("api", "bad_token").inc()
-        raise HTTPException(401, "invalid bearer token", headers={"WWW-Authenticate": "Bearer"})
-    return actor
+    return await actor_for_token(plane, credentials.credentials)
 
 
 ActorDep = Annotated[Actor, Depends(current_actor)]

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -140,6 +141,8 @@ class AssistantService:
             settings.llm_backoff_seconds, settings.llm_backoff_max_seconds
         )
         self._incident_open = False
+        # Answers given since start, by who gave them ("llm" or "fallback").
+        self.answers: Counter[str] = Counter()
 
     @property
     def runbook(self) -> Runbook:
@@ -456,6 +459,7 @@ class AssistantService:
         )
         elapsed = time.perf_counter() - started
         self._metrics.llm_latency.labels("llm").observe(elapsed)
+        self.answers["llm"] += 1
         return Answer(
             question=question,
             text=render(sections),
@@ -484,6 +488,7 @@ class AssistantService:
         sections.extend(_common_sections([], reply.failed, reply.proposals))
         elapsed = time.perf_counter() - started
         self._metrics.llm_latency.labels("fallback").observe(elapsed)
+        self.answers["fallback"] += 1
         return Answer(
             question=question,
             text=self._redactor.text(render(sections)),

@@ -45,6 +45,7 @@ from core.scheduler import Scheduler
 from core.secrets import RuntimeSecrets, resolve_secrets
 from core.self_healing import SelfHealingService
 from core.settings import Settings
+from core.signal_health import SignalHealthService
 from core.slo import SloGuard
 from core.status import StatusLine, StatusService
 from core.store import Store
@@ -223,6 +224,9 @@ class ControlPlane:
             on_p99=self.metrics.slo_p99.set,
         )
         self.scheduler.every("slo-check", settings.slo_check_seconds, self.slo.run)
+        self.signal_health = SignalHealthService(
+            settings, self.trading, self.venues, self.assistant, self.incidents
+        )
         self._restore_set_read_only = False
         self.ready = False
         self._stack = AsyncExitStack()

@@ -408,9 +408,13 @@ class IncidentService:
         for worker in (self._pagerduty, self._security_mail):
             if worker is not None:
                 worker.wake()
-        counts = await self._store.count_open_incidents()
+        counts = await self.count_open()
         for severity, count in counts.items():
             self._metrics.incidents_open.labels(severity.value).set(count)
+
+    async def count_open(self) -> dict[Severity, int]:
+        """Open incidents per severity."""
+        return await self._store.count_open_incidents()
 
     def _observe(self, event: IncidentEvent) -> None:
         incident = event.incident

@@ -139,6 +139,7 @@ class Settings(BaseSettings):
     venue_probe_seconds: float = Field(default=15.0, gt=0, le=3600)
     venue_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
     core_tick_seconds: float = Field(default=2.0, gt=0, le=3600)
+    signal_health_refresh_seconds: int = Field(default=15, ge=2, le=3600)
     core_restart_backoff_seconds: float = Field(default=1.0, gt=0, le=600)
     core_restart_backoff_max_seconds: float = Field(default=60.0, gt=0, le=3600)
     pnl_snapshot_seconds: float = Field(default=60.0, gt=0, le=3600)

@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -47,6 +48,7 @@ logger = logging.getLogger(__name__)
 HALT_KEY = "engine.halt"
 PNL_WINDOWS = {"24h": timedelta(hours=24), "7d": timedelta(days=7)}
 PNL_RETENTION = timedelta(days=30)
+RATE_WINDOW = timedelta(minutes=5)  # signal and tick rates are averaged over this
 _OPEN = (OrderStatus.NEW, OrderStatus.OPEN)
 
 
@@ -63,8 +65,12 @@ class CoreInfo(BaseModel):
     unrealized: float
     pnl: float
     crashes: int
+    crashing: bool = False  # the last tick crashed; the supervisor is backing off
     last_error: str | None
     last_run_at: datetime | None
+    last_signal_at: datetime | None = None
+    ticks_per_minute: float = 0.0
+    signals_per_minute: float = 0.0
 
 
 class EngineState(BaseModel):
@@ -109,6 +115,25 @@ class _Runtime:
     consecutive: int = 0
     last_error: str | None = None
     last_run_at: datetime | None = None
+    last_signal_at: datetime | None = None
+    # Times of recent completed ticks and emitted signals (intents), for per-minute rates.
+    ticks: deque[datetime] = field(default_factory=deque)
+    signals: deque[datetime] = field(default_factory=deque)
+    since: datetime = field(default_factory=utcnow)
+
+    def note(self, times: deque[datetime], at: datetime) -> None:
+        """Record an event at ``at`` and forget those older than the rate window."""
+        times.append(at)
+        horizon = at - RATE_WINDOW
+        while times and times[0] < horizon:
+            times.popleft()
+
+    def per_minute(self, times: deque[datetime], now: datetime) -> float:
+        """Events per minute over the rate window ending ``now`` (since start, if shorter, but
+        never over less than a minute: a core's first signal is 1/min, not 120/min)."""
+        span = max(min(RATE_WINDOW, now - self.since).total_seconds(), 60.0)
+        recent = sum(1 for t in times if t >= now - RATE_WINDOW)
+        return round(recent * 60 / span, 2)
 
 
 class TradingEngine:
@@ -245,6 +270,7 @@ class TradingEngine:
                 f"core:{name}", f"Core {name} crashed", "the core runs again"
             )
         runtime.last_error = None
+        runtime.note(runtime.ticks, utcnow())
         return True
 
     async def _run_once(self, core: Core) -> None:
@@ -257,6 +283,10 @@ class TradingEngine:
         intents = await core.decide(
             CoreContext(prices=prices, positions=self.portfolio.quantities(core.name))
         )
+        runtime = self._runtime[core.name]
+        for _ in intents:
+            runtime.last_signal_at = utcnow()
+            runtime.note(runtime.signals, runtime.last_signal_at)
         for intent in intents:
             if not self.core_running(core.name):
                 break  # switched off or halted meanwhile
@@ -563,6 +593,7 @@ class TradingEngine:
         """One core with its switch, health and PnL."""
         core, runtime = self._core(name), self._runtime[name]
         pnl = self.portfolio.pnl(name)
+        now = utcnow()
         return CoreInfo(
             name=name,
             description=core.description,
@@ -574,8 +605,12 @@ class TradingEngine:
             unrealized=pnl.unrealized,
             pnl=pnl.total,
             crashes=runtime.crashes,
+            crashing=runtime.consecutive > 0,
             last_error=runtime.last_error,
             last_run_at=runtime.last_run_at,
+            last_signal_at=runtime.last_signal_at,
+            ticks_per_minute=runtime.per_minute(runtime.ticks, now),
+            signals_per_minute=runtime.per_minute(runtime.signals, now),
         )
 
     def cores(self) -> list[CoreInfo]:

@@ -15,42 +15,11 @@ from core.models import Actor, ActorKind, Role, utcnow
 from core.store import PnlPoint
 from core.venues import OrderSide, OrderStatus, OrderType, VenueMode
 from tests.conftest import PlaneFactory
+from tests.support.cores import BuyEveryTick, CrashTwice
 
 ADMIN = Actor(kind=ActorKind.TELEGRAM, id="1", name="alice", role=Role.ADMIN)
 OPERATOR = Actor(kind=ActorKind.TELEGRAM, id="2", name="bob", role=Role.OPERATOR)
 QUIET = {"core_tick_seconds": 3600, "venue_probe_seconds": 3600}
-
-
-class BuyEveryTick:
-    """A test core: buys one small lot of BTC on every tick."""
-
-    description = "test core"
-    essential = False
-    symbols = ("BTC/USDT",)
-
-    def __init__(self, name: str = "buyer") -> None:
-        self.name = name
-
-    async def decide(self, context: CoreContext) -> Sequence[Intent]:
-        return [Intent(symbol="BTC/USDT", side=OrderSide.BUY, amount=0.001)]
-
-
-class CrashTwice:
-    """A test core that raises on its first two ticks, then works."""
-
-    description = "crashes"
-    essential = False
-    symbols = ("ETH/USDT",)
-    name = "crashy"
-
-    def __init__(self) -> None:
-        self.calls = 0
-
-    async def decide(self, context: CoreContext) -> Sequence[Intent]:
-        self.calls += 1
-        if self.calls <= 2:
-            raise RuntimeError(f"boom {self.calls}")
-        return []
 
 
 @pytest.fixture
