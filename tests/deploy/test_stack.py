@@ -20,6 +20,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from core.control_plane import ControlPlane
+from core.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.prod.yml"
@@ -193,6 +194,22 @@ def test_the_webhook_token_secret_is_where_alertmanager_reads_it(compose: dict[s
     # The token is never part of the repository or the image.
     ignored = DOCKERIGNORE.read_text().split()
     assert "secrets" in ignored and ".env" in ignored
+
+
+def test_the_control_plane_reads_the_same_webhook_token_file(
+    compose: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    environment = compose["services"]["lunia"]["environment"]
+    path = environment["ALERT_WEBHOOK_TOKEN_FILE"]
+    assert path == "/run/secrets/alert_webhook_token"
+    # Load settings exactly as the container would, with the secret file at a local path.
+    secret = tmp_path / "alert_webhook_token"
+    secret.write_text("0123456789abcdef0123456789abcdef\n")
+    monkeypatch.setenv("ALERT_WEBHOOK_TOKEN_FILE", str(secret))
+    monkeypatch.setenv("LUNIA_STATE_DIR", str(tmp_path / "state"))
+    settings = Settings.load(_env_file=None)
+    token = settings.alert_webhook_token
+    assert token is not None and token.get_secret_value() == "0123456789abcdef0123456789abcdef"
 
 
 def test_redis_persists_with_append_only_file(compose: dict[str, Any]) -> None:
