@@ -1,18 +1,39 @@
-"""The contract every ``Store`` implementation must keep; a new store joins via ``store``."""
+"""The contract every ``Store`` implementation must keep; a new store joins via ``open_store``.
+
+Each test runs on SQLite (a file in the test's temp dir) and on Redis (one real redis-server for
+the module, each test under a key prefix of its own).
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
+from core.alerts import Alert, AlertSource, AlertStatus, Severity
 from core.audit import GENESIS_HASH, entry_digest
-from core.models import Actor, ActorKind, AuditRecord, Role, utcnow
-from core.store import FlagOverride, Store
-from core.store.sqlite import MIGRATIONS, SqliteStore
+from core.errors import NotFound
+from core.incident_model import (
+    Change,
+    EscalationStep,
+    EventKind,
+    Incident,
+    IncidentState,
+    Rules,
+    acknowledge,
+    plan_alert,
+)
+from core.models import Actor, ActorKind, AuditRecord, OutboxMessage, Role, utcnow
+from core.store import AlertPlanner, FlagOverride, IngestOutcome, Store
+from core.store import redis as redis_store
+from core.store import sqlite as sqlite_store
+from core.store.redis import RedisStore
+from core.store.sqlite import SqliteStore
+from tests.support.services import RedisServer, start_redis
 
 StoreFactory = Callable[[], Awaitable[Store]]
 
@@ -23,15 +44,35 @@ def record(action: str = "test.action", target: str = "t") -> AuditRecord:
     return AuditRecord(actor=ALICE, action=action, target=target, before=1, after={"x": [2]})
 
 
-@pytest.fixture(params=["sqlite"])
+# The schema version a freshly opened store of each kind reports.
+LATEST_SCHEMA = {
+    SqliteStore: len(sqlite_store.MIGRATIONS),
+    RedisStore: len(redis_store.MIGRATIONS),
+}
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One real redis-server for the module; tests keep apart by key prefix."""
+    with start_redis(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+@pytest.fixture(params=["sqlite", "redis"])
 async def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StoreFactory]:
     """Open (and reopen) a store of each implementation on the same backing state."""
     opened: list[Store] = []
+    server: RedisServer | None = None
+    if request.param == "redis":
+        server = request.getfixturevalue("redis_server")
+    prefix = f"test-{secrets.token_hex(4)}"  # the same for every reopening within one test
 
     async def factory() -> Store:
         store: Store
         if request.param == "sqlite":
             store = SqliteStore(tmp_path / "state.db")
+        elif server is not None:
+            store = RedisStore(server.url, prefix=prefix)
         else:  # pragma: no cover - new implementations add a branch here
             raise AssertionError(request.param)
         await store.open()
@@ -49,7 +90,7 @@ async def store(open_store: StoreFactory) -> Store:
 
 
 async def test_schema_is_at_latest_version(store: Store) -> None:
-    assert await store.schema_version() == len(MIGRATIONS)
+    assert await store.schema_version() == LATEST_SCHEMA[type(store)] >= 1
 
 
 async def test_audit_entries_chain_from_genesis(store: Store) -> None:
@@ -307,3 +348,239 @@ async def test_trial_store_is_isolated(store: Store, tmp_path: Path) -> None:
     finally:
         await trial.close()
     assert (await store.audit_head() or (0, ""))[0] == 1
+
+
+# -- incidents, alerts and events (core/incidents.py drives these) ------------------------------
+
+
+RULES = Rules(escalation={Severity.CRITICAL: EscalationStep(ack_timeout_seconds=60)})
+
+
+def alert(
+    dedup: str,
+    fingerprint: str = "disk",
+    *,
+    status: AlertStatus = AlertStatus.FIRING,
+    severity: Severity = Severity.CRITICAL,
+) -> Alert:
+    return Alert(
+        source=AlertSource.ALERTMANAGER,
+        fingerprint=fingerprint,
+        dedup_key=dedup,
+        status=status,
+        severity=severity,
+        title=f"{fingerprint} alert",
+    )
+
+
+def planner(*, audit: bool = False, page: bool = False) -> AlertPlanner:
+    """The real alert rules; ``page`` adds an outbox message naming the incident."""
+    now = utcnow()
+
+    def plan(a: Alert, open_: Incident | None, resolved: Incident | None) -> Change | None:
+        change = plan_alert(a, open_, resolved, now, RULES)
+        if change is not None:
+            change.audit = audit
+            if page:
+                change.outbox = [
+                    OutboxMessage(
+                        channel="pd",
+                        key=change.incident.key,
+                        payload={"incident_id": change.incident.id, "kind": change.kind.value},
+                    )
+                ]
+        return change
+
+    return plan
+
+
+async def test_ingest_stores_alerts_once_and_groups_them_into_one_incident(store: Store) -> None:
+    # One batch: the second alert sees the incident the first one opened, in the same
+    # transaction, and the re-delivered third is recognised before anything is written.
+    first = await store.ingest_alerts(
+        [alert("a1"), alert("a2"), alert("a1")], planner(page=True), utcnow()
+    )
+    assert (first.accepted, first.duplicates) == (2, 1)
+    assert [(e.seq, e.kind, e.incident.id) for e in first.events] == [
+        (1, EventKind.OPENED, 1),
+        (2, EventKind.UPDATED, 1),
+    ]
+    again = await store.ingest_alerts([alert("a2")], planner(), utcnow())
+    assert (again.accepted, again.duplicates, again.events) == (0, 1, [])
+
+    incident = await store.get_incident(1)
+    assert incident is not None
+    assert (incident.count, incident.version, incident.state) == (2, 2, IncidentState.TRIGGERED)
+    stored = await store.incident_alerts(1)
+    assert [(s.id, s.alert.dedup_key, s.incident_id) for s in stored] == [
+        (2, "a2", 1),
+        (1, "a1", 1),
+    ]
+    # The message about the brand-new incident (queued with id 0) names its real id.
+    due = await store.outbox_due("pd", utcnow(), 10)
+    assert [i.payload for i in due] == [{"incident_id": 1, "kind": "opened"}]
+    assert (await store.outbox_stats("pd")).depth == 2
+    assert await store.audit_head() is None  # alert sources are not audited here
+
+
+async def test_resolved_then_refiring_alert_reopens_the_same_incident(store: Store) -> None:
+    await store.ingest_alerts([alert("f1")], planner(), utcnow())
+    resolved = await store.ingest_alerts(
+        [alert("r1", status=AlertStatus.RESOLVED)], planner(audit=True), utcnow()
+    )
+    assert [e.incident.state for e in resolved.events] == [IncidentState.RESOLVED]
+    assert (await store.count_open_incidents())[Severity.CRITICAL] == 0
+    reopened = await store.ingest_alerts([alert("f2")], planner(), utcnow())
+    assert [(e.kind, e.incident.id) for e in reopened.events] == [(EventKind.REOPENED, 1)]
+    assert (await store.count_open_incidents())[Severity.CRITICAL] == 1
+    [entry] = await store.audit_entries()
+    assert (entry.action, entry.before, entry.after) == (
+        "incident.resolved",
+        {"state": "triggered"},
+        {"state": "resolved"},
+    )
+    # A resolved alert for a key with nothing open is stored, linked to no change.
+    other = await store.ingest_alerts(
+        [alert("x1", "cpu", status=AlertStatus.RESOLVED)], planner(), utcnow()
+    )
+    assert (other.accepted, other.events) == (1, [])
+
+
+async def test_change_incident_is_read_modify_write_and_audited(store: Store) -> None:
+    await store.ingest_alerts([alert("a1")], planner(), utcnow())
+    current = await store.get_incident(1)
+    assert current is not None and current.next_escalation_at is not None
+    unchanged, none = await store.change_incident(1, lambda i: None)
+    assert (unchanged, none) == (current, None)
+    acked, event = await store.change_incident(1, lambda i: acknowledge(i, ALICE, utcnow()))
+    assert event is not None and event.kind is EventKind.ACKNOWLEDGED
+    assert (acked.state, acked.version, acked.acknowledged_by) == (
+        IncidentState.ACKNOWLEDGED,
+        current.version + 1,
+        ALICE,
+    )
+    assert await store.get_incident(1) == acked
+    [entry] = await store.audit_tail(1)
+    assert (entry.action, entry.target, entry.actor) == (
+        "incident.acknowledged",
+        "#1 disk alert",
+        ALICE,
+    )
+    with pytest.raises(NotFound):
+        await store.change_incident(99, lambda i: None)
+    assert await store.get_incident(99) is None
+
+
+async def test_incidents_list_newest_first_by_state_severity_and_deadline(store: Store) -> None:
+    for n, (fingerprint, severity) in enumerate(
+        [("a", Severity.CRITICAL), ("b", Severity.WARNING), ("c", Severity.CRITICAL)]
+    ):
+        await store.ingest_alerts(
+            [alert(f"d{n}", fingerprint, severity=severity)], planner(), utcnow()
+        )
+    await store.change_incident(3, lambda i: acknowledge(i, ALICE, utcnow()))
+
+    assert [i.id for i in await store.list_incidents()] == [3, 2, 1]
+    assert [i.id for i in await store.list_incidents(limit=2)] == [3, 2]
+    triggered = await store.list_incidents(states=[IncidentState.TRIGGERED])
+    assert [i.id for i in triggered] == [2, 1]
+    both = [IncidentState.TRIGGERED, IncidentState.ACKNOWLEDGED]
+    assert [i.id for i in await store.list_incidents(states=both, limit=2)] == [3, 2]
+    critical = await store.list_incidents(severity=Severity.CRITICAL)
+    assert [i.id for i in critical] == [3, 1]
+    # Only critical, unacknowledged incidents escalate (RULES): #1 has a deadline.
+    assert await store.list_incidents(due_before=utcnow()) == []
+    due = await store.list_incidents(due_before=utcnow() + timedelta(minutes=2))
+    assert [i.id for i in due] == [1]
+    assert await store.count_open_incidents() == {
+        Severity.CRITICAL: 2,
+        Severity.WARNING: 1,
+        Severity.INFO: 0,
+    }
+
+
+async def test_incident_events_in_order_for_all_or_one_incident(store: Store) -> None:
+    await store.ingest_alerts(
+        [alert("a1", "a"), alert("b1", "b"), alert("a2", "a")], planner(), utcnow()
+    )
+    every = await store.incident_events()
+    assert [(e.seq, e.incident.id) for e in every] == [(1, 1), (2, 2), (3, 1)]
+    assert [e.seq for e in await store.incident_events(after_seq=1, limit=1)] == [2]
+    timeline = await store.incident_events(incident_id=1)
+    assert [(e.seq, e.kind) for e in timeline] == [(1, EventKind.OPENED), (3, EventKind.UPDATED)]
+    assert [e.seq for e in await store.incident_events(incident_id=1, after_seq=1)] == [3]
+    assert every[2] == (await store.incident_events(incident_id=1))[1]
+
+
+# -- two replicas on the same state ------------------------------------------------------------
+
+
+async def test_two_replicas_store_each_redelivered_alert_once(open_store: StoreFactory) -> None:
+    one, two = await open_store(), await open_store()
+    deliveries = [alert(f"d{n}") for n in range(20)]
+
+    async def deliver(store: Store) -> list[IngestOutcome]:
+        return [await store.ingest_alerts([a], planner(page=True), utcnow()) for a in deliveries]
+
+    outcomes = [o for per in await asyncio.gather(deliver(one), deliver(two)) for o in per]
+    assert sum(o.accepted for o in outcomes) == 20
+    assert sum(o.duplicates for o in outcomes) == 20
+    [incident] = await one.list_incidents()
+    assert (incident.id, incident.count, incident.version) == (1, 20, 20)
+    assert len(await two.incident_alerts(1, limit=100)) == 20
+    assert [e.seq for e in await two.incident_events(limit=100)] == list(range(1, 21))
+    assert (await one.outbox_stats("pd")).depth == 20
+
+
+async def test_two_replicas_appending_concurrently_keep_one_gap_free_chain(
+    open_store: StoreFactory,
+) -> None:
+    replicas = [await open_store(), await open_store()]
+    entries = await asyncio.gather(
+        *(replicas[i % 2].append_audit(record(target=str(i))) for i in range(60)),
+        *(
+            replicas[i % 2].put_engine_state("engine.halt", {"n": i}, record("engine.halt"))
+            for i in range(20)
+        ),
+    )
+    assert sorted(e.seq for e in entries) == list(range(1, 81))
+    chain = await replicas[0].audit_entries(limit=200)
+    assert [e.seq for e in chain] == list(range(1, 81))
+    prev = GENESIS_HASH
+    for entry in chain:
+        assert entry.prev_hash == prev
+        assert entry.hash == entry_digest(entry, seq=entry.seq, ts=entry.ts, prev_hash=prev)
+        prev = entry.hash
+    assert await replicas[1].audit_head() == (80, prev)
+
+
+async def test_two_replicas_finishing_outbox_messages_keep_each_key_in_order(
+    open_store: StoreFactory,
+) -> None:
+    one, two = await open_store(), await open_store()
+    await asyncio.gather(
+        *(
+            (one, two)[n % 2].outbox_add(
+                [OutboxMessage(channel="c", key=f"k{n % 3}", payload={"n": n})]
+            )
+            for n in range(30)
+        )
+    )
+    finished: set[int] = set()
+    deliveries: list[tuple[int, str, set[int]]] = []  # id, key, finished when it was due
+
+    async def worker(store: Store) -> None:
+        while due := await store.outbox_due("c", utcnow(), 5):
+            done_before = set(finished)
+            for item in due:
+                deliveries.append((item.id, item.key, done_before))
+                await store.outbox_finish(item.id)
+                finished.add(item.id)
+
+    await asyncio.gather(worker(one), worker(two))
+    assert (await one.outbox_stats("c")).depth == 0
+    key_of = {item_id: key for item_id, key, _ in deliveries}
+    assert sorted(key_of) == list(range(1, 31))  # each at least once (both may send one)
+    for item_id, key, done_before in deliveries:
+        earlier = {i for i, k in key_of.items() if k == key and i < item_id}
+        assert earlier <= done_before, f"#{item_id} overtook an earlier message of {key}"

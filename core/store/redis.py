@@ -1,0 +1,1499 @@
+"""Redis implementation of ``Store``: the state shared by replicas, held to SQLite's contract.
+
+Every key lives under ``R = {prefix}:store``; the event bus and the leases keep theirs beside it
+under ``{prefix}:``, so a snapshot or a restore of the store never touches them::
+
+    R:schema                    schema version (an integer)
+    R:audit                     stream; entry ``seq`` has the id ``{seq}-0``, field ``e`` its JSON
+    R:audit:head                JSON ``[seq, hash]`` of the last entry
+    R:flags                     hash: flag name -> override JSON
+    R:engine                    hash: engine setting -> ``{"value", "updated_at"}`` JSON
+    R:kv                        hash: adapter key -> JSON value
+    R:cursors                   hash: consumer -> event log position
+    R:incidents                 hash: id -> Incident JSON
+    R:incidents:seq             the last incident id handed out
+    R:incidents:all             zset of ids (score: id)
+    R:incidents:state:{state}   zset of ids in that state (score: id)
+    R:incidents:deadline        zset of ids with an escalation/silence deadline (score: its time)
+    R:incidents:open            hash: incident key -> id of its one open incident
+    R:incidents:latest          hash: incident key -> id of its newest incident
+    R:alerts                    hash: id -> ``{"incident_id", "received_at", "alert"}`` JSON
+    R:alerts:seq                the last alert id handed out
+    R:alerts:dedup              hash: ``{source}:{dedup_key}`` -> alert id
+    R:alerts:incident:{id}      zset of the incident's alert ids (score: id)
+    R:events                    stream; event ``seq`` has the id ``{seq}-0``, field ``e`` its JSON
+    R:events:seq                the last event seq handed out
+    R:events:incident:{id}      zset of the incident's event seqs (score: seq)
+    R:outbox                    stream; message ``id`` has the id ``{id}-0`` (channel, key,
+                                payload, created_at: what was queued, never changed)
+    R:outbox:seq                the last outbox id handed out
+    R:outbox:state              hash: id -> ``{"next_at", "attempts", "status", "last_error"}``
+    R:outbox:queue:{[ch, key]}  zset of one key's pending ids (score: id); the lowest is the head
+    R:outbox:due:{channel}      zset of the head of each key's queue (score: its next_at)
+    R:outbox:pending:{channel}  zset of the channel's pending ids (score: created_at)
+    R:orders                    hash: client order id -> OrderRecord JSON
+    R:orders:seq                the last order number handed out (orders list in this order)
+    R:orders:all                zset of client order ids (score: order number)
+    R:orders:status:{status}    zset of client order ids in that status (score: order number)
+    R:pnl                       hash: ``[core, ts]`` JSON -> ``[realized, unrealized]``
+    R:pnl:ts                    zset of ``[core, ts]`` JSON (score: ts)
+
+Times in scores are microseconds since the epoch (exact in a double until the year 2255).
+
+Writes are optimistic transactions (WATCH, reads, MULTI, writes, EXEC; retried when a watched key
+changed), one at a time per process (an ``asyncio.Lock``, like SQLite's single writer). What a
+transaction reads is guarded by a watched key that every writer of that data changes:
+
+* the audit chain by ``R:audit:head``: sequence numbers are gap-free and the hash chain unbroken
+  across processes;
+* incidents and their indexes by ``R:events:seq`` (every incident write appends an event);
+* alert de-duplication by ``R:alerts:seq`` (every stored alert takes an id);
+* a key's outbox queue by the queue itself; orders by ``R:orders``; PnL pruning by ``R:pnl:ts``;
+* new ids by their ``*:seq`` counter, read under WATCH and written in the same MULTI.
+
+The ``plan`` and ``mutate`` callbacks may therefore run more than once (once per conflict) and
+must not have side effects. A connection lost while EXEC was on its way leaves its outcome
+unknown; that is reported as ``StoreUnavailable`` like any other unreachable Redis.
+
+Snapshots and restores run Lua scripts, which Redis executes atomically: one reads every key
+(``DUMP`` payloads, whose CRC64 a later ``RESTORE`` checks) and the counts in one step; the other
+swaps keys restored under a private staging prefix into place. Both address keys by pattern, so
+this store needs a standalone Redis (or a single-shard one), not Redis Cluster; both block Redis
+for as long as they run (milliseconds for a control plane's state). A ``DUMP`` payload restores
+only on a Redis of the same or a newer version than the one that took it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import json
+import logging
+import os
+import random
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, TypeVar, cast
+
+from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff, NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError, WatchError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from core.alerts import Alert, Severity
+from core.audit import GENESIS_HASH, seal
+from core.errors import NotFound, StoreError, StoreUnavailable
+from core.incident_model import Change, Incident, IncidentEvent, IncidentState
+from core.models import (
+    Actor,
+    AuditEntry,
+    AuditRecord,
+    OutboxItem,
+    OutboxMessage,
+    OutboxStats,
+    utcnow,
+)
+from core.store import (
+    AlertPlanner,
+    FlagOverride,
+    IncidentMutation,
+    IngestOutcome,
+    PnlPoint,
+    Store,
+    StoredAlert,
+    StoreSnapshot,
+)
+from core.venues import OrderRecord, OrderStatus
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# The one file a snapshot of this store consists of: a header line, then one line per key.
+SNAPSHOT_FILE = "redis.jsonl"
+SNAPSHOT_FORMAT = "lunia-redis-snapshot/1"
+
+# Each migration is a Lua script (ARGV[1] is the store's key root) that moves the layout one
+# version up; it runs in the same MULTI as the version bump. Never edit a shipped one.
+MIGRATIONS: list[str] = [
+    "-- 1: the layout in the module docstring; its keys are created by the first writes\nreturn 0",
+]
+
+# What "Redis cannot be reached" looks like; any other RedisError is a refusal by Redis.
+UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
+
+# Short timeouts: with Redis gone a request should fail in about a second, not hang (the API
+# answers 503 and the outage watch turns read-only).
+SOCKET_TIMEOUT = 2.0
+CONNECT_TIMEOUT = 1.0
+# Snapshot and restore send or receive the whole state in one reply: they get a client of their
+# own that waits longer.
+BULK_TIMEOUT = 120.0
+# Optimistic transactions retried this often before giving up (only other processes' commits
+# cause retries, so each retry means progress elsewhere).
+MAX_CONFLICTS = 200
+_PAGE = 500
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_ENTRY = "e"
+
+# Counted per kind of state, named like the SQLite store's tables so that backups read alike.
+_COUNTED: list[tuple[str, str, str]] = [
+    ("alerts", "hash", "alerts"),
+    ("audit", "stream", "audit"),
+    ("cursors", "hash", "cursors"),
+    ("engine_state", "hash", "engine"),
+    ("flag_overrides", "hash", "flags"),
+    ("incident_events", "stream", "events"),
+    ("incidents", "hash", "incidents"),
+    ("meta", "hash", "kv"),
+    ("meta", "exists", "audit:head"),
+    ("orders", "hash", "orders"),
+    ("outbox", "stream", "outbox"),
+    ("pnl_points", "hash", "pnl"),
+]
+
+# ARGV: [1] key root, [2] "1" to add every key's DUMP payload, then (kind, type, key) triples.
+# Returns {schema version or false, {kind, count, ...}, {key, payload, ...}} in one atomic step.
+_COUNT_FUNCTION = """
+local function counts(root, first)
+  local found = {}
+  for i = first, #ARGV, 3 do
+    local kind, kt, key = ARGV[i], ARGV[i + 1], root .. ':' .. ARGV[i + 2]
+    local n = 0
+    if kt == 'hash' then n = redis.call('HLEN', key)
+    elseif kt == 'stream' then n = redis.call('XLEN', key)
+    else n = redis.call('EXISTS', key) end
+    found[#found + 1] = kind
+    found[#found + 1] = n
+  end
+  return found
+end
+"""
+_READ_ALL_LUA = (
+    _COUNT_FUNCTION
+    + """
+local root = ARGV[1]
+local dumps = {}
+if ARGV[2] == '1' then
+  local keys = redis.call('KEYS', ARGV[3])
+  table.sort(keys)
+  for _, key in ipairs(keys) do
+    dumps[#dumps + 1] = key
+    dumps[#dumps + 1] = redis.call('DUMP', key)
+  end
+end
+return {redis.call('GET', root .. ':schema'), counts(root, 4), dumps}
+"""
+)
+# ARGV: [1] key root, [2] live key pattern, [3] staging root, [4] number of staged keys, then
+# the staged keys (relative names), then the (kind, type, key) triples. Deletes every live key,
+# renames the staged ones into place and counts the result, all in one atomic step.
+_SWAP_LUA = (
+    _COUNT_FUNCTION
+    + """
+local root, staging, n = ARGV[1], ARGV[3], tonumber(ARGV[4])
+-- Refuse before deleting anything unless every staged key is there (e.g. a swap sent twice).
+for i = 5, 4 + n do
+  if redis.call('EXISTS', staging .. ':' .. ARGV[i]) == 0 then
+    return redis.error_reply('staged key ' .. ARGV[i] .. ' is missing; nothing was replaced')
+  end
+end
+for _, key in ipairs(redis.call('KEYS', ARGV[2])) do redis.call('DEL', key) end
+for i = 5, 4 + n do redis.call('RENAME', staging .. ':' .. ARGV[i], root .. ':' .. ARGV[i]) end
+return counts(root, 5 + n)
+"""
+)
+
+
+def _dump(value: Any) -> str:
+    return json.dumps(value, default=str, separators=(",", ":"))
+
+
+def _ts(value: datetime) -> str:
+    return value.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def _micros(value: datetime) -> int:
+    return (value.astimezone(UTC) - _EPOCH) // timedelta(microseconds=1)
+
+
+def _from_micros(value: float) -> datetime:
+    return _EPOCH + timedelta(microseconds=int(value))
+
+
+async def _reply(result: Awaitable[T] | T) -> T:
+    """Await a command of the asyncio client (typed by redis-py as sync or async)."""
+    return await cast("Awaitable[T]", result)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _stream_seq(entry_id: bytes | str) -> int:
+    return int(_text(entry_id).split("-", 1)[0])
+
+
+def _glob_escape(text: str) -> str:
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+
+
+@contextlib.contextmanager
+def _translated(what: str) -> Iterator[None]:
+    """Turn redis-py errors into the store's: unreachable is retryable, the rest is not."""
+    try:
+        yield
+    except UNREACHABLE as exc:
+        raise StoreUnavailable(f"Redis is unreachable ({what}): {exc}") from exc
+    except WatchError as exc:  # a WATCH lost with its connection, outside our retry loop
+        raise StoreUnavailable(f"Redis connection lost ({what}): {exc}") from exc
+    except RedisError as exc:
+        raise StoreError(f"Redis refused {what}: {exc}") from exc
+
+
+class _Keys:
+    """The names of the store's keys under one root."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+        self.pattern = _glob_escape(root) + ":*"
+        self.schema = f"{root}:schema"
+        self.audit = f"{root}:audit"
+        self.audit_head = f"{root}:audit:head"
+        self.flags = f"{root}:flags"
+        self.engine = f"{root}:engine"
+        self.kv = f"{root}:kv"
+        self.cursors = f"{root}:cursors"
+        self.incidents = f"{root}:incidents"
+        self.incidents_seq = f"{root}:incidents:seq"
+        self.incidents_all = f"{root}:incidents:all"
+        self.deadlines = f"{root}:incidents:deadline"
+        self.open = f"{root}:incidents:open"
+        self.latest = f"{root}:incidents:latest"
+        self.alerts = f"{root}:alerts"
+        self.alerts_seq = f"{root}:alerts:seq"
+        self.dedup = f"{root}:alerts:dedup"
+        self.events = f"{root}:events"
+        self.events_seq = f"{root}:events:seq"
+        self.outbox = f"{root}:outbox"
+        self.outbox_seq = f"{root}:outbox:seq"
+        self.outbox_state = f"{root}:outbox:state"
+        self.orders = f"{root}:orders"
+        self.orders_seq = f"{root}:orders:seq"
+        self.orders_all = f"{root}:orders:all"
+        self.pnl = f"{root}:pnl"
+        self.pnl_ts = f"{root}:pnl:ts"
+
+    def state(self, state: IncidentState) -> str:
+        return f"{self.root}:incidents:state:{state.value}"
+
+    def incident_alerts(self, incident_id: int) -> str:
+        return f"{self.root}:alerts:incident:{incident_id}"
+
+    def incident_events(self, incident_id: int) -> str:
+        return f"{self.root}:events:incident:{incident_id}"
+
+    def queue(self, channel: str, key: str) -> str:
+        # JSON keeps ("a:b", "c") and ("a", "b:c") apart.
+        return f"{self.root}:outbox:queue:{_dump([channel, key])}"
+
+    def due(self, channel: str) -> str:
+        return f"{self.root}:outbox:due:{channel}"
+
+    def pending(self, channel: str) -> str:
+        return f"{self.root}:outbox:pending:{channel}"
+
+    def order_status(self, status: OrderStatus) -> str:
+        return f"{self.root}:orders:status:{status.value}"
+
+    def relative(self, key: str) -> str:
+        return key[len(self.root) + 1 :]
+
+
+# Types of the store's keys, for the integrity check: exact relative names, then prefixes.
+_KEY_TYPES = {
+    "schema": "string",
+    "audit": "stream",
+    "audit:head": "string",
+    "flags": "hash",
+    "engine": "hash",
+    "kv": "hash",
+    "cursors": "hash",
+    "incidents": "hash",
+    "incidents:seq": "string",
+    "incidents:all": "zset",
+    "incidents:deadline": "zset",
+    "incidents:open": "hash",
+    "incidents:latest": "hash",
+    "alerts": "hash",
+    "alerts:seq": "string",
+    "alerts:dedup": "hash",
+    "events": "stream",
+    "events:seq": "string",
+    "outbox": "stream",
+    "outbox:seq": "string",
+    "outbox:state": "hash",
+    "orders": "hash",
+    "orders:seq": "string",
+    "orders:all": "zset",
+    "pnl": "hash",
+    "pnl:ts": "zset",
+}
+_KEY_PREFIX_TYPES = (
+    ("incidents:state:", "zset"),
+    ("alerts:incident:", "zset"),
+    ("events:incident:", "zset"),
+    ("outbox:queue:", "zset"),
+    ("outbox:due:", "zset"),
+    ("outbox:pending:", "zset"),
+    ("orders:status:", "zset"),
+)
+
+
+def _expected_type(relative: str) -> str | None:
+    if relative in _KEY_TYPES:
+        return _KEY_TYPES[relative]
+    return next((t for p, t in _KEY_PREFIX_TYPES if relative.startswith(p)), None)
+
+
+class _Tx:
+    """One optimistic transaction: reads after WATCH, writes queued and sent in one MULTI.
+
+    Reads go through ``pipe`` only once a guarding key is watched (redis-py runs commands at once
+    while watching, and would queue them otherwise). What the transaction wrote stays visible to
+    its own later reads through the caches here.
+    """
+
+    def __init__(self, pipe: Pipeline) -> None:
+        self.pipe = pipe
+        self._watched: set[str] = set()
+        self._writes: list[tuple[str | int | float, ...]] = []
+        self._counters: dict[str, tuple[int, int]] = {}  # key -> (as read, last handed out)
+        self.audit_head: tuple[int, str] | None = None
+        self.queue_sizes: dict[str, int] = {}
+
+    async def watch(self, *keys: str) -> None:
+        """WATCH the keys not watched yet."""
+        new = [k for k in keys if k not in self._watched]
+        if new:
+            await self.pipe.watch(*new)
+            self._watched.update(new)
+
+    async def next_id(self, counter: str) -> int:
+        """The next number of ``counter``, stored when the transaction commits."""
+        if counter not in self._counters:
+            await self.watch(counter)
+            stored = int(await self.pipe.get(counter) or 0)
+            self._counters[counter] = (stored, stored)
+        stored, last = self._counters[counter]
+        self._counters[counter] = (stored, last + 1)
+        return last + 1
+
+    def send(self, *command: str | int | float) -> None:
+        """Queue one write command for the MULTI."""
+        self._writes.append(command)
+
+    async def commit(self) -> None:
+        """Send the writes in MULTI/EXEC; ``WatchError`` if a watched key changed."""
+        self.pipe.multi()  # type: ignore[no-untyped-call]
+        for command in self._writes:
+            self.pipe.execute_command(*command)
+        for counter, (stored, last) in self._counters.items():
+            if last != stored:
+                self.pipe.execute_command("SET", counter, last)
+        await self.pipe.execute()
+
+
+class _IncidentWork:
+    """Incident reads and writes inside one transaction (the caller watches ``events:seq``)."""
+
+    def __init__(self, tx: _Tx, keys: _Keys) -> None:
+        self._tx = tx
+        self._k = keys
+        self._docs: dict[int, Incident | None] = {}
+        self._open: dict[str, int | None] = {}
+        self._latest: dict[str, int | None] = {}
+
+    async def get(self, incident_id: int) -> Incident | None:
+        """One incident as this transaction sees it."""
+        if incident_id not in self._docs:
+            raw = await _reply(self._tx.pipe.hget(self._k.incidents, str(incident_id)))
+            self._docs[incident_id] = None if raw is None else Incident.model_validate_json(raw)
+        return self._docs[incident_id]
+
+    async def _index(self, cache: dict[str, int | None], hash_key: str, key: str) -> int | None:
+        if key not in cache:
+            raw = await _reply(self._tx.pipe.hget(hash_key, key))
+            cache[key] = None if raw is None else int(raw)
+        return cache[key]
+
+    async def open_for(self, key: str) -> Incident | None:
+        """The open incident of an incident key."""
+        found = await self._index(self._open, self._k.open, key)
+        return None if found is None else await self.get(found)
+
+    async def latest_for(self, key: str) -> Incident | None:
+        """The newest incident of an incident key."""
+        found = await self._index(self._latest, self._k.latest, key)
+        return None if found is None else await self.get(found)
+
+    async def save(self, incident: Incident) -> Incident:
+        """Insert (id 0) or update an incident and its indexes; returns it with id and version."""
+        tx, k = self._tx, self._k
+        previous: Incident | None = None
+        if incident.id == 0:
+            new_id = await tx.next_id(k.incidents_seq)
+            incident = incident.model_copy(update={"id": new_id, "version": 1})
+        else:
+            previous = await self.get(incident.id)
+            incident = incident.model_copy(update={"version": incident.version + 1})
+        iid = incident.id
+        open_id = await self._index(self._open, k.open, incident.key)
+        if incident.is_open and open_id not in (None, iid):
+            # The SQLite store's unique index on open incidents per key refuses the same.
+            raise StoreError(f"incident key {incident.key!r} already has open incident #{open_id}")
+        tx.send("HSET", k.incidents, iid, incident.model_dump_json())
+        tx.send("ZADD", k.incidents_all, iid, iid)
+        if previous is not None and previous.state is not incident.state:
+            tx.send("ZREM", k.state(previous.state), iid)
+        tx.send("ZADD", k.state(incident.state), iid, iid)
+        if incident.deadline is not None:
+            tx.send("ZADD", k.deadlines, _micros(incident.deadline), iid)
+        else:
+            tx.send("ZREM", k.deadlines, iid)
+        if (
+            previous is not None
+            and previous.key != incident.key
+            and await self._index(self._open, k.open, previous.key) == iid
+        ):
+            tx.send("HDEL", k.open, previous.key)
+            self._open[previous.key] = None
+        if incident.is_open:
+            tx.send("HSET", k.open, incident.key, iid)
+            self._open[incident.key] = iid
+        elif open_id == iid:
+            tx.send("HDEL", k.open, incident.key)
+            self._open[incident.key] = None
+        latest = await self._index(self._latest, k.latest, incident.key)
+        if latest is None or iid > latest:
+            tx.send("HSET", k.latest, incident.key, iid)
+            self._latest[incident.key] = iid
+        self._docs[iid] = incident
+        return incident
+
+
+class RedisStore:
+    """The shared store: every replica opens one on the same Redis and ``prefix``."""
+
+    def __init__(self, url: str, *, prefix: str = "lunia", scratch: bool = False) -> None:
+        self.prefix = prefix
+        self._url = url
+        self._k = _Keys(f"{prefix}:store")
+        self._scratch = scratch  # a trial store: its keys are deleted on close
+        self._redis: Redis | None = None
+        self._write_lock = asyncio.Lock()
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Connect, check Redis answers and run pending migrations."""
+        # One retry hides a pooled connection that died with a Redis restart; a transaction
+        # never re-sends its EXEC (redis-py raises WatchError instead while watching).
+        self._redis = Redis.from_url(
+            self._url,
+            socket_timeout=SOCKET_TIMEOUT,
+            socket_connect_timeout=CONNECT_TIMEOUT,
+            retry=Retry(ExponentialBackoff(cap=0.2, base=0.05), 1),
+        )
+        try:
+            await self._migrate()
+        except BaseException:
+            await self.close()
+            raise
+
+    async def _migrate(self) -> None:
+        while True:
+            version = await self.schema_version()
+            if version > len(MIGRATIONS):
+                raise StoreError(
+                    f"Redis state is at schema {version}, newer than this release "
+                    f"({len(MIGRATIONS)}); upgrade the control plane"
+                )
+            if version == len(MIGRATIONS):
+                return
+
+            async def step(tx: _Tx, version: int = version) -> None:
+                await tx.watch(self._k.schema)
+                if int(await tx.pipe.get(self._k.schema) or 0) != version:
+                    return  # another process migrated meanwhile: look again
+                tx.send("EVAL", MIGRATIONS[version], 0, self._k.root)
+                tx.send("SET", self._k.schema, version + 1)
+
+            await self._transaction("migrating the schema", step)
+            logger.info("Redis state at %s migrated to schema %d", self._k.root, version + 1)
+
+    async def close(self) -> None:
+        """Close the connections (a trial store first deletes its keys); safe to call twice."""
+        redis, self._redis = self._redis, None
+        if redis is None:
+            return
+        if self._scratch:
+            try:
+                await _delete_matching(redis, self._k.pattern)
+            except RedisError as exc:
+                logger.warning("trial store %s not cleaned up: %s", self._k.root, exc)
+        await redis.aclose()
+
+    # -- plumbing --------------------------------------------------------------------------
+
+    def _client(self) -> Redis:
+        if self._redis is None:
+            raise StoreUnavailable("the state store is closed")
+        return self._redis
+
+    @contextlib.asynccontextmanager
+    async def _bulk_client(self) -> AsyncIterator[Redis]:
+        """A client for one snapshot or restore, whose replies may take long to come."""
+        self._client()  # a closed store stays closed
+        # No retries: a swap must never be sent twice.
+        client = Redis.from_url(
+            self._url,
+            socket_timeout=BULK_TIMEOUT,
+            socket_connect_timeout=CONNECT_TIMEOUT,
+            retry=Retry(NoBackoff(), 0),
+        )
+        try:
+            yield client
+        finally:
+            await client.aclose()
+
+    async def _transaction(self, what: str, body: Callable[[_Tx], Awaitable[T]]) -> T:
+        """Run ``body`` (reads, then queued writes) and commit it, again on every conflict."""
+        redis = self._client()
+        async with self._write_lock:
+            for attempt in range(MAX_CONFLICTS):
+                with _translated(what):
+                    async with redis.pipeline(transaction=True) as pipe:
+                        tx = _Tx(pipe)
+                        try:
+                            result = await body(tx)
+                            await tx.commit()
+                        except WatchError as exc:
+                            if isinstance(exc.__context__, UNREACHABLE):
+                                raise StoreUnavailable(
+                                    f"Redis connection lost ({what}); if it was lost while "
+                                    f"committing, the change may or may not be stored: {exc}"
+                                ) from exc
+                        else:
+                            return result
+                # Another process committed first: back off a little so we do not collide again.
+                await asyncio.sleep(random.uniform(0, 0.002 * min(attempt, 10)))  # noqa: S311
+        raise StoreError(f"{what}: gave up after {MAX_CONFLICTS} conflicting writes")
+
+    async def ping(self) -> None:
+        """Raise ``StoreUnavailable`` unless Redis answers PING."""
+        with _translated("ping"):
+            await _reply(self._client().ping())
+
+    async def schema_version(self) -> int:
+        """The schema version recorded in Redis (0 before the first migration)."""
+        with _translated("reading the schema version"):
+            return int(await self._client().get(self._k.schema) or 0)
+
+    # -- audit -----------------------------------------------------------------------------
+
+    async def _append_audit(self, tx: _Tx, record: AuditRecord) -> AuditEntry:
+        if tx.audit_head is None:
+            await tx.watch(self._k.audit_head)
+            raw = await tx.pipe.get(self._k.audit_head)
+            seq, digest = (0, GENESIS_HASH) if raw is None else json.loads(raw)
+            tx.audit_head = (int(seq), str(digest))
+        seq, prev_hash = tx.audit_head
+        entry = seal(record, seq=seq + 1, ts=utcnow(), prev_hash=prev_hash)
+        doc = {
+            "ts": _ts(entry.ts),
+            "actor": entry.actor.model_dump(mode="json"),
+            "action": entry.action,
+            "target": entry.target,
+            "before": entry.before,
+            "after": entry.after,
+            "outcome": entry.outcome,
+            "detail": entry.detail,
+            "prev_hash": entry.prev_hash,
+            "hash": entry.hash,
+        }
+        # before/after are stored as SQLite stores them (json with default=str): the digest
+        # was computed over that rendering, so the chain verifies after a round trip.
+        tx.send("XADD", self._k.audit, f"{entry.seq}-0", _ENTRY, _dump(doc))
+        tx.send("SET", self._k.audit_head, _dump([entry.seq, entry.hash]))
+        tx.audit_head = (entry.seq, entry.hash)
+        return entry
+
+    async def append_audit(self, record: AuditRecord) -> AuditEntry:
+        """Seal ``record`` onto the end of the chain."""
+        return await self._transaction(
+            "appending to the audit log", lambda tx: self._append_audit(tx, record)
+        )
+
+    @staticmethod
+    def _entry(entry_id: bytes, fields: dict[bytes, bytes]) -> AuditEntry:
+        doc = json.loads(fields[_ENTRY.encode()])
+        return AuditEntry(
+            seq=_stream_seq(entry_id),
+            ts=datetime.fromisoformat(doc["ts"]),
+            actor=Actor.model_validate(doc["actor"]),
+            action=doc["action"],
+            target=doc["target"],
+            before=doc["before"],
+            after=doc["after"],
+            outcome=doc["outcome"],
+            detail=doc["detail"],
+            prev_hash=doc["prev_hash"],
+            hash=doc["hash"],
+        )
+
+    async def audit_entries(
+        self,
+        *,
+        after_seq: int = 0,
+        limit: int = 1000,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> list[AuditEntry]:
+        """Entries after ``after_seq`` in chain order, optionally within [since, until)."""
+        found: list[AuditEntry] = []
+        start = after_seq + 1
+        page = limit if since is None and until is None else max(limit, _PAGE)
+        since = None if since is None else since.astimezone(UTC)
+        until = None if until is None else until.astimezone(UTC)
+        redis = self._client()
+        while len(found) < limit:
+            with _translated("reading the audit log"):
+                batch = await redis.xrange(self._k.audit, min=f"{start}-0", count=page)
+            for entry_id, fields in batch:
+                entry = self._entry(entry_id, fields)
+                if (since is None or entry.ts >= since) and (until is None or entry.ts < until):
+                    found.append(entry)
+                    if len(found) == limit:
+                        break
+            if len(batch) < page:
+                break
+            start = _stream_seq(batch[-1][0]) + 1
+        return found
+
+    async def audit_tail(self, limit: int) -> list[AuditEntry]:
+        """The newest ``limit`` entries, newest first."""
+        if limit <= 0:
+            return []
+        with _translated("reading the audit log"):
+            batch = await self._client().xrevrange(self._k.audit, count=limit)
+        return [self._entry(entry_id, fields) for entry_id, fields in batch]
+
+    async def audit_head(self) -> tuple[int, str] | None:
+        """The chain head as recorded at the last append."""
+        with _translated("reading the audit head"):
+            raw = await self._client().get(self._k.audit_head)
+        if raw is None:
+            return None
+        seq, digest = json.loads(raw)
+        return int(seq), str(digest)
+
+    # -- flags -----------------------------------------------------------------------------
+
+    async def flag_overrides(self) -> dict[str, FlagOverride]:
+        """Every runtime flag override by name."""
+        with _translated("reading flag overrides"):
+            rows = await _reply(self._client().hgetall(self._k.flags))
+        found: dict[str, FlagOverride] = {}
+        for raw_name, raw in rows.items():
+            name, doc = _text(raw_name), json.loads(raw)
+            found[name] = FlagOverride(
+                name=name,
+                value=doc["value"],
+                set_by=Actor.model_validate(doc["set_by"]),
+                set_at=datetime.fromisoformat(doc["set_at"]),
+            )
+        return found
+
+    async def put_flag_override(self, override: FlagOverride, audit: AuditRecord) -> AuditEntry:
+        """Set an override and audit it in one transaction."""
+        doc = _dump(
+            {
+                "value": override.value,
+                "set_by": override.set_by.model_dump(mode="json"),
+                "set_at": _ts(override.set_at),
+            }
+        )
+
+        async def body(tx: _Tx) -> AuditEntry:
+            entry = await self._append_audit(tx, audit)
+            tx.send("HSET", self._k.flags, override.name, doc)
+            return entry
+
+        return await self._transaction("setting a flag override", body)
+
+    async def delete_flag_override(self, name: str, audit: AuditRecord) -> AuditEntry:
+        """Clear an override and audit it in one transaction."""
+
+        async def body(tx: _Tx) -> AuditEntry:
+            entry = await self._append_audit(tx, audit)
+            tx.send("HDEL", self._k.flags, name)
+            return entry
+
+        return await self._transaction("clearing a flag override", body)
+
+    # -- incidents -------------------------------------------------------------------------
+
+    async def _apply_change(
+        self, tx: _Tx, work: _IncidentWork, change: Change, before: IncidentState | None
+    ) -> IncidentEvent:
+        incident = await work.save(change.incident)
+        now = utcnow()
+        seq = await tx.next_id(self._k.events_seq)
+        event = IncidentEvent(
+            seq=seq,
+            ts=now,
+            kind=change.kind,
+            incident=incident,
+            actor=change.actor,
+            detail=change.detail,
+        )
+        tx.send("XADD", self._k.events, f"{seq}-0", _ENTRY, event.model_dump_json())
+        tx.send("ZADD", self._k.incident_events(incident.id), seq, seq)
+        if change.audit:
+            await self._append_audit(
+                tx,
+                AuditRecord(
+                    actor=change.actor,
+                    action=f"incident.{change.kind.value}",
+                    target=incident.describe(),
+                    before={"state": before.value} if before else None,
+                    after={"state": incident.state.value},
+                    detail=change.detail,
+                ),
+            )
+        if change.outbox:
+            # A message about a brand-new incident names it as id 0: give it the real id.
+            messages = [
+                m.model_copy(update={"payload": {**m.payload, "incident_id": incident.id}})
+                if m.payload.get("incident_id") == 0
+                else m
+                for m in change.outbox
+            ]
+            await self._queue_outbox(tx, messages, now)
+        return event
+
+    async def _ingest(self, tx: _Tx, alerts: Sequence[Alert], plan: AlertPlanner) -> IngestOutcome:
+        k = self._k
+        # alerts:seq guards the de-duplication, events:seq every incident (see the docstring).
+        await tx.watch(k.alerts_seq, k.events_seq)
+        work = _IncidentWork(tx, k)
+        accepted = duplicates = 0
+        events: list[IncidentEvent] = []
+        stored: set[str] = set()
+        received = _ts(utcnow())
+        for alert in alerts:
+            dedup = f"{alert.source.value}:{alert.dedup_key}"
+            if dedup in stored or await _reply(tx.pipe.hexists(k.dedup, dedup)):
+                duplicates += 1
+                continue
+            stored.add(dedup)
+            accepted += 1
+            key = f"{alert.source.value}:{alert.fingerprint}"
+            open_incident = await work.open_for(key)
+            latest = await work.latest_for(key)
+            last_resolved = latest if latest is not None and not latest.is_open else None
+            change = plan(alert, open_incident, last_resolved)
+            target = open_incident or last_resolved
+            incident_id = target.id if target else None
+            if change is not None:
+                before = (
+                    None
+                    if change.incident.id == 0
+                    else (open_incident or last_resolved or change.incident).state
+                )
+                event = await self._apply_change(tx, work, change, before)
+                events.append(event)
+                incident_id = event.incident.id
+            alert_id = await tx.next_id(k.alerts_seq)
+            doc = {
+                "incident_id": incident_id,
+                "received_at": received,
+                "alert": alert.model_dump(mode="json"),
+            }
+            tx.send("HSET", k.alerts, alert_id, _dump(doc))
+            tx.send("HSET", k.dedup, dedup, alert_id)
+            if incident_id is not None:
+                tx.send("ZADD", k.incident_alerts(incident_id), alert_id, alert_id)
+        return IngestOutcome(accepted=accepted, duplicates=duplicates, events=events)
+
+    async def ingest_alerts(
+        self, alerts: Sequence[Alert], plan: AlertPlanner, now: datetime
+    ) -> IngestOutcome:
+        """Store new alerts and apply ``plan`` to their incidents in one transaction."""
+        return await self._transaction("storing alerts", lambda tx: self._ingest(tx, alerts, plan))
+
+    async def change_incident(
+        self, incident_id: int, mutate: IncidentMutation
+    ) -> tuple[Incident, IncidentEvent | None]:
+        """Read-modify-write one incident atomically."""
+
+        async def body(tx: _Tx) -> tuple[Incident, IncidentEvent | None]:
+            await tx.watch(self._k.events_seq)
+            work = _IncidentWork(tx, self._k)
+            current = await work.get(incident_id)
+            if current is None:
+                raise NotFound(f"no incident #{incident_id}")
+            change = mutate(current)
+            if change is None:
+                return current, None
+            event = await self._apply_change(tx, work, change, current.state)
+            return event.incident, event
+
+        return await self._transaction(f"changing incident #{incident_id}", body)
+
+    async def get_incident(self, incident_id: int) -> Incident | None:
+        """One incident by id."""
+        with _translated("reading an incident"):
+            raw = await _reply(self._client().hget(self._k.incidents, str(incident_id)))
+        return None if raw is None else Incident.model_validate_json(raw)
+
+    async def _newest(
+        self,
+        indexes: Sequence[str],
+        docs: str,
+        accept: Callable[[bytes], T | None],
+        limit: int,
+    ) -> list[T]:
+        """The ``limit`` newest accepted documents of the union of zset ``indexes`` (score:
+        insertion number, member: field of the ``docs`` hash)."""
+        redis = self._client()
+        found: list[tuple[float, T]] = []
+        for index in indexes:
+            taken = 0
+            start = 0
+            while taken < limit:
+                with _translated("reading an index"):
+                    members = await redis.zrevrange(
+                        index, start, start + _PAGE - 1, withscores=True
+                    )
+                    raws = (
+                        await _reply(redis.hmget(docs, [m for m, _ in members])) if members else []
+                    )
+                for (_, score), raw in zip(members, raws, strict=True):
+                    item = None if raw is None else accept(raw)
+                    if item is not None and taken < limit:
+                        found.append((score, item))
+                        taken += 1
+                if len(members) < _PAGE:
+                    break
+                start += _PAGE
+        found.sort(key=lambda pair: pair[0], reverse=True)
+        return [item for _, item in found[:limit]]
+
+    async def list_incidents(
+        self,
+        *,
+        states: Sequence[IncidentState] | None = None,
+        severity: Severity | None = None,
+        due_before: datetime | None = None,
+        limit: int = 50,
+    ) -> list[Incident]:
+        """Incidents newest first, filtered."""
+        if limit <= 0:
+            return []
+
+        def accept(raw: bytes) -> Incident | None:
+            incident = Incident.model_validate_json(raw)
+            if states and incident.state not in states:
+                return None
+            if severity is not None and incident.severity is not severity:
+                return None
+            return incident
+
+        if due_before is None:
+            indexes = [self._k.state(s) for s in set(states)] if states else [self._k.incidents_all]
+            return await self._newest(indexes, self._k.incidents, accept, limit)
+        # Deadlines exist only on open incidents, a short list: read them all.
+        redis = self._client()
+        with _translated("reading incident deadlines"):
+            ids = await redis.zrangebyscore(self._k.deadlines, "-inf", _micros(due_before))
+            raws = await _reply(redis.hmget(self._k.incidents, ids)) if ids else []
+        found = [i for i in (accept(raw) for raw in raws if raw is not None) if i is not None]
+        found.sort(key=lambda i: i.id, reverse=True)
+        return found[:limit]
+
+    async def count_open_incidents(self) -> dict[Severity, int]:
+        """Open incidents by severity."""
+        redis = self._client()
+        with _translated("counting open incidents"):
+            ids = await _reply(redis.hvals(self._k.open))
+            raws = await _reply(redis.hmget(self._k.incidents, ids)) if ids else []
+        counts = dict.fromkeys(Severity, 0)
+        for raw in raws:
+            if raw is not None:
+                incident = Incident.model_validate_json(raw)
+                if incident.is_open:
+                    counts[incident.severity] += 1
+        return counts
+
+    async def incident_alerts(self, incident_id: int, limit: int = 50) -> list[StoredAlert]:
+        """The newest alerts of an incident."""
+        if limit <= 0:
+            return []
+        redis = self._client()
+        with _translated("reading an incident's alerts"):
+            ids = await redis.zrevrange(self._k.incident_alerts(incident_id), 0, limit - 1)
+            raws = await _reply(redis.hmget(self._k.alerts, ids)) if ids else []
+        found: list[StoredAlert] = []
+        for alert_id, raw in zip(ids, raws, strict=True):
+            if raw is None:
+                continue
+            doc = json.loads(raw)
+            found.append(
+                StoredAlert(
+                    id=int(alert_id),
+                    incident_id=doc["incident_id"],
+                    received_at=datetime.fromisoformat(doc["received_at"]),
+                    alert=Alert.model_validate(doc["alert"]),
+                )
+            )
+        return found
+
+    async def incident_events(
+        self, *, incident_id: int | None = None, after_seq: int = 0, limit: int = 100
+    ) -> list[IncidentEvent]:
+        """Incident events in order."""
+        if limit <= 0:
+            return []
+        redis = self._client()
+        with _translated("reading incident events"):
+            if incident_id is None:
+                batch = await redis.xrange(self._k.events, min=f"{after_seq + 1}-0", count=limit)
+            else:
+                seqs = await redis.zrangebyscore(
+                    self._k.incident_events(incident_id), f"({after_seq}", "+inf", 0, limit
+                )
+                async with redis.pipeline(transaction=False) as pipe:
+                    for seq in seqs:
+                        pipe.xrange(self._k.events, min=f"{int(seq)}-0", max=f"{int(seq)}-0")
+                    batch = [entry for found in await pipe.execute() for entry in found]
+        return [IncidentEvent.model_validate_json(fields[_ENTRY.encode()]) for _, fields in batch]
+
+    # -- outbox and cursors ----------------------------------------------------------------
+
+    async def _queue_outbox(
+        self, tx: _Tx, messages: Sequence[OutboxMessage], now: datetime
+    ) -> None:
+        created, created_us = _ts(now), _micros(now)
+        state = _dump({"next_at": created, "attempts": 0, "status": "pending", "last_error": None})
+        for message in messages:
+            item_id = await tx.next_id(self._k.outbox_seq)
+            queue = self._k.queue(message.channel, message.key)
+            if queue not in tx.queue_sizes:
+                await tx.watch(queue)
+                tx.queue_sizes[queue] = int(await tx.pipe.zcard(queue))
+            tx.send(
+                "XADD",
+                self._k.outbox,
+                f"{item_id}-0",
+                "channel",
+                message.channel,
+                "key",
+                message.key,
+                "payload",
+                _dump(message.payload),
+                "created_at",
+                created,
+            )
+            tx.send("HSET", self._k.outbox_state, item_id, state)
+            tx.send("ZADD", queue, item_id, item_id)
+            tx.send("ZADD", self._k.pending(message.channel), created_us, item_id)
+            if tx.queue_sizes[queue] == 0:  # the head of its key's queue: eligible at once
+                tx.send("ZADD", self._k.due(message.channel), created_us, item_id)
+            tx.queue_sizes[queue] += 1
+
+    async def outbox_add(
+        self, messages: Sequence[OutboxMessage], *, cursor: tuple[str, int] | None = None
+    ) -> None:
+        """Queue messages for delivery, saving ``cursor`` in the same transaction."""
+
+        async def body(tx: _Tx) -> None:
+            await tx.watch(self._k.outbox_seq)
+            await self._queue_outbox(tx, messages, utcnow())
+            if cursor is not None:
+                tx.send("HSET", self._k.cursors, cursor[0], cursor[1])
+
+        await self._transaction("queueing outbox messages", body)
+
+    async def get_value(self, key: str) -> Any:
+        """A small JSON value saved by an adapter, or None."""
+        with _translated("reading a value"):
+            raw = await _reply(self._client().hget(self._k.kv, key))
+        return None if raw is None else json.loads(raw)
+
+    async def set_value(self, key: str, value: Any) -> None:
+        """Save (or, with None, delete) a small JSON value."""
+        with _translated("saving a value"):
+            if value is None:
+                await _reply(self._client().hdel(self._k.kv, key))
+            else:
+                await _reply(self._client().hset(self._k.kv, key, _dump(value)))
+
+    async def _outbox_messages(self, ids: Sequence[int]) -> dict[int, dict[bytes, bytes]]:
+        redis = self._client()
+        async with redis.pipeline(transaction=False) as pipe:
+            for item_id in ids:
+                pipe.xrange(self._k.outbox, min=f"{item_id}-0", max=f"{item_id}-0")
+            found = await pipe.execute()
+        return {_stream_seq(e[0][0]): e[0][1] for e in found if e}
+
+    async def outbox_due(self, channel: str, now: datetime, limit: int) -> list[OutboxItem]:
+        """Pending messages of ``channel`` whose time has come, oldest first."""
+        if limit <= 0:
+            return []
+        now = now.astimezone(UTC)
+        redis = self._client()
+        with _translated("reading the outbox"):
+            # Only the head of each key's queue is in the due index: strict order per key.
+            heads = await redis.zrangebyscore(self._k.due(channel), "-inf", _micros(now))
+            ids = sorted(int(i) for i in heads)[:limit]
+            if not ids:
+                return []
+            states = await _reply(redis.hmget(self._k.outbox_state, [str(i) for i in ids]))
+            messages = await self._outbox_messages(ids)
+        items: list[OutboxItem] = []
+        for item_id, raw in zip(ids, states, strict=True):
+            fields = messages.get(item_id)
+            if raw is None or fields is None:
+                continue
+            state = json.loads(raw)
+            next_at = datetime.fromisoformat(state["next_at"])
+            if state["status"] != "pending" or next_at > now:
+                continue  # finished or rescheduled by another worker since the index was read
+            items.append(
+                OutboxItem(
+                    id=item_id,
+                    channel=_text(fields[b"channel"]),
+                    key=_text(fields[b"key"]),
+                    payload=json.loads(fields[b"payload"]),
+                    created_at=datetime.fromisoformat(_text(fields[b"created_at"])),
+                    next_at=next_at,
+                    attempts=state["attempts"],
+                    last_error=state["last_error"],
+                )
+            )
+        return items
+
+    async def outbox_finish(
+        self, item_id: int, *, error: str | None = None, retry_at: datetime | None = None
+    ) -> None:
+        """Mark delivered, rescheduled or failed for good."""
+        with _translated("reading the outbox"):
+            messages = await self._outbox_messages([item_id])
+        fields = messages.get(item_id)
+        if fields is None:
+            return  # like an UPDATE that matches no row
+        channel, key = _text(fields[b"channel"]), _text(fields[b"key"])
+        queue, due = self._k.queue(channel, key), self._k.due(channel)
+
+        async def body(tx: _Tx) -> None:
+            await tx.watch(queue)  # every writer of this key's items watches it
+            raw = await _reply(tx.pipe.hget(self._k.outbox_state, str(item_id)))
+            if raw is None:
+                return
+            state = json.loads(raw)
+            was_pending = state["status"] == "pending"
+            state["attempts"] += 1
+            if error is None:
+                state.update(status="done", last_error=None)
+            elif retry_at is not None:
+                state.update(last_error=error, next_at=_ts(retry_at))
+            else:
+                state.update(status="failed", last_error=error)
+            tx.send("HSET", self._k.outbox_state, item_id, _dump(state))
+            if not was_pending:
+                return
+            first_two = [int(i) for i in await tx.pipe.zrange(queue, 0, 1)]
+            is_head = bool(first_two) and first_two[0] == item_id
+            if state["status"] == "pending":
+                if is_head and retry_at is not None:
+                    tx.send("ZADD", due, _micros(retry_at), item_id)
+                return
+            tx.send("ZREM", queue, item_id)
+            tx.send("ZREM", self._k.pending(channel), item_id)
+            tx.send("ZREM", due, item_id)
+            if is_head and len(first_two) == 2:  # the next message of the key becomes eligible
+                nxt = first_two[1]
+                raw_next = await _reply(tx.pipe.hget(self._k.outbox_state, str(nxt)))
+                if raw_next is not None:
+                    next_at = datetime.fromisoformat(json.loads(raw_next)["next_at"])
+                    tx.send("ZADD", due, _micros(next_at), nxt)
+
+        await self._transaction(f"finishing outbox message #{item_id}", body)
+
+    async def outbox_stats(self, channel: str) -> OutboxStats:
+        """Depth and oldest pending message of ``channel``."""
+        redis = self._client()
+        with _translated("reading outbox stats"):
+            async with redis.pipeline(transaction=True) as pipe:
+                pipe.zcard(self._k.pending(channel))
+                pipe.zrange(self._k.pending(channel), 0, 0, withscores=True)
+                depth, oldest = await pipe.execute()
+        return OutboxStats(depth=int(depth), oldest=_from_micros(oldest[0][1]) if oldest else None)
+
+    async def get_cursor(self, name: str) -> int:
+        """A consumer's saved position (0 when new)."""
+        with _translated("reading a cursor"):
+            raw = await _reply(self._client().hget(self._k.cursors, name))
+        return 0 if raw is None else int(raw)
+
+    async def set_cursor(self, name: str, value: int) -> None:
+        """Save a consumer's position."""
+        with _translated("saving a cursor"):
+            await _reply(self._client().hset(self._k.cursors, name, str(value)))
+
+    # -- trading engine --------------------------------------------------------------------
+
+    async def engine_state(self) -> dict[str, Any]:
+        """Every persisted engine setting by key."""
+        with _translated("reading engine state"):
+            rows = await _reply(self._client().hgetall(self._k.engine))
+        return {_text(key): json.loads(raw)["value"] for key, raw in rows.items()}
+
+    async def put_engine_state(self, key: str, value: Any, audit: AuditRecord) -> AuditEntry:
+        """Set one engine setting and audit it in one transaction."""
+
+        async def body(tx: _Tx) -> AuditEntry:
+            entry = await self._append_audit(tx, audit)
+            doc = _dump({"value": value, "updated_at": _ts(utcnow())})
+            tx.send("HSET", self._k.engine, key, doc)
+            return entry
+
+        return await self._transaction("saving engine state", body)
+
+    async def save_order(self, order: OrderRecord) -> None:
+        """Insert or update an order by client order id."""
+        k, cid = self._k, order.client_order_id
+
+        async def body(tx: _Tx) -> None:
+            await tx.watch(k.orders)  # every order write changes it
+            raw = await _reply(tx.pipe.hget(k.orders, cid))
+            if raw is None:
+                number = await tx.next_id(k.orders_seq)
+                tx.send("ZADD", k.orders_all, number, cid)
+                tx.send("ZADD", k.order_status(order.status), number, cid)
+            else:
+                old = OrderRecord.model_validate_json(raw)
+                if old.status is not order.status:
+                    number = int(await tx.pipe.zscore(k.orders_all, cid) or 0)
+                    tx.send("ZREM", k.order_status(old.status), cid)
+                    tx.send("ZADD", k.order_status(order.status), number, cid)
+            tx.send("HSET", k.orders, cid, order.model_dump_json())
+
+        await self._transaction(f"saving order {cid}", body)
+
+    async def list_orders(
+        self,
+        *,
+        limit: int = 100,
+        statuses: Sequence[OrderStatus] | None = None,
+        core: str | None = None,
+    ) -> list[OrderRecord]:
+        """Orders newest first, optionally by status and core."""
+        if limit <= 0:
+            return []
+
+        def accept(raw: bytes) -> OrderRecord | None:
+            order = OrderRecord.model_validate_json(raw)
+            return order if core is None or order.core == core else None
+
+        indexes = (
+            [self._k.order_status(s) for s in set(statuses)] if statuses else [self._k.orders_all]
+        )
+        return await self._newest(indexes, self._k.orders, accept, limit)
+
+    async def add_pnl_points(self, points: Sequence[PnlPoint]) -> None:
+        """Append PnL points; the same core and time replaces the earlier point."""
+        if not points:
+            return
+        redis = self._client()
+        with _translated("saving PnL points"):
+            # Idempotent writes: safe to send again if the connection drops.
+            async with redis.pipeline(transaction=True) as pipe:
+                for p in points:
+                    member = _dump([p.core, _ts(p.ts)])
+                    pipe.hset(self._k.pnl, member, _dump([p.realized, p.unrealized]))
+                    pipe.zadd(self._k.pnl_ts, {member: _micros(p.ts)})
+                await pipe.execute()
+
+    async def pnl_points(self, *, since: datetime, core: str | None = None) -> list[PnlPoint]:
+        """PnL points at or after ``since``, oldest first."""
+        redis = self._client()
+        with _translated("reading PnL points"):
+            members = await redis.zrangebyscore(self._k.pnl_ts, _micros(since), "+inf")
+            values = await _reply(redis.hmget(self._k.pnl, members)) if members else []
+        found: list[PnlPoint] = []
+        for member, raw in zip(members, values, strict=True):
+            point_core, ts = json.loads(member)
+            if raw is None or (core is not None and point_core != core):
+                continue
+            realized, unrealized = json.loads(raw)
+            found.append(
+                PnlPoint(
+                    core=point_core,
+                    ts=datetime.fromisoformat(ts),
+                    realized=realized,
+                    unrealized=unrealized,
+                )
+            )
+        found.sort(key=lambda p: (p.ts, p.core))
+        return found
+
+    async def prune_pnl_points(self, before: datetime) -> int:
+        """Delete PnL points older than ``before``."""
+
+        async def body(tx: _Tx) -> int:
+            await tx.watch(self._k.pnl_ts)
+            members = await tx.pipe.zrangebyscore(self._k.pnl_ts, "-inf", f"({_micros(before)}")
+            if members:
+                tx.send("ZREM", self._k.pnl_ts, *members)
+                tx.send("HDEL", self._k.pnl, *members)
+            return len(members)
+
+        return await self._transaction("pruning PnL points", body)
+
+    # -- backups ---------------------------------------------------------------------------
+
+    def _count_args(self) -> list[str]:
+        return [part for triple in _COUNTED for part in triple]
+
+    @staticmethod
+    def _counts(flat: Sequence[Any]) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for i in range(0, len(flat), 2):
+            kind = _text(flat[i])
+            counts[kind] = counts.get(kind, 0) + int(flat[i + 1])
+        return counts
+
+    async def _read_all(
+        self, redis: Redis, *, dumps: bool
+    ) -> tuple[int, dict[str, int], list[Any]]:
+        """Schema version, counts and (with ``dumps``) every key's DUMP, in one atomic step."""
+        with _translated("reading a consistent copy"):
+            version, flat, payloads = await redis.eval(  # type: ignore[misc]
+                _READ_ALL_LUA,
+                0,
+                self._k.root,
+                "1" if dumps else "0",
+                self._k.pattern,
+                *self._count_args(),
+            )
+        return int(version or 0), self._counts(flat), list(payloads)
+
+    async def snapshot(self, dest_dir: Path) -> StoreSnapshot:
+        """Copy every key of the store in one atomic Lua step (writers carry on right after)
+        into ``dest_dir/redis.jsonl`` (mode 0600): a header line, then one line per key with
+        its ``DUMP`` payload in base64."""
+        async with self._bulk_client() as redis:
+            version, counts, payloads = await self._read_all(redis, dumps=True)
+        lines = [
+            _dump(
+                {
+                    "format": SNAPSHOT_FORMAT,
+                    "schema_version": version,
+                    "keys": len(payloads) // 2,
+                    "counts": counts,
+                }
+            )
+        ]
+        for i in range(0, len(payloads), 2):
+            key = self._k.relative(_text(payloads[i]))
+            lines.append(_dump({"key": key, "dump": base64.b64encode(payloads[i + 1]).decode()}))
+        data = ("\n".join(lines) + "\n").encode()
+        await asyncio.to_thread(_write_private, dest_dir / SNAPSHOT_FILE, data)
+        return StoreSnapshot(
+            kind="redis", schema_version=version, files=[SNAPSHOT_FILE], counts=counts
+        )
+
+    async def restore(self, source_dir: Path) -> dict[str, int]:
+        """Load the snapshot's keys under a private staging prefix (RESTORE checks each
+        payload's checksum), then swap them in for the live keys in one atomic Lua step, so
+        readers see the old state or the new one. Writers of this process wait for the swap;
+        other processes' transactions in flight fail their WATCH and retry on the new state."""
+        source = source_dir / SNAPSHOT_FILE
+        if not source.is_file():
+            raise StoreError(f"snapshot file {SNAPSHOT_FILE} is missing from {source_dir}")
+        version, keys = await asyncio.to_thread(_read_snapshot, source)
+        if version > len(MIGRATIONS):
+            raise StoreError(
+                f"snapshot is at schema {version}, newer than this release "
+                f"({len(MIGRATIONS)}); restore it with a newer control plane"
+            )
+        staging = f"{self.prefix}:restore:{secrets.token_hex(8)}"
+        async with self._bulk_client() as redis:
+            try:
+                with _translated(f"restoring {SNAPSHOT_FILE}"):
+                    flat = await self._stage_and_swap(redis, staging, keys)
+            except StoreUnavailable:
+                raise
+            except StoreError as exc:
+                raise StoreError(f"restore from {SNAPSHOT_FILE} failed: {exc}") from exc
+            finally:  # after a swap nothing is left here; after a failure, the staged keys
+                with contextlib.suppress(RedisError):
+                    await _delete_matching(redis, _glob_escape(staging) + ":*")
+        counts = self._counts(flat)
+        await self._migrate()  # an older snapshot is brought up to this release's schema
+        return counts
+
+    async def _stage_and_swap(
+        self, redis: Redis, staging: str, keys: Sequence[tuple[str, bytes]]
+    ) -> list[Any]:
+        for start in range(0, len(keys), _PAGE):
+            async with redis.pipeline(transaction=False) as pipe:
+                for relative, payload in keys[start : start + _PAGE]:
+                    pipe.restore(f"{staging}:{relative}", 0, payload, replace=True)
+                await pipe.execute()
+        async with self._write_lock:  # this process's writers wait for the swap
+            flat = await redis.eval(  # type: ignore[misc]
+                _SWAP_LUA,
+                0,
+                self._k.root,
+                self._k.pattern,
+                staging,
+                str(len(keys)),
+                *(relative for relative, _ in keys),
+                *self._count_args(),
+            )
+        return list(flat)
+
+    async def counts(self) -> dict[str, int]:
+        """Records per kind of state (named like the SQLite store's tables)."""
+        _, counts, _ = await self._read_all(self._client(), dumps=False)
+        return counts
+
+    async def integrity_problems(self) -> list[str]:
+        """Broken invariants of the layout: unknown or mistyped keys, a head that does not
+        match the audit stream, indexes whose sizes disagree with what they index."""
+        redis = self._client()
+        problems: list[str] = []
+        with _translated("checking integrity"):
+            async for raw_key in redis.scan_iter(match=self._k.pattern, count=1000):
+                relative = self._k.relative(_text(raw_key))
+                expected = _expected_type(relative)
+                found = _text(await redis.type(raw_key))
+                if expected is None:
+                    problems.append(f"{relative}: not a key of this store")
+                elif found not in (expected, "none"):
+                    problems.append(f"{relative}: a {found}, should be a {expected}")
+            if problems:
+                return problems
+            k = self._k
+            async with redis.pipeline(transaction=True) as pipe:
+                pipe.get(k.schema)
+                pipe.get(k.audit_head)
+                pipe.xrevrange(k.audit, count=1)
+                pipe.get(k.events_seq)
+                pipe.xrevrange(k.events, count=1)
+                for key in (k.alerts, k.dedup, k.incidents, k.orders, k.pnl, k.outbox_state):
+                    pipe.hlen(key)
+                for key in (k.incidents_all, k.orders_all, k.pnl_ts):
+                    pipe.zcard(key)
+                pipe.xlen(k.outbox)
+                pipe.get(k.outbox_seq)
+                pipe.xrevrange(k.outbox, count=1)
+                results = await pipe.execute()
+        schema, head, last, events_seq, last_event = results[:5]
+        alerts, dedup, incidents, orders, pnl, outbox_states = map(int, results[5:11])
+        incidents_all, orders_all, pnl_ts, outbox = map(int, results[11:15])
+        outbox_seq, last_message = results[15:]
+        if schema is None or not _text(schema).isdigit():
+            problems.append("schema: the version is missing")
+        problems += _audit_head_problems(head, last)
+        if last_event and _stream_seq(last_event[0][0]) != int(events_seq or 0):
+            problems.append("events:seq: does not match the newest event")
+        if last_message and _stream_seq(last_message[0][0]) != int(outbox_seq or 0):
+            problems.append("outbox:seq: does not match the newest outbox message")
+        for what, have, want in (
+            ("alerts:dedup", dedup, alerts),
+            ("incidents:all", incidents_all, incidents),
+            ("orders:all", orders_all, orders),
+            ("pnl:ts", pnl_ts, pnl),
+            ("outbox:state", outbox_states, outbox),
+        ):
+            if have != want:
+                problems.append(f"{what}: indexes {have} records, there are {want}")
+        return problems
+
+    def trial_store(self, workdir: Path) -> Store:
+        """An empty store on the same Redis under a scratch prefix of its own (``workdir`` is
+        not needed); closing it deletes its keys."""
+        scratch = f"{self.prefix}:trial:{secrets.token_hex(6)}"
+        return RedisStore(self._url, prefix=scratch, scratch=True)
+
+
+def _audit_head_problems(head: bytes | None, last: list[Any]) -> list[str]:
+    if not last:
+        return [] if head is None else ["audit:head: recorded, but the audit stream is empty"]
+    if head is None:
+        return ["audit:head: missing, but the audit stream has entries"]
+    seq, digest = json.loads(head)
+    entry_id, fields = last[0]
+    if _stream_seq(entry_id) != int(seq) or json.loads(fields[_ENTRY.encode()])["hash"] != digest:
+        return [f"audit:head: names entry {seq}, the stream ends at {_stream_seq(entry_id)}"]
+    return []
+
+
+async def _delete_matching(redis: Redis, pattern: str) -> None:
+    batch: list[Any] = []
+    async for key in redis.scan_iter(match=pattern, count=1000):
+        batch.append(key)
+        if len(batch) >= _PAGE:
+            await redis.delete(*batch)
+            batch.clear()
+    if batch:
+        await redis.delete(*batch)
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Write a new file of mode 0600 and fsync it."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+
+
+def _read_snapshot(path: Path) -> tuple[int, list[tuple[str, bytes]]]:
+    """The schema version and (relative key, DUMP payload) pairs of a snapshot file."""
+    lines = path.read_bytes().splitlines()
+    try:
+        header = json.loads(lines[0]) if lines else {}
+        if not isinstance(header, dict) or header.get("format") != SNAPSHOT_FORMAT:
+            raise StoreError(f"{path.name}: not a {SNAPSHOT_FORMAT} file")
+        keys: list[tuple[str, bytes]] = []
+        for number, line in enumerate(lines[1:], start=2):
+            doc = json.loads(line)
+            relative = str(doc["key"])
+            if not relative or relative.startswith(":"):
+                raise StoreError(f"{path.name} line {number}: bad key {relative!r}")
+            keys.append((relative, base64.b64decode(doc["dump"], validate=True)))
+        if len(keys) != header.get("keys"):
+            raise StoreError(
+                f"{path.name}: the header lists {header.get('keys')} keys, the file has {len(keys)}"
+            )
+        return int(header["schema_version"]), keys
+    except (ValueError, KeyError, TypeError, binascii.Error) as exc:
+        raise StoreError(f"{path.name} is damaged: {type(exc).__name__}: {exc}") from exc
