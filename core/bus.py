@@ -23,8 +23,12 @@ Handler = Callable[[IncidentEvent], Awaitable[None]]
 class Bus(Protocol):
     """Publishes incident events to subscribers."""
 
-    def subscribe(self, name: str, handler: Handler) -> None:
-        """Deliver every later event to ``handler``."""
+    def subscribe(self, name: str, handler: Handler, *, broadcast: bool = False) -> None:
+        """Deliver every later event to ``handler``.
+
+        Subscribers sharing ``name`` across processes share the work (each event is handled by
+        one of them); with ``broadcast`` every process handling ``name`` gets every event.
+        """
 
     async def publish(self, event: IncidentEvent) -> None:
         """Hand ``event`` to every subscriber without waiting for them."""
@@ -45,8 +49,11 @@ class InProcessBus:
         self._drain_timeout = drain_timeout
         self._started = False
 
-    def subscribe(self, name: str, handler: Handler) -> None:
-        """Deliver every later event to ``handler`` (in order, one at a time)."""
+    def subscribe(self, name: str, handler: Handler, *, broadcast: bool = False) -> None:
+        """Deliver every later event to ``handler`` (in order, one at a time).
+
+        In one process every subscriber sees every event, so ``broadcast`` changes nothing here.
+        """
         if name in self._subscribers:
             raise ValueError(f"subscriber {name!r} already registered")
         self._subscribers[name] = (handler, asyncio.Queue())
