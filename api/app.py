@@ -128,7 +128,8 @@ def create_app(
     plane: ControlPlane, *, own_lifecycle: bool = False, telegram: TelegramBot | None = None
 ) -> FastAPI:
     """Build the HTTP app over a control plane (started by the caller unless ``own_lifecycle``);
-    ``telegram`` receives webhook updates when TELEGRAM_MODE=webhook."""
+    ``telegram`` receives webhook updates when TELEGRAM_MODE=webhook. Processes of the ``bot``
+    and ``worker`` roles serve only the probes and ``/metrics``."""
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -149,7 +150,7 @@ def create_app(
     app.state.plane = plane
     app.state.telegram = telegram
     install_error_handlers(app)
-    for router in (
+    routers = (
         health.router,
         flags.router,
         audit.router,
@@ -165,7 +166,8 @@ def create_app(
         assistant.router,
         tokens.router,
         signal_health.router,
-    ):
+    )
+    for router in routers if plane.role.serves_api else (health.router,):
         app.include_router(router)
     app.add_middleware(BodyLimit)
     app.add_middleware(RateLimit, per_minute=plane.settings.api_rate_limit_per_minute)

@@ -28,6 +28,7 @@ from core.errors import (
 )
 from core.exports import parse_destination, verify_exports
 from core.models import Actor, ActorKind, Role
+from core.roles import ProcessRole
 from core.settings import Settings
 
 T = TypeVar("T")
@@ -86,7 +87,7 @@ def with_plane(fn: Callable[[ControlPlane], Awaitable[T]]) -> T:
     settings = load_settings()
 
     async def go() -> T:
-        plane = ControlPlane(settings)
+        plane = ControlPlane(settings, role=ProcessRole.TOOL)  # no trading loop, no jobs
         await plane.start()
         try:
             return await fn(plane)
@@ -110,11 +111,33 @@ def with_plane(fn: Callable[[ControlPlane], Awaitable[T]]) -> T:
 @app.command()
 def run() -> None:
     """Run everything in one process: engine, API, bot if configured, scheduler."""
+    _serve(ProcessRole.ALL)
+
+
+@app.command("api")
+def api_role() -> None:
+    """Serve the HTTP API only (any number of replicas; needs ENABLE_REDIS=true)."""
+    _serve(ProcessRole.API)
+
+
+@app.command("bot")
+def bot_role() -> None:
+    """Run the Telegram bot only: one replica polls and sends, others stand by (Redis)."""
+    _serve(ProcessRole.BOT)
+
+
+@app.command("worker")
+def worker_role() -> None:
+    """Run the engine only: trading loop, scheduler, outboxes; one active, others stand by."""
+    _serve(ProcessRole.WORKER)
+
+
+def _serve(role: ProcessRole) -> None:
     from api.runner import serve
 
     settings = load_settings(quiet=False)
     try:
-        code = asyncio.run(serve(settings))
+        code = asyncio.run(serve(settings, role))
     except ConfigError as exc:
         raise fail(f"configuration error: {exc}", 2) from None
     except LuniaError as exc:

@@ -17,6 +17,7 @@ from core.errors import (
     NotFound,
     OperationError,
     PermissionDenied,
+    Queued,
     StoreError,
     Unavailable,
 )
@@ -28,6 +29,7 @@ _STATUS: dict[type[OperationError], int] = {
     NotFound: 404,
     PermissionDenied: 403,
     ConfirmationRequired: 409,
+    Queued: 202,
     Conflict: 409,
     Unavailable: 503,
 }

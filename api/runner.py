@@ -1,4 +1,7 @@
-"""The all-in-one process: core, HTTP API (and, when configured, the bot) in one event loop.
+"""A control plane process: core, HTTP server and, when configured, the bot, in one event loop.
+
+``lunia run`` is every role at once; ``lunia api|bot|worker`` run one role each (core/roles.py),
+all serving ``/healthz`` and ``/metrics``, only ``api`` (and ``run``) the rest of the HTTP API.
 
 uvicorn's own signal capture re-raises SIGTERM after shutdown (exit 143); we install our own
 handlers instead so a drained shutdown exits 0.
@@ -17,6 +20,7 @@ import uvicorn
 from api.app import create_app
 from core.control_plane import ControlPlane
 from core.errors import ConfigError
+from core.roles import ProcessRole
 from core.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -47,17 +51,19 @@ def announce(plane: ControlPlane) -> None:
         )
 
 
-async def serve(settings: Settings) -> int:
-    """Run until SIGTERM/SIGINT, drain, and return the exit code."""
-    plane = ControlPlane(settings)
-    await plane.start()
+async def serve(settings: Settings, role: ProcessRole = ProcessRole.ALL) -> int:
+    """Run ``role`` until SIGTERM/SIGINT, drain, and return the exit code."""
+    plane = ControlPlane(settings, role=role)
     telegram = None
-    try:
-        if settings.telegram_bot_token is not None:
-            from bot.app import TelegramBot  # aiogram is slow to import: only when enabled
+    webhook_here = role.serves_api and settings.telegram_mode == "webhook"
+    if settings.telegram_bot_token is not None and (role.runs_bot or webhook_here):
+        from bot.app import TelegramBot  # aiogram is slow to import: only when enabled
 
-            telegram = TelegramBot(plane)
-            await telegram.start()
+        telegram = TelegramBot(plane, sends=role.runs_bot)
+        if role.runs_bot:  # polls and sends only while this replica leads
+            plane.duties.add("telegram", telegram.start, telegram.stop)
+    await plane.start()
+    try:
         config = uvicorn.Config(
             create_app(plane, telegram=telegram),
             host=settings.api_host,
@@ -93,8 +99,8 @@ async def serve(settings: Settings) -> int:
                 "(in use or not permitted)"
             )
     finally:
+        await plane.close()  # stops the duties, the bot among them, draining its outbox
         if telegram is not None:
-            await telegram.close()
-        await plane.close()
+            await telegram.bot.session.close()
     logger.info("stopped cleanly")
     return 0

@@ -67,10 +67,13 @@ class _WatchRequests(BaseRequestMiddleware):
 class TelegramBot:
     """Everything Telegram: polling or webhook, handlers, notifier, outbox, daily checklist."""
 
-    def __init__(self, plane: ControlPlane) -> None:
+    def __init__(self, plane: ControlPlane, *, sends: bool = True) -> None:
+        """``sends=False``: an API replica that only handles webhook updates (its replies are
+        queued in the shared outbox, which the ``bot`` process delivers)."""
         s = plane.settings
         assert s.telegram_bot_token is not None  # noqa: S101 - only built when configured
         self.plane = plane
+        self.sends = sends
         self.health = BotHealth()
         session = AiohttpSession(api=TelegramAPIServer.from_base(s.telegram_api_base))
         session.middleware(_WatchRequests(self.health))
@@ -94,6 +97,9 @@ class TelegramBot:
         self.dispatcher.include_routers(*build_routers())
         self._polling: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[Any]] = set()
+        self._stopped_by_outage = False
+        if sends and plane.redis_watch is not None:
+            plane.redis_watch.on_notice(self._outage_notice)
         plane.health.register("telegram", self._check, critical=False)
         if s.telegram_ops_chat_id is not None:
             hour, minute = s.checklist_time_utc.split(":")
@@ -103,6 +109,7 @@ class TelegramBot:
 
     async def start(self) -> None:
         """Deliver queued messages, catch up on events, then start receiving updates."""
+        self._stopped_by_outage = False
         await self.outbox.start()
         self.plane.self_healing.watch_outbox(self.outbox)
         await self.notifier.start()
@@ -149,16 +156,34 @@ class TelegramBot:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def close(self) -> None:
-        """Stop receiving, finish running handlers, flush the outbox, close the session."""
+    async def stop(self, drain: bool = True) -> None:
+        """Stop receiving and sending (``start`` may run again: this replica may lead again).
+        ``drain`` finishes running handlers and flushes the outbox; without it (another replica
+        took over and now sends) sending stops at once."""
         if self._polling is not None:
             await self.dispatcher.stop_polling()
             await asyncio.gather(self._polling, return_exceptions=True)
-        if self._background:
+            self._polling = None
+        if self._background and drain:
             await asyncio.wait(self._background, timeout=10)
         await self.notifier.close()
         self.plane.self_healing.forget_outbox(self.outbox)
-        await self.outbox.close(drain_timeout=10)
+        await self.outbox.close(drain_timeout=10 if drain else 0)
+        watch = self.plane.redis_watch
+        self._stopped_by_outage = self.health.started and watch is not None and watch.down
+        self.health.started = False
+
+    async def _outage_notice(self, text: str) -> None:
+        """Redis (hence the outbox) is down or just back: tell the ops chat directly. Sent by the
+        process that was delivering when Redis went away, so the chat hears it once."""
+        chat = self.plane.settings.telegram_ops_chat_id
+        if chat is None or not (self.health.started or self._stopped_by_outage):
+            return
+        await self.bot.send_message(chat, text, parse_mode="HTML")
+
+    async def close(self) -> None:
+        """Stop receiving, finish running handlers, flush the outbox, close the session."""
+        await self.stop(drain=True)
         await self.bot.session.close()
 
     async def post_checklist(self) -> None:
@@ -192,6 +217,14 @@ class TelegramBot:
     async def _check(self) -> ComponentHealth:
         h = self.health
         if not h.started:
+            if not self.sends:
+                return ComponentHealth(
+                    status=Status.OK, detail="webhook updates only; the bot process sends"
+                )
+            if self.plane.standing_by:
+                return ComponentHealth(
+                    status=Status.OK, detail="standby: another replica polls and sends"
+                )
             return ComponentHealth(status=Status.DEGRADED, detail="starting")
         sent = self.sender.last_success
         detail = (

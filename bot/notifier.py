@@ -53,22 +53,30 @@ class Notifier:
         self._digested: set[int] = set()
         self._processed = 0
         self._flush_task: asyncio.Task[None] | None = None
+        self._subscribed = False
+        self._running = False
 
     async def start(self) -> None:
-        """Catch up with what happened while we were away, then follow the bus."""
+        """Catch up with what happened while we were away, then follow the bus (again after a
+        ``close``, when this replica leads again: the stored cursor says where to go on)."""
         self._processed = await self._plane.store.get_cursor(CURSOR)
-        self._plane.bus.subscribe(CURSOR, self._doorbell)
+        if not self._subscribed:
+            self._plane.bus.subscribe(CURSOR, self._doorbell)
+            self._subscribed = True
+        self._running = True
         await self.catch_up()
 
     async def close(self) -> None:
         """Flush a pending digest so nothing buffered is lost."""
+        self._running = False
         if self._flush_task is not None:
             self._flush_task.cancel()
             await asyncio.gather(self._flush_task, return_exceptions=True)
         await self.flush_digest()
 
     async def _doorbell(self, _: IncidentEvent) -> None:
-        await self.catch_up()
+        if self._running:
+            await self.catch_up()
 
     def chat_for(self, incident: Incident) -> int | None:
         """Where an incident's message lives."""

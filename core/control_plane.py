@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from datetime import timedelta
 
@@ -27,8 +29,10 @@ from core.backups import (
     BackupService,
 )
 from core.bus import Bus, InProcessBus
+from core.bus_redis import RedisStreamsBus
 from core.checklist import ChecklistItem, ChecklistService, Mark
 from core.cores import default_cores
+from core.errors import ConfigError, StoreError
 from core.exports import JOB_EXPORT, AuditExportService
 from core.flags import FlagService, FlagState
 from core.hardening import check_production
@@ -36,9 +40,12 @@ from core.health import ComponentHealth, HealthService, Status
 from core.incident_model import Rules
 from core.incidents import IncidentService
 from core.jobs import JobService
+from core.lease import Lease
 from core.metrics import Metrics
 from core.models import Actor, OutboxItem
 from core.outbox import Delivery, OutboxWorker
+from core.redis_outage import RedisWatch
+from core.roles import Duties, ProcessRole, Stop
 from core.runbook import Runbook
 from core.s3 import S3Client
 from core.scheduler import Scheduler
@@ -47,8 +54,10 @@ from core.self_healing import SelfHealingService
 from core.settings import Settings
 from core.signal_health import SignalHealthService
 from core.slo import SloGuard
+from core.spool import LocalSpool
 from core.status import StatusLine, StatusService
 from core.store import Store
+from core.store.redis import RedisStore
 from core.store.sqlite import SqliteStore
 from core.tokens import TokenService
 from core.trading import TradingEngine
@@ -56,8 +65,18 @@ from core.venues.service import VenueService
 
 logger = logging.getLogger(__name__)
 
+REDIS_PREFIX = "lunia"  # every Redis key of the control plane starts with this
+STANDBY = "standby"  # the scheduler hold while another replica leads
+
 # How quickly a flag flipped by the CLI (or another replica) reaches this process.
 FLAG_RELOAD_SECONDS = 2.0
+
+
+def open_store(settings: Settings) -> Store:
+    """SQLite in the state dir (the embedded default), or Redis shared by replicas."""
+    if settings.enable_redis:
+        return RedisStore(settings.redis_url.get_secret_value(), prefix=REDIS_PREFIX)
+    return SqliteStore(settings.db_path)
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:
@@ -68,17 +87,34 @@ async def _cancel(task: asyncio.Task[None]) -> None:
 class ControlPlane:
     """Every core service of one process, wired together."""
 
-    def __init__(self, settings: Settings, *, store: Store | None = None) -> None:
+    def __init__(
+        self, settings: Settings, *, store: Store | None = None, role: ProcessRole = ProcessRole.ALL
+    ) -> None:
         self.settings = settings
         self.version = __version__
+        self.role = role
+        if role.needs_redis and not settings.enable_redis:
+            raise ConfigError(
+                f"ENABLE_REDIS: `lunia {role.value}` shares state with the other roles through "
+                "Redis; set ENABLE_REDIS=true and REDIS_URL, or run everything with `lunia run`"
+            )
         self.metrics = Metrics()
         check_production(settings)  # INFRA_PROD_ENABLED: before any secret is generated
         self.secrets: RuntimeSecrets = resolve_secrets(settings)
         self.tokens = TokenAuthority(self.secrets.api_tokens)
-        self.store: Store = store or SqliteStore(settings.db_path)
+        self.store: Store = store or open_store(settings)
         self.audit = AuditLog(self.store)
         self.flags = FlagService(settings, self.store, self.metrics)
-        self.bus: Bus = InProcessBus()
+        self.bus: Bus = (
+            RedisStreamsBus(settings.redis_url.get_secret_value(), prefix=REDIS_PREFIX)
+            if settings.enable_redis
+            else InProcessBus()
+        )
+        # Leader-only work (trading loop, scheduler, engine outboxes; the bot adds its own):
+        # started with the process, or when this replica wins its Redis lease.
+        self.duties = Duties()
+        self.lease: Lease | None = None
+        self._leading: asyncio.Task[None] | None = None
         self.scheduler = Scheduler(self.metrics)
         self.alertmanager = (
             AlertmanagerClient(settings.alertmanager_url) if settings.alertmanager_url else None
@@ -97,6 +133,10 @@ class ControlPlane:
             self.security_mail_outbox = OutboxWorker(
                 self.store, security_mail.CHANNEL, self._send_security_mail, self.metrics
             )
+        # With Redis, writes that must not be lost are spooled locally while it is unreachable.
+        self.spool = (
+            LocalSpool(settings.lunia_state_dir / "spool.db") if settings.enable_redis else None
+        )
         self.incidents = IncidentService(
             self.store,
             self.bus,
@@ -108,6 +148,7 @@ class ControlPlane:
             alertmanager=self.alertmanager,
             pagerduty_outbox=self.pagerduty_outbox,
             security_mail_outbox=self.security_mail_outbox,
+            spool=self.spool,
         )
         self.scheduler.every(
             "escalation", settings.escalation_check_seconds, self.incidents.run_deadlines
@@ -121,6 +162,18 @@ class ControlPlane:
         self.venues = VenueService(settings, self.flags, self.store, self.incidents, self.metrics)
         self.trading = TradingEngine(
             settings, self.store, self.venues, self.incidents, self.metrics, default_cores()
+        )
+        self.redis_watch = (
+            RedisWatch(
+                self.store,
+                self.incidents,
+                self.trading,
+                self.metrics,
+                self.spool,
+                interval=settings.redis_check_seconds,
+            )
+            if self.spool is not None
+            else None
         )
         self.scheduler.every("venue-probe", settings.venue_probe_seconds, self.venues.probe)
         self.scheduler.every("pnl-snapshot", settings.pnl_snapshot_seconds, self.trading.record_pnl)
@@ -227,12 +280,15 @@ class ControlPlane:
         self.signal_health = SignalHealthService(
             settings, self.trading, self.venues, self.assistant, self.incidents
         )
+        if role.runs_engine:
+            self._register_engine_duties()
         self._restore_set_read_only = False
         self.ready = False
         self._stack = AsyncExitStack()
 
     async def start(self) -> None:
-        """Open the store, load state and start background work, in dependency order."""
+        """Open the store, load state and start background work, in dependency order; then
+        take up the leader duties (at once, or when this replica wins its Redis lease)."""
         try:
             await self.store.open()
             self._stack.push_async_callback(self.store.close)
@@ -240,43 +296,131 @@ class ControlPlane:
             self.assistant.refresh_gauges()
             watcher = asyncio.create_task(self.flags.watch(FLAG_RELOAD_SECONDS), name="flags")
             self._stack.push_async_callback(_cancel, watcher)
-            self.metrics.redis_status.state("disabled")
+            if self.redis_watch is not None:
+                await self.redis_watch.check()  # down already? then start read-only
+                for task in (
+                    asyncio.create_task(self.redis_watch.run(), name="redis-watch"),
+                    asyncio.create_task(self._follow_shared_state(), name="shared-state"),
+                ):
+                    self._stack.push_async_callback(_cancel, task)
+            else:
+                self.metrics.redis_status.state("disabled")
             await self.bus.start()
             self._stack.push_async_callback(self.bus.close)
             for client in (self.alertmanager, self.pagerduty):
                 if client is not None:
                     self._stack.push_async_callback(client.close)
-            if self.security_mail_outbox is not None:
-                await self.security_mail_outbox.start()
-                self._stack.push_async_callback(self.security_mail_outbox.close)
-            if self.pagerduty_outbox is not None:
-                await self.pagerduty_outbox.start()
-                self.self_healing.watch_outbox(self.pagerduty_outbox)
-                self._stack.push_async_callback(self.pagerduty_outbox.close)
             await self.venues.start()
             self._stack.push_async_callback(self.venues.close)
-            await self.trading.start()
-            self._stack.push_async_callback(self.trading.close)
+            await self.trading.reload()  # halt and core switches, also where no loop runs
             self._stack.push_async_callback(self.s3.close)
             await self.backups.start()
             await self.assistant.start()
             self._stack.push_async_callback(self.assistant.close)
+            self.scheduler.pause(STANDBY)  # jobs fire only while this process leads
             await self.scheduler.start()
             self._stack.push_async_callback(self.scheduler.close)
             await self.health.start()
             self._stack.push_async_callback(self.health.close)
+            await self._take_up_duties()
         except BaseException:
             await self._stack.aclose()
             raise
         self.ready = True
         logger.info(
-            "control plane %s started (state in %s)", self.version, self.settings.lunia_state_dir
+            "control plane %s started as %s (state in %s)",
+            self.version,
+            self.role.value,
+            "redis" if self.settings.enable_redis else self.settings.lunia_state_dir,
         )
 
     async def close(self) -> None:
         """Stop everything started, in reverse order; safe to call twice."""
         self.ready = False
         await self._stack.aclose()
+
+    # -- leader duties ------------------------------------------------------------------------
+
+    def _register_engine_duties(self) -> None:
+        async def start_scheduler() -> None:
+            self.scheduler.resume(STANDBY)
+
+        async def stop_scheduler(_: bool) -> None:
+            self.scheduler.pause(STANDBY)
+
+        async def stop_trading(_: bool) -> None:
+            await self.trading.close()
+
+        self.duties.add("trading", self.trading.start, stop_trading)
+        self.duties.add("scheduler", start_scheduler, stop_scheduler)
+        for outbox in (self.pagerduty_outbox, self.security_mail_outbox):
+            if outbox is not None:
+                self.duties.add(f"outbox:{outbox.channel}", *self._outbox_duty(outbox))
+
+    def _outbox_duty(self, outbox: OutboxWorker) -> tuple[Callable[[], Awaitable[None]], Stop]:
+        async def start() -> None:
+            await outbox.start()
+            self.self_healing.watch_outbox(outbox)
+
+        async def stop(drain: bool) -> None:
+            self.self_healing.forget_outbox(outbox)
+            await outbox.close(drain_timeout=5 if drain else 0)
+
+        return start, stop
+
+    @property
+    def standing_by(self) -> bool:
+        """True while another replica holds this role's lease (this one waits to take over)."""
+        return self.lease is not None and not self.lease.is_leader
+
+    async def _take_up_duties(self) -> None:
+        if not self.duties.names:
+            return
+        self._stack.push_async_callback(self._lay_down_duties)
+        lease_name = self.role.lease_name
+        if not self.settings.enable_redis or lease_name is None:
+            await self.duties.start()
+            return
+        self.lease = Lease(
+            self.settings.redis_url.get_secret_value(),
+            lease_name,
+            ttl=self.settings.lease_ttl_seconds,
+            prefix=REDIS_PREFIX,
+            on_acquired=self._lead,
+            on_lost=self._stand_by,
+        )
+        self.trading.set_fence(self.lease.check)
+        await self.lease.start()
+        logger.info("waiting for the %s lease (held by one replica at a time)", lease_name)
+
+    async def _lead(self, term: int) -> None:
+        """Won the lease: start the duties in the background (the lease task must stay free)."""
+        logger.warning("this replica leads (%s lease, term %d)", self.role.lease_name, term)
+        self._leading = asyncio.create_task(self.duties.start(), name="duties")
+
+    async def _stand_by(self) -> None:
+        """Lost the lease: stop acting at once; the new leader delivers what is queued."""
+        logger.warning("lost the %s lease: standing by", self.role.lease_name)
+        await self.duties.stop(drain=False)
+
+    async def _lay_down_duties(self) -> None:
+        """Shut down: finish and drain the duties while still leader, then hand the lease over."""
+        if self._leading is not None:
+            await asyncio.gather(self._leading, return_exceptions=True)
+        await self.duties.stop(drain=True)
+        if self.lease is not None:
+            await self.lease.close()
+
+    async def _follow_shared_state(self) -> None:
+        """With Redis, other replicas change engine state: adopt halt, core switches and the
+        active venue from the store as often as flags are reloaded."""
+        while True:
+            await asyncio.sleep(FLAG_RELOAD_SECONDS)
+            try:
+                await self.trading.reload()
+                await self.venues.reload()
+            except StoreError as exc:
+                logger.warning("could not reload shared engine state: %s", exc)
 
     async def _flag_changed(self, state: FlagState, actor: Actor) -> None:
         """Flags whose effect the control plane itself carries out."""
@@ -367,11 +511,55 @@ class ControlPlane:
         self.scheduler.resume()
 
     async def _check_store(self) -> ComponentHealth:
+        if self.redis_watch is not None and self.redis_watch.down:
+            # Degraded, not down: reads go on and writes are spooled, so orchestrators must not
+            # restart the process over it.
+            return ComponentHealth(
+                status=Status.DEGRADED,
+                detail=f"Redis unreachable: read-only, writes spooled ({self.redis_watch.reason})",
+            )
         await self.store.ping()
-        return ComponentHealth(status=Status.OK, detail=f"sqlite {self.settings.db_path}")
+        where = "redis" if self.settings.enable_redis else f"sqlite {self.settings.db_path}"
+        return ComponentHealth(status=Status.OK, detail=where)
 
     async def _check_redis(self) -> ComponentHealth:
-        return ComponentHealth(status=Status.DISABLED, detail="ENABLE_REDIS=false: embedded mode")
+        """Ping Redis (latency, errors, ``redis_status``) and export lease and bus figures."""
+        if not self.settings.enable_redis:
+            return ComponentHealth(
+                status=Status.DISABLED, detail="ENABLE_REDIS=false: embedded mode"
+            )
+        watch = self.redis_watch
+        spooled = await watch.spool.depth() if watch is not None else 0
+        self.metrics.spool_depth.labels("writes").set(spooled)
+        started = time.perf_counter()
+        try:
+            await self.store.ping()
+        except StoreError as exc:
+            self.metrics.redis_errors.inc()
+            return ComponentHealth(
+                status=Status.DOWN,
+                detail=f"unreachable ({exc}); trading read-only, {spooled} write(s) spooled",
+            )
+        latency = time.perf_counter() - started
+        self.metrics.redis_latency.observe(latency)
+        parts = [f"ping {latency * 1000:.1f} ms"]
+        if spooled:
+            parts.append(f"{spooled} spooled write(s) being replayed")
+        if self.lease is not None:
+            name = self.lease.name
+            self.metrics.lease_leader.labels(name).set(1 if self.lease.is_leader else 0)
+            self.metrics.lease_term.labels(name).set(self.lease.highest_term)
+            holder = "this replica" if self.lease.is_leader else (self.lease.holder or "nobody")
+            parts.append(f"{name} lease: {holder} (term {self.lease.highest_term})")
+        if isinstance(self.bus, RedisStreamsBus):
+            await self.bus.export_metrics(self.metrics)
+            self.metrics.spool_depth.labels("events").set(self.bus.spooled())
+            stats = await self.bus.group_stats()
+            if stats:
+                parts.append(
+                    "bus " + ", ".join(f"{g.group} lag {g.lag} pending {g.pending}" for g in stats)
+                )
+        return ComponentHealth(status=Status.OK, detail="; ".join(parts))
 
     async def _check_telegram(self) -> ComponentHealth:
         if self.settings.telegram_bot_token is None:

@@ -16,6 +16,7 @@ exception handler, the bot in one error handler, the CLI in ``main``)::
         │   └── OrderRejected       the engine or the venue refused an order (halted, read-only)
         │       ├── RiskLimitExceeded   over a per-symbol or total exposure limit
         │       └── InsufficientFunds   the venue has not enough balance for it
+        ├── Queued                  Redis unreachable: the action was spooled, applied later (202)
         └── Unavailable             a dependency is down; ``retryable`` says whether to try again
             └── VenueError          an exchange call failed (ccxt errors, translated once)
                 ├── VenueUnavailable    retryable: network, 5xx, maintenance
@@ -94,6 +95,13 @@ class Conflict(OperationError):
     """The operation is impossible in the object's current state."""
 
     code = "conflict"
+
+
+class Queued(OperationError):
+    """The store (Redis) is unreachable: the action was kept in the local spool and will be
+    applied, in order, when it is back. Not a failure: the API answers 202."""
+
+    code = "queued"
 
 
 class Unavailable(OperationError):

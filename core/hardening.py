@@ -35,6 +35,7 @@ def production_problems(settings: Settings) -> list[str]:
     named: dict[str, SecretStr | None] = {
         "ALERT_WEBHOOK_TOKEN": settings.alert_webhook_token,
         "TELEGRAM_WEBHOOK_SECRET": settings.telegram_webhook_secret,
+        "CALLBACK_SIGNING_KEY": settings.callback_signing_key,
     }
     for name, secret in named.items():
         if secret is None:

@@ -23,7 +23,15 @@ from core.alertmanager import AlertmanagerClient
 from core.alerts import Alert, AlertSource, AlertStatus, Severity
 from core.audit import AuditLog
 from core.bus import Bus
-from core.errors import InvalidInput, LuniaError, NotFound, Unavailable
+from core.errors import (
+    Conflict,
+    InvalidInput,
+    LuniaError,
+    NotFound,
+    Queued,
+    StoreUnavailable,
+    Unavailable,
+)
 from core.incident_model import (
     Change,
     EventKind,
@@ -35,6 +43,7 @@ from core.incident_model import (
 from core.metrics import Metrics
 from core.models import Actor, ActorKind, Role, utcnow
 from core.outbox import OutboxWorker
+from core.spool import LocalSpool, SpoolKind
 from core.store import IncidentMutation, Store, StoredAlert
 
 logger = logging.getLogger(__name__)
@@ -52,11 +61,13 @@ def parse_duration(text: str) -> timedelta:
 
 
 class IngestResult(BaseModel):
-    """What a webhook's alerts did: how many were new, re-deliveries, which incidents moved."""
+    """What a webhook's alerts did: how many were new, re-deliveries, which incidents moved.
+    ``spooled``: Redis was unreachable; the alerts are kept locally and applied when it is back."""
 
     accepted: int
     duplicates: int
     incidents: list[int]
+    spooled: bool = False
 
 
 class IncidentDetail(BaseModel):
@@ -80,8 +91,10 @@ class IncidentService:
         alertmanager: AlertmanagerClient | None = None,
         pagerduty_outbox: OutboxWorker | None = None,
         security_mail_outbox: OutboxWorker | None = None,
+        spool: LocalSpool | None = None,
     ) -> None:
         self._store = store
+        self._spool = spool
         self._bus = bus
         self._metrics = metrics
         self._guard = Guard(AuditLog(store), metrics)
@@ -93,7 +106,20 @@ class IncidentService:
     # -- alerts in -------------------------------------------------------------------------
 
     async def ingest(self, alerts: Sequence[Alert]) -> IngestResult:
-        """Store alerts durably and update their incidents; re-deliveries change nothing."""
+        """Store alerts durably and update their incidents; re-deliveries change nothing.
+        With Redis unreachable they are kept in the local spool instead (``spooled``)."""
+        try:
+            return await self._ingest(alerts)
+        except StoreUnavailable:
+            if self._spool is None or not alerts:
+                raise
+            payload = {"alerts": [a.model_dump(mode="json") for a in alerts]}
+            await self._spool.add(SpoolKind.ALERTS, payload)
+            self._metrics.alerts_received.labels(alerts[0].source.value, "spooled").inc(len(alerts))
+            logger.warning("store unreachable: %d alert(s) spooled for replay", len(alerts))
+            return IngestResult(accepted=len(alerts), duplicates=0, incidents=[], spooled=True)
+
+    async def _ingest(self, alerts: Sequence[Alert]) -> IngestResult:
         now = utcnow()
 
         def plan(alert: Alert, open_: Incident | None, resolved: Incident | None) -> Change | None:
@@ -198,7 +224,40 @@ class IncidentService:
             action="incident.acknowledge",
             target=f"#{incident_id}",
         )
-        return await self._change(incident_id, lambda i: rules_.acknowledge(i, actor, utcnow()))
+        try:
+            return await self._change(incident_id, lambda i: rules_.acknowledge(i, actor, utcnow()))
+        except StoreUnavailable:
+            if self._spool is None:
+                raise
+            payload = {"incident_id": incident_id, "actor": actor.model_dump(mode="json")}
+            await self._spool.add(SpoolKind.ACKNOWLEDGE, payload)
+            raise Queued(
+                f"Redis is unreachable: your acknowledgement of #{incident_id} is kept and "
+                "will be applied as soon as it is back (escalation may still page meanwhile)"
+            ) from None
+
+    async def replay_spool(self) -> tuple[int, int]:
+        """Apply what the spool kept while Redis was unreachable, oldest first; returns
+        (alerts, acknowledgements) replayed. Stops, keeping the rest, if the store fails again."""
+        if self._spool is None:
+            return 0, 0
+        alerts = acks = 0
+        while entries := await self._spool.entries(100):
+            for entry in entries:
+                if entry.kind is SpoolKind.ALERTS:
+                    batch = [Alert.model_validate(a) for a in entry.payload["alerts"]]
+                    await self._ingest(batch)  # re-delivery safe: dedup keys
+                    alerts += len(batch)
+                else:
+                    incident_id = int(entry.payload["incident_id"])
+                    actor = Actor.model_validate(entry.payload["actor"])
+                    try:
+                        await self._change(incident_id, _acknowledging(actor))
+                    except (Conflict, NotFound) as exc:  # resolved or acked meanwhile
+                        logger.info("spooled ack of #%d not applied: %s", incident_id, exc)
+                    acks += 1
+                await self._spool.forget(entry.seq)
+        return alerts, acks
 
     async def unacknowledge(self, incident_id: int, actor: Actor) -> Incident:
         """Hand the incident back: it is triggered again and escalation restarts."""
@@ -427,3 +486,12 @@ class IncidentService:
                 self._metrics.escalations.labels(incident.severity.value, target).inc()
         log = logger.info if event.kind is not EventKind.UPDATED else logger.debug
         log("incident %s %s by %s", incident.describe(), event.kind.value, event.actor.describe())
+
+
+def _acknowledging(actor: Actor) -> IncidentMutation:
+    """The mutation that acknowledges an incident as ``actor`` (for replays)."""
+
+    def mutate(incident: Incident) -> Change | None:
+        return rules_.acknowledge(incident, actor, utcnow())
+
+    return mutate

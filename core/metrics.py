@@ -58,6 +58,12 @@ class Metrics:
             "core_pnl", "Realized plus unrealized PnL per core (USDT).", ["core"], registry=r
         )
         self.risk_exposure = Gauge("risk_exposure", "Total open exposure (USDT).", registry=r)
+        self.core_ticks = Counter(
+            "core_ticks",
+            "Completed decision ticks per core (its signal loop).",
+            ["core"],
+            registry=r,
+        )
         self.orders = Counter(
             "orders", "Orders by venue, side and status.", ["venue", "side", "status"], registry=r
         )
@@ -240,6 +246,44 @@ class Metrics:
         self.slo_p99 = Gauge(
             "slo_request_p99_seconds",
             "P99 of request_duration_seconds over the SLO window (NaN: no traffic).",
+            registry=r,
+        )
+
+        # Redis itself (ENABLE_REDIS=true): round trip of the health ping, failures, leases.
+        self.redis_latency = Histogram(
+            "redis_ping_seconds",
+            "Round trip of the Redis health ping.",
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+            registry=r,
+        )
+        self.redis_errors = Counter("redis_errors", "Redis health pings that failed.", registry=r)
+        self.lease_leader = Gauge(
+            "lease_leader", "1 while this process holds the named lease.", ["lease"], registry=r
+        )
+        self.lease_term = Gauge(
+            "lease_term",
+            "Fencing term of the named lease this process last held.",
+            ["lease"],
+            registry=r,
+        )
+        self.spool_depth = Gauge(
+            "spool_depth",
+            "Writes kept locally while Redis is unreachable, waiting to be replayed.",
+            ["kind"],
+            registry=r,
+        )
+
+        # The event bus on Redis Streams (core/bus_redis.py), per consumer group.
+        self.bus_lag = Gauge(
+            "bus_lag",
+            "Stream entries a consumer group has not read yet (NaN: Redis cannot tell).",
+            ["group"],
+            registry=r,
+        )
+        self.bus_pending = Gauge(
+            "bus_pending",
+            "Entries a consumer group has read but not acknowledged.",
+            ["group"],
             registry=r,
         )
 

@@ -96,6 +96,8 @@ class OutboxWorker:
         self._task.cancel()
         await asyncio.gather(self._task, return_exceptions=True)
         self._task = None
+        if drain_timeout <= 0:  # stopped because another replica took over: it delivers
+            return
         try:
             async with asyncio.timeout(drain_timeout):
                 while await self.run_once():

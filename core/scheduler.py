@@ -50,6 +50,7 @@ class Scheduler:
         self._info: dict[str, JobInfo] = {}
         self._grace = misfire_grace_seconds
         self._hooks: list[OutcomeHook] = []
+        self._holds: set[str] = set()
 
     def on_outcome_change(self, hook: OutcomeHook) -> None:
         """Call ``hook(job, error)`` on each failure, and ``hook(job, None)`` on the first
@@ -84,23 +85,31 @@ class Scheduler:
         )
 
     async def start(self) -> None:
-        """Start firing jobs (must run inside the event loop)."""
-        self._scheduler.start()
+        """Start firing jobs (must run inside the event loop), unless something holds them."""
+        self._scheduler.start(paused=bool(self._holds))
 
     async def close(self) -> None:
         """Stop firing jobs; a run in progress is cancelled with the loop's other tasks."""
         if self._scheduler.running:
             self._scheduler.shutdown(wait=False)
 
-    def pause(self) -> None:
-        """Hold every job (a restore is swapping the state under them); runs in progress go on."""
+    def pause(self, reason: str = "restore") -> None:
+        """Hold every job for ``reason`` (a restore swapping the state under them, or standing
+        by for another replica); runs in progress go on. Holds for different reasons stack."""
+        self._holds.add(reason)
         if self._scheduler.running:
             self._scheduler.pause()
 
-    def resume(self) -> None:
-        """Let jobs fire again after ``pause``."""
-        if self._scheduler.running:
+    def resume(self, reason: str = "restore") -> None:
+        """Lift the hold for ``reason``; jobs fire again once no hold is left."""
+        self._holds.discard(reason)
+        if self._scheduler.running and not self._holds:
             self._scheduler.resume()
+
+    @property
+    def held(self) -> bool:
+        """True while some hold keeps jobs from firing."""
+        return bool(self._holds)
 
     async def run_now(self, name: str) -> JobInfo:
         """Run a job immediately (outside its schedule) and report the outcome."""

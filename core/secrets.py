@@ -51,5 +51,5 @@ def resolve_secrets(settings: Settings) -> RuntimeSecrets:
     if not tokens:
         tokens = [ApiToken("admin-generated", Role.ADMIN, generated_secret(ADMIN_TOKEN_FILE))]
     webhook = settings.alert_webhook_token or SecretStr(generated_secret(WEBHOOK_TOKEN_FILE))
-    signing = SecretStr(generated_secret(SIGNING_KEY_FILE))
+    signing = settings.callback_signing_key or SecretStr(generated_secret(SIGNING_KEY_FILE))
     return RuntimeSecrets(tokens, webhook, signing, generated)

@@ -37,6 +37,7 @@ _SECRET_FIELDS = frozenset(
         "alert_webhook_token",
         "telegram_bot_token",
         "telegram_webhook_secret",
+        "callback_signing_key",
         "redis_url",
         "openai_api_key",
         "pagerduty_routing_key",
@@ -127,6 +128,7 @@ class Settings(BaseSettings):
     telegram_mode: Literal["polling", "webhook"] = "polling"
     telegram_webhook_url: str | None = None
     telegram_webhook_secret: SecretStr | None = None
+    callback_signing_key: SecretStr | None = None
     checklist_time_utc: str = Field(default="08:00", pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
 
     exchange_primary: str = "binance"
@@ -152,6 +154,8 @@ class Settings(BaseSettings):
 
     enable_redis: bool = False
     redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
+    lease_ttl_seconds: float = Field(default=10.0, ge=1, le=300)
+    redis_check_seconds: float = Field(default=1.0, gt=0, le=60)
 
     openai_api_key: SecretStr | None = None
     openai_base_url: str | None = None

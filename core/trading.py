@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -168,6 +168,9 @@ class TradingEngine:
         self._read_only: str | None = None
         self._started = False
         self._order_lock = asyncio.Lock()
+        # Raises (an OperationError) when this process must not trade now: the worker lease's
+        # local check, so a leader that was paused past its lease cannot tick or order once more.
+        self._fence: Callable[[], object] | None = None
         for core in cores:
             self.register(core)
 
@@ -186,17 +189,25 @@ class TradingEngine:
 
     async def start(self) -> None:
         """Restore core switches and the halt, then start each core's supervised loop."""
-        state = await self._store.engine_state()
-        for key, value in state.items():
-            if key.startswith("core.") and isinstance(value, dict):
-                self._enabled[key.removeprefix("core.")] = bool(value.get("enabled", True))
-        halt = state.get(HALT_KEY)
-        self._halt = halt if isinstance(halt, dict) and halt.get("halted") else None
+        await self.reload()
         self._started = True
         for core in self._cores.values():
             self._spawn(core)
         if self._halt:
             logger.warning("trading is HALTED (since %s); resume to trade", self._halt.get("at"))
+
+    async def reload(self) -> None:
+        """Adopt core switches and the halt from the store (another replica may have changed
+        them: a halt through any API replica stops the worker's loops at their next tick)."""
+        state = await self._store.engine_state()
+        for key, value in state.items():
+            if key.startswith("core.") and isinstance(value, dict):
+                self._enabled[key.removeprefix("core.")] = bool(value.get("enabled", True))
+        halt = state.get(HALT_KEY)
+        halted = halt if isinstance(halt, dict) and halt.get("halted") else None
+        if (halted is None) != (self._halt is None) and self._started:
+            logger.warning("trading %s by another replica", "HALTED" if halted else "resumed")
+        self._halt = halted
 
     async def close(self) -> None:
         """Stop every core loop."""
@@ -239,11 +250,17 @@ class TradingEngine:
             if self.core_running(name):
                 await self.run_core(name)
 
+    def set_fence(self, check: Callable[[], object]) -> None:
+        """Call ``check`` before every tick and order; it raises when this process may not trade."""
+        self._fence = check
+
     async def run_core(self, name: str) -> bool:
         """One tick of one core; False if it crashed (incident raised, engine unharmed)."""
         core, runtime = self._cores[name], self._runtime[name]
         runtime.last_run_at = utcnow()
         try:
+            if self._fence is not None:
+                self._fence()
             await self._run_once(core)
         except asyncio.CancelledError:
             raise
@@ -271,6 +288,7 @@ class TradingEngine:
             )
         runtime.last_error = None
         runtime.note(runtime.ticks, utcnow())
+        self._metrics.core_ticks.labels(name).inc()
         return True
 
     async def _run_once(self, core: Core) -> None:
@@ -316,6 +334,8 @@ class TradingEngine:
 
     async def _place(self, core: str, intent: Intent) -> OrderRecord:
         venue_name = self._venues.active_name
+        if self._fence is not None:
+            self._fence()
         refusal = self._refusal()
         if refusal is not None:
             self._metrics.orders.labels(venue_name, intent.side.value, "rejected").inc()

@@ -136,14 +136,21 @@ class VenueService:
 
     async def start(self) -> None:
         """Restore which venue was active (a failover survives a restart)."""
+        await self.reload()
+        logger.info("trading on %s (%s)", self._active, self.mode_of(self._active)[0].value)
+
+    async def reload(self) -> None:
+        """Adopt the active venue from the store (another replica may have failed over)."""
         state = (await self._store.engine_state()).get(STATE_KEY)
         if isinstance(state, dict) and known_exchange(str(state.get("active"))):
-            self._active = str(state["active"])
+            active = str(state["active"])
+            if active != self._active and self._since is not None:
+                logger.warning("another replica switched trading to %s", active)
+            self._active = active
             self._reason = str(state.get("reason", ""))
             since = state.get("since")
             self._since = datetime.fromisoformat(since) if isinstance(since, str) else None
         self._export()
-        logger.info("trading on %s (%s)", self._active, self.mode_of(self._active)[0].value)
 
     async def close(self) -> None:
         """Close every ccxt client."""

@@ -177,9 +177,15 @@ class ManagedProcess:
 
 
 class RedisServer(ManagedProcess):
-    """A redis-server without persistence; restartable on the same port and dir."""
+    """A redis-server, restartable on the same port and dir: without persistence by default, or
+    with an append-only file fsynced on every write (``durable``), as docs/DEPLOY.md asks for."""
 
     name = "redis"
+
+    def __init__(self, workdir: Path, port: int, *, durable: bool = False) -> None:
+        """``durable``: AOF with ``appendfsync always`` (a killed server loses no write)."""
+        super().__init__(workdir, port)
+        self.durable = durable
 
     @property
     def url(self) -> str:
@@ -187,13 +193,18 @@ class RedisServer(ManagedProcess):
         return f"redis://127.0.0.1:{self.port}/0"
 
     def argv(self) -> list[str]:
-        """redis-server in the foreground, loopback only, no RDB or AOF."""
+        """redis-server in the foreground, loopback only, no RDB; AOF only when durable."""
+        aof = (
+            ["--appendonly", "yes", "--appendfsync", "always"]
+            if self.durable
+            else ["--appendonly", "no"]
+        )
         return [
             "redis-server",
             "--bind", "127.0.0.1",
             "--port", str(self.port),
             "--save", "",
-            "--appendonly", "no",
+            *aof,
             "--dir", str(self.workdir),
             "--daemonize", "no",
         ]  # fmt: skip
@@ -290,10 +301,12 @@ def _workdir(tmp_path: Path, prefix: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=f"{prefix}-", dir=tmp_path))
 
 
-def start_redis(tmp_path: Path, timeout: float = START_TIMEOUT) -> RedisServer:
+def start_redis(
+    tmp_path: Path, timeout: float = START_TIMEOUT, *, durable: bool = False
+) -> RedisServer:
     """Start redis-server on a free port under ``tmp_path`` and wait for PONG."""
     workdir = _workdir(tmp_path, "redis")
-    return _start_on_free_port(lambda port: RedisServer(workdir, port), timeout)
+    return _start_on_free_port(lambda port: RedisServer(workdir, port, durable=durable), timeout)
 
 
 def start_alertmanager(

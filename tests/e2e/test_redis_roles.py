@@ -1,0 +1,256 @@
+"""Past one process, against a real redis-server: shared state, the bot once, Redis loss.
+
+The replicas here are control planes in one test process, each with its own state dir (its own
+spool) and its own Redis connections, which is what separates processes as far as Redis is
+concerned; tests/e2e/test_worker_failover.py runs real ``lunia worker`` processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from api.app import create_app
+from bot.app import TelegramBot
+from core.control_plane import ControlPlane
+from core.cores import Intent
+from core.errors import OrderRejected
+from core.incident_model import IncidentState
+from core.roles import ProcessRole
+from core.venues import OrderSide
+from tests.conftest import ADMIN_TOKEN, OPERATOR_TOKEN, WEBHOOK_TOKEN, SettingsFactory, auth
+from tests.fakes.telegram import FakeTelegram
+from tests.support.payloads import am_alert, am_payload
+from tests.support.services import RedisServer, start_redis
+
+OPS = -1001000000001
+QUIET = {"core_tick_seconds": 3600, "venue_probe_seconds": 3600}
+
+
+async def eventually(check: Callable[[], Any], timeout: float = 10.0) -> Any:
+    """Poll ``check`` (sync or async) until it returns something truthy."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+def redis(tmp_path: Path) -> Iterator[RedisServer]:
+    with start_redis(tmp_path, durable=True) as server:
+        yield server
+
+
+Replica = Callable[..., Any]
+
+
+@pytest.fixture
+async def replicas(
+    make_settings: SettingsFactory, tmp_path: Path, redis: RedisServer
+) -> AsyncIterator[Replica]:
+    """Start control planes of a role on the shared Redis (closed at teardown)."""
+    planes: list[ControlPlane] = []
+    bots: list[TelegramBot] = []
+
+    async def start(
+        role: ProcessRole, name: str, *, telegram: FakeTelegram | None = None, **env: Any
+    ) -> ControlPlane:
+        if telegram is not None:
+            env.update(
+                telegram_bot_token=telegram.token,
+                telegram_api_base=telegram.base,
+                telegram_ops_chat_id=OPS,
+            )
+        settings = make_settings(
+            lunia_state_dir=tmp_path / name,
+            enable_redis=True,
+            redis_url=redis.url,
+            redis_check_seconds=0.2,
+            lease_ttl_seconds=2,
+            callback_signing_key="shared-signing-key-for-all-replicas",
+            **QUIET,
+            **env,
+        )
+        plane = ControlPlane(settings, role=role)
+        if telegram is not None:
+            bot = TelegramBot(plane, sends=role.runs_bot)
+            bots.append(bot)
+            if role.runs_bot:
+                plane.duties.add("telegram", bot.start, bot.stop)
+        await plane.start()
+        planes.append(plane)
+        return plane
+
+    yield start
+    for plane in reversed(planes):
+        await plane.close()
+    for bot in bots:
+        await bot.bot.session.close()
+
+
+def client(plane: ControlPlane) -> httpx.AsyncClient:
+    transport = httpx.ASGITransport(app=create_app(plane))
+    return httpx.AsyncClient(transport=transport, base_url="http://lunia.test")
+
+
+async def post_alert(http: httpx.AsyncClient, name: str, **labels: str) -> httpx.Response:
+    return await http.post(
+        "/api/v1/alerts/alertmanager",
+        json=am_payload(am_alert(name, **labels)),
+        headers=auth(WEBHOOK_TOKEN),
+    )
+
+
+async def test_split_roles_refuse_to_start_without_redis(make_settings: SettingsFactory) -> None:
+    with pytest.raises(Exception, match="ENABLE_REDIS: `lunia worker` shares state"):
+        ControlPlane(make_settings(), role=ProcessRole.WORKER)
+
+
+async def test_two_api_replicas_and_a_bot_share_one_state_and_one_message(
+    replicas: Replica, fake_telegram: FakeTelegram
+) -> None:
+    api1 = await replicas(ProcessRole.API, "api1")
+    api2 = await replicas(ProcessRole.API, "api2")
+    bot = await replicas(ProcessRole.BOT, "bot", telegram=fake_telegram)
+    assert api1.duties.names == [] and api2.duties.names == []
+    await eventually(lambda: bot.duties.active)
+
+    async with client(api1) as one, client(api2) as two:
+        sent = await post_alert(one, "ExchangeLatencyHigh")
+        assert sent.status_code == 200, sent.text
+        incident_id = sent.json()["incidents"][0]
+        # The bot process, told over the Redis bus, sends the incident message once.
+        [message] = await fake_telegram.wait_for_call("sendMessage")
+        assert "ExchangeLatencyHigh" in message.params["text"]
+
+        acked = await two.post(f"/api/v1/incidents/{incident_id}/ack", headers=auth(OPERATOR_TOKEN))
+        assert acked.status_code == 200, acked.text
+        seen = await one.get(f"/api/v1/incidents/{incident_id}", headers=auth(OPERATOR_TOKEN))
+        assert seen.json()["incident"]["state"] == "acknowledged"
+
+    [edit] = await fake_telegram.wait_for_call("editMessageText")
+    assert edit.params["message_id"] == message.result["message_id"]
+    assert "Acknowledged" in edit.params["text"] or "acknowledged" in edit.params["text"]
+    await asyncio.sleep(1.0)  # nothing more arrives: one message, one edit
+    assert len(fake_telegram.calls_to("sendMessage")) == 1
+    assert len(fake_telegram.calls_to("editMessageText")) == 1
+
+
+async def test_only_one_worker_leads_and_a_standby_takes_over(replicas: Replica) -> None:
+    first = await replicas(ProcessRole.WORKER, "worker1")
+    await eventually(lambda: first.duties.active)
+    second = await replicas(ProcessRole.WORKER, "worker2")
+    await asyncio.sleep(1.0)
+    assert first.duties.active and not second.duties.active
+    assert second.standing_by and second.scheduler.held
+
+    term = first.lease.term if first.lease else None
+    await first.close()  # a clean stop hands the lease over at the standby's next attempt
+    await eventually(lambda: second.duties.active, timeout=5)
+    assert second.lease is not None and second.lease.term is not None and term is not None
+    assert second.lease.term > term
+    assert not second.scheduler.held
+
+
+async def test_halt_through_an_api_replica_stops_the_worker(replicas: Replica) -> None:
+    worker = await replicas(ProcessRole.WORKER, "worker")
+    api = await replicas(ProcessRole.API, "api")
+    await eventually(lambda: worker.duties.active)
+    async with client(api) as http:
+        halted = await http.post(
+            "/api/v1/halt",
+            json={"confirm": True, "reason": "test"},
+            headers=auth(ADMIN_TOKEN),
+        )
+        assert halted.status_code == 200, halted.text
+    await eventually(lambda: worker.trading.state().halted, timeout=5)
+
+
+async def test_redis_loss_read_only_spool_and_replay(replicas: Replica, redis: RedisServer) -> None:
+    plane = await replicas(ProcessRole.ALL, "all")
+    assert plane.redis_watch is not None
+    async with client(plane) as http:
+        before = await post_alert(http, "BeforeTheOutage")
+        assert before.status_code == 200
+        incident_id = before.json()["incidents"][0]
+
+        redis.kill()
+        await eventually(lambda: plane.redis_watch and plane.redis_watch.down, timeout=5)
+        metrics = plane.metrics.render().decode()
+        assert 'redis_status{redis_status="down"} 1.0' in metrics
+
+        # Read-only: no new orders; reads of the engine are still answered.
+        with pytest.raises(OrderRejected, match="read-only"):
+            await plane.trading.place_order(
+                "momentum", Intent(symbol="BTC/USDT", side=OrderSide.BUY, amount=0.001)
+            )
+        cores = await http.get("/api/v1/cores", headers=auth(OPERATOR_TOKEN))
+        assert cores.status_code == 200
+        await eventually(
+            lambda: plane.health.snapshot().components["store"].status.value == "degraded"
+        )
+        health = await http.get("/healthz")
+        assert health.status_code == 200  # degraded, not down: nobody restarts us over it
+
+        # What must not be lost is kept locally.
+        during = await post_alert(http, "DuringTheOutage")
+        assert during.status_code == 200, during.text
+        assert during.json()["spooled"] is True
+        acked = await http.post(
+            f"/api/v1/incidents/{incident_id}/ack", headers=auth(OPERATOR_TOKEN)
+        )
+        assert acked.status_code == 202, acked.text
+        assert acked.json()["error"]["code"] == "queued"
+        assert await plane.redis_watch.spool.depth() == 3  # RedisDown, the alert, the ack
+
+        redis.start()
+        await eventually(lambda: not plane.redis_watch.down, timeout=10)
+        assert plane.trading.state().read_only is False
+        assert await plane.redis_watch.spool.depth() == 0
+        incidents = {i.title: i for i in await plane.incidents.list(limit=50)}
+        assert incidents["BeforeTheOutage"].state is IncidentState.ACKNOWLEDGED
+        assert incidents["DuringTheOutage"].state is IncidentState.TRIGGERED
+        assert incidents["RedisDown"].state is IncidentState.RESOLVED
+        assert 'redis_status{redis_status="ok"} 1.0' in plane.metrics.render().decode()
+
+
+async def test_killing_redis_mid_stream_loses_no_acknowledged_alert(
+    replicas: Replica, redis: RedisServer
+) -> None:
+    plane = await replicas(ProcessRole.ALL, "all")
+    assert plane.redis_watch is not None
+    accepted: list[str] = []
+    async with client(plane) as http:
+
+        async def stream() -> None:
+            for n in range(120):
+                name = f"Stream{n:03d}"
+                if (await post_alert(http, name, n=str(n))).status_code == 200:
+                    accepted.append(name)
+                await asyncio.sleep(0.01)
+
+        sender = asyncio.create_task(stream())
+        await eventually(lambda: len(accepted) >= 30)
+        redis.kill()
+        await eventually(lambda: len(accepted) >= 70, timeout=20)
+        redis.start()
+        await sender
+        await eventually(lambda: not plane.redis_watch.down, timeout=10)
+        assert await plane.redis_watch.spool.depth() == 0
+    stored = [
+        i.title for i in await plane.incidents.list(limit=500) if i.title.startswith("Stream")
+    ]
+    assert len(accepted) == 120
+    assert sorted(stored) == sorted(accepted)  # every 2xx alert is there, and only once
