@@ -1,10 +1,11 @@
 """Alert ingestion throughput and webhook → notification-event latency.
 
-Serves the real app (SQLite store on a temp dir, durable commits) with uvicorn on loopback and
+Serves the real app (SQLite on a temp dir, and Redis with AOF fsync always, both durable before
+the 2xx) with uvicorn on loopback and
 drives it with an HTTP client in the same run, beside a bare FastAPI endpoint that only parses
 the same JSON, so the figures read as ratios on this machine. Prints a small table; no asserts.
 
-    .venv/bin/python bench/alerts_ingest.py [--batches 100] [--concurrency 8]
+    .venv/bin/python bench/alerts_ingest.py [--batches 100] [--concurrency 8] [--store both]
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from core.control_plane import ControlPlane  # noqa: E402
 from core.incident_model import EventKind, IncidentEvent  # noqa: E402
 from core.settings import Settings  # noqa: E402
 from tests.support.payloads import am_alert, am_payload  # noqa: E402
-from tests.support.services import free_port  # noqa: E402
+from tests.support.services import free_port, start_redis  # noqa: E402
 
 TOKEN = "bench-webhook-token"
 
@@ -90,34 +91,72 @@ async def drive(
         return time.perf_counter() - started
 
 
-async def main(batches: int, size: int, concurrency: int) -> None:
-    with tempfile.TemporaryDirectory() as state:
-        settings = Settings(
-            _env_file=None,
-            lunia_state_dir=Path(state),  # type: ignore[call-arg]
-            alert_webhook_token=TOKEN,
-            api_tokens="admin:bench-admin-token",
-            log_level="WARNING",
+async def measure(
+    settings: Settings, batches: int, size: int, concurrency: int
+) -> tuple[float, list[float]]:
+    """Seconds for the throughput run, and single-alert webhook -> bus event latencies."""
+    plane = ControlPlane(settings)
+    await plane.start()
+    sent_at: dict[str, float] = {}
+    latencies: list[float] = []
+
+    async def on_event(event: IncidentEvent) -> None:
+        if event.kind is EventKind.OPENED and event.incident.fingerprint in sent_at:
+            latencies.append(time.perf_counter() - sent_at[event.incident.fingerprint])
+
+    plane.bus.subscribe("bench", on_event)
+    server, task, url = await serving(create_app(plane))
+    await drive(url, 5, size, concurrency, {})  # warm up (and lets a Redis group join)
+    real = await drive(url, batches, size, concurrency, {})
+    # Latency: one alert per webhook, one at a time (what on-call feels at 3 a.m.).
+    await drive(url, 200, 1, 1, sent_at, offset=10_000)
+    await asyncio.sleep(1.0)
+    server.should_exit = True
+    await task
+    await plane.close()
+    return real, latencies
+
+
+def settings_for(state: Path, redis_url: str | None) -> Settings:
+    return Settings(
+        _env_file=None,
+        lunia_state_dir=state,  # type: ignore[call-arg]
+        alert_webhook_token=TOKEN,
+        api_tokens="admin:bench-admin-token",
+        log_level="WARNING",
+        enable_redis=redis_url is not None,
+        redis_url=redis_url or "redis://127.0.0.1:6379/0",
+        core_tick_seconds=3600,
+        venue_probe_seconds=3600,
+    )
+
+
+def report(label: str, alerts: int, batches: int, seconds: float, latencies: list[float]) -> None:
+    print(f"  {label:<34}: {alerts / seconds:9.0f} alerts/s ({batches / seconds:6.1f} webhooks/s)")
+    if latencies:
+        ordered = sorted(latencies)
+        p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+        print(
+            f"  {'':<34}  single-alert webhook -> 'opened' event delivered by the bus "
+            f"(n={len(ordered)}): p50 {statistics.median(ordered) * 1000:.1f} ms, "
+            f"p99 {p99 * 1000:.1f} ms"
         )
-        plane = ControlPlane(settings)
-        await plane.start()
-        sent_at: dict[str, float] = {}
-        latencies: list[float] = []
 
-        async def on_event(event: IncidentEvent) -> None:
-            if event.kind is EventKind.OPENED and event.incident.fingerprint in sent_at:
-                latencies.append(time.perf_counter() - sent_at[event.incident.fingerprint])
 
-        plane.bus.subscribe("bench", on_event)
-        server, task, url = await serving(create_app(plane))
-        await drive(url, 5, size, concurrency, {})  # warm up
-        real = await drive(url, batches, size, concurrency, {})
-        # Latency: one alert per webhook, one at a time (what on-call feels at 3 a.m.).
-        await drive(url, 200, 1, 1, sent_at, offset=10_000)
-        await asyncio.sleep(0.5)
-        server.should_exit = True
-        await task
-        await plane.close()
+async def main(batches: int, size: int, concurrency: int, stores: list[str]) -> None:
+    results: dict[str, tuple[float, list[float]]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        if "sqlite" in stores:
+            results["control plane (SQLite, durable)"] = await measure(
+                settings_for(root / "sqlite", None), batches, size, concurrency
+            )
+        if "redis" in stores:
+            # Durable like production: append-only file, fsync on every write.
+            with start_redis(root, durable=True) as redis:
+                results["control plane (Redis AOF always)"] = await measure(
+                    settings_for(root / "redis-state", redis.url), batches, size, concurrency
+                )
 
     bare_server, bare_task, bare_url = await serving(bare_app())
     await drive(bare_url, 5, size, concurrency, {})
@@ -127,22 +166,11 @@ async def main(batches: int, size: int, concurrency: int) -> None:
 
     alerts = batches * size
     print(f"alert ingestion: {batches} webhooks x {size} alerts, concurrency {concurrency}")
-    print(
-        f"  control plane (SQLite, durable): {alerts / real:9.0f} alerts/s "
-        f"({batches / real:6.1f} webhooks/s)"
-    )
-    print(
-        f"  bare FastAPI (parse only)      : {alerts / bare:9.0f} alerts/s "
-        f"({batches / bare:6.1f} webhooks/s)"
-    )
-    print(f"  bare is {real / bare:.1f}x faster (it stores nothing)")
-    if latencies:
-        ordered = sorted(latencies)
-        p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
-        print(
-            f"single-alert webhook sent -> 'opened' event on the bus (n={len(ordered)}): "
-            f"p50 {statistics.median(ordered) * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms"
-        )
+    for label, (seconds, latencies) in results.items():
+        report(label, alerts, batches, seconds, latencies)
+    report("bare FastAPI (parse only)", alerts, batches, bare, [])
+    for label, (seconds, _) in results.items():
+        print(f"  bare is {seconds / bare:.1f}x faster than {label} (it stores nothing)")
 
 
 if __name__ == "__main__":
@@ -150,5 +178,9 @@ if __name__ == "__main__":
     parser.add_argument("--batches", type=int, default=100)
     parser.add_argument("--size", type=int, default=100)
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument(
+        "--store", choices=["sqlite", "redis", "both"], default="both", help="which store(s)"
+    )
     args = parser.parse_args()
-    asyncio.run(main(args.batches, args.size, args.concurrency))
+    stores = ["sqlite", "redis"] if args.store == "both" else [args.store]
+    asyncio.run(main(args.batches, args.size, args.concurrency, stores))

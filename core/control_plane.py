@@ -115,6 +115,7 @@ class ControlPlane:
         self.duties = Duties()
         self.lease: Lease | None = None
         self._leading: asyncio.Task[None] | None = None
+        self._closing = False
         self.scheduler = Scheduler(self.metrics)
         self.alertmanager = (
             AlertmanagerClient(settings.alertmanager_url) if settings.alertmanager_url else None
@@ -400,11 +401,16 @@ class ControlPlane:
 
     async def _stand_by(self) -> None:
         """Lost the lease: stop acting at once; the new leader delivers what is queued."""
+        if self._closing:  # shutting down: the duties were drained, the lease is being released
+            return
         logger.warning("lost the %s lease: standing by", self.role.lease_name)
+        if self._leading is not None:  # let a start in progress finish, so all of it is stopped
+            await asyncio.gather(self._leading, return_exceptions=True)
         await self.duties.stop(drain=False)
 
     async def _lay_down_duties(self) -> None:
         """Shut down: finish and drain the duties while still leader, then hand the lease over."""
+        self._closing = True
         if self._leading is not None:
             await asyncio.gather(self._leading, return_exceptions=True)
         await self.duties.stop(drain=True)

@@ -254,3 +254,52 @@ async def test_killing_redis_mid_stream_loses_no_acknowledged_alert(
     ]
     assert len(accepted) == 120
     assert sorted(stored) == sorted(accepted)  # every 2xx alert is there, and only once
+
+
+async def test_the_ops_chat_hears_of_redis_loss_and_return_directly(
+    replicas: Replica, redis: RedisServer, fake_telegram: FakeTelegram
+) -> None:
+    plane = await replicas(ProcessRole.ALL, "all", telegram=fake_telegram)
+    await eventually(lambda: plane.duties.active)
+    redis.kill()
+    [down] = await fake_telegram.wait_for(
+        lambda: (
+            [c for c in fake_telegram.calls_to("sendMessage") if "unreachable" in c.params["text"]]
+            or None
+        )
+    )
+    assert down.params["chat_id"] == OPS
+    assert "READ-ONLY" in down.params["text"]
+    redis.start()
+    [back] = await fake_telegram.wait_for(
+        lambda: (
+            [c for c in fake_telegram.calls_to("sendMessage") if "Redis is back" in c.params["text"]]
+            or None
+        ),
+        timeout=15,
+    )
+    assert "replayed 1 alert(s)" in back.params["text"]  # the RedisDown alert itself
+    # The RedisDown incident, replayed into Redis, is opened and resolved in the history.
+    incidents = {i.title: i for i in await plane.incidents.list(limit=20)}
+    assert incidents["RedisDown"].state is IncidentState.RESOLVED
+
+
+async def test_redis_figures_on_metrics_and_healthz(replicas: Replica) -> None:
+    plane = await replicas(ProcessRole.WORKER, "worker")
+    await eventually(lambda: plane.duties.active)
+    detail = await eventually(
+        lambda: (
+            "worker lease: this replica" in plane.health.snapshot().components["redis"].detail
+            and plane.health.snapshot().components["redis"].detail
+        )
+    )
+    assert "ping " in detail and "term 1" in detail
+    text = plane.metrics.render().decode()
+    for needle in (
+        'lease_leader{lease="worker"} 1.0',
+        'lease_term{lease="worker"} 1.0',
+        "redis_ping_seconds_count",
+        'spool_depth{kind="writes"} 0.0',
+        'redis_status{redis_status="ok"} 1.0',
+    ):
+        assert needle in text, needle
