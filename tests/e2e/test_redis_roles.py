@@ -273,7 +273,11 @@ async def test_the_ops_chat_hears_of_redis_loss_and_return_directly(
     redis.start()
     [back] = await fake_telegram.wait_for(
         lambda: (
-            [c for c in fake_telegram.calls_to("sendMessage") if "Redis is back" in c.params["text"]]
+            [
+                c
+                for c in fake_telegram.calls_to("sendMessage")
+                if "Redis is back" in c.params["text"]
+            ]
             or None
         ),
         timeout=15,
