@@ -327,6 +327,8 @@ class BackupService:
 
     # -- lifecycle -------------------------------------------------------------------------
 
+    schedules = True  # False in processes whose scheduler never runs (api, bot, CLI roles)
+
     async def start(self) -> None:
         """Prepare the backup directory and read the newest good backup into the metrics."""
         await asyncio.to_thread(self._prepare_root)
@@ -354,7 +356,9 @@ class BackupService:
             self._export_schedule()
 
     def _export_schedule(self) -> None:
-        enabled = self._flags.enabled("AUTO_BACKUP_ENABLED")
+        # Only the process that runs the schedule says there is one, so the backup alerts judge
+        # its figures and not those of an API replica that never takes scheduled backups.
+        enabled = self.schedules and self._flags.enabled("AUTO_BACKUP_ENABLED")
         self._metrics.backup_interval.set(self.interval.total_seconds() if enabled else 0)
 
     # -- reading ---------------------------------------------------------------------------

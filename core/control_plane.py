@@ -7,6 +7,7 @@ nothing in core reaches for a global.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -80,8 +81,14 @@ def open_store(settings: Settings) -> Store:
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
+    """Cancel a background task and wait for it. Cancelled again until it ends: a cancellation
+    that lands inside a client's own timeout can come out as a timeout error, which a loop that
+    rides out store outages would then swallow (seen with redis-py on Python 3.11)."""
+    while not task.done():
+        task.cancel()
+        await asyncio.wait([task], timeout=1.0)
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        task.result()
 
 
 class ControlPlane:
@@ -283,6 +290,8 @@ class ControlPlane:
         )
         if role.runs_engine:
             self._register_engine_duties()
+        else:
+            self.backups.schedules = False
         self._restore_set_read_only = False
         self.ready = False
         self._stack = AsyncExitStack()
@@ -396,6 +405,8 @@ class ControlPlane:
 
     async def _lead(self, term: int) -> None:
         """Won the lease: start the duties in the background (the lease task must stay free)."""
+        if self._closing:  # won again while shutting down: the lease is released right after
+            return
         logger.warning("this replica leads (%s lease, term %d)", self.role.lease_name, term)
         self._leading = asyncio.create_task(self.duties.start(), name="duties")
 
@@ -525,6 +536,9 @@ class ControlPlane:
                 detail=f"Redis unreachable: read-only, writes spooled ({self.redis_watch.reason})",
             )
         await self.store.ping()
+        if self.settings.enable_redis:  # other replicas change incidents: keep the gauge true
+            for severity, count in (await self.incidents.count_open()).items():
+                self.metrics.incidents_open.labels(severity.value).set(count)
         where = "redis" if self.settings.enable_redis else f"sqlite {self.settings.db_path}"
         return ComponentHealth(status=Status.OK, detail=where)
 

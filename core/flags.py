@@ -64,6 +64,8 @@ class FlagDefinition:
     dangerous_values: tuple[Any, ...] = ()
     dangerous_any_change: bool = False
     applies: str = "immediately"
+    # Read from the environment at start only (it chooses the store the overrides live in).
+    env_only: bool = False
 
     def parse(self, raw: Any) -> Any:
         """Turn user input (chat text, JSON, CLI) into a typed value or raise ``InvalidInput``."""
@@ -120,7 +122,8 @@ CATALOGUE: tuple[FlagDefinition, ...] = (
         False,
         "Uses Redis as the shared store and bus",
         dangerous_any_change=True,
-        applies="at the next restart",
+        applies="at start, from the environment (.env)",
+        env_only=True,
     ),
     _bool("LLM_RATE_LIMITED", False, "Forces the rule-based assistant (no LLM calls)"),
     _bool(
@@ -170,7 +173,11 @@ class FlagService:
     async def load(self) -> None:
         """Read persisted overrides; changes made by another process are announced."""
         stored = await self._store.flag_overrides()
-        fresh = {k: v for k, v in stored.items() if k in self._definitions}
+        fresh = {
+            k: v
+            for k, v in stored.items()
+            if k in self._definitions and not self._definitions[k].env_only
+        }
         for name in set(stored) - set(self._definitions):
             logger.warning("ignoring override for unknown flag %s", name)
         before = {n: self.get(n).value for n in self._definitions}
@@ -269,9 +276,18 @@ class FlagService:
                 "security; repeat with confirmation to proceed"
             )
 
+    @staticmethod
+    def _refuse_env_only(d: FlagDefinition) -> None:
+        if d.env_only:
+            raise InvalidInput(
+                f"{d.name} is read from the environment at start (it chooses where state, "
+                f"overrides included, is kept): set {d.name} in .env and restart; see RUNBOOK §2.2"
+            )
+
     async def set(self, name: str, raw: Any, actor: Actor, *, confirm: bool = False) -> FlagState:
         """Override a flag at runtime; persisted, audited and effective immediately."""
         d = self.definition(name)
+        self._refuse_env_only(d)
         new = d.parse(raw)
         current = self.get(d.name)
         await self._authorize(actor, d, current.value, new, confirm, "flag.set")
@@ -294,6 +310,7 @@ class FlagService:
     async def unset(self, name: str, actor: Actor, *, confirm: bool = False) -> FlagState:
         """Clear a runtime override so the flag falls back to env, then default."""
         d = self.definition(name)
+        self._refuse_env_only(d)
         current = self.get(d.name)
         if current.source is not Source.OVERRIDE:
             return current

@@ -164,3 +164,16 @@ async def test_change_made_by_another_process_reaches_listeners(
     await running.flags.load()
     assert running.flags.value("SELF_HEALING_ENABLED") is False
     assert seen == [("SELF_HEALING_ENABLED", False, "otto")]
+
+
+async def test_enable_redis_is_only_read_from_the_environment(make_plane: PlaneFactory) -> None:
+    plane = await make_plane()
+    admin = Actor.system("test")
+    for change in (
+        plane.flags.set("ENABLE_REDIS", True, admin, confirm=True),
+        plane.flags.unset("ENABLE_REDIS", admin, confirm=True),
+    ):
+        with pytest.raises(InvalidInput, match="set ENABLE_REDIS in .env and restart"):
+            await change
+    state = plane.flags.get("ENABLE_REDIS")
+    assert (state.value, state.source) == (False, Source.DEFAULT)

@@ -33,7 +33,8 @@ DASHBOARD = GRAFANA / "dashboards/lunia.json"
 DATASOURCES = GRAFANA / "provisioning/datasources/prometheus.yml"
 DASHBOARD_PROVIDERS = GRAFANA / "provisioning/dashboards/lunia.yml"
 
-SERVICES = {"lunia", "redis", "prometheus", "alertmanager", "grafana"}
+ROLES = ("api", "bot", "worker")  # the control plane, one service per role over Redis
+SERVICES = {*ROLES, "redis", "prometheus", "alertmanager", "grafana"}
 # PromQL words that look like metric names but are not (functions are followed by "(").
 PROMQL_WORDS = {"and", "or", "unless", "bool", "offset", "inf", "nan"}
 
@@ -136,24 +137,55 @@ def test_every_service_is_on_a_user_defined_network(compose: dict[str, Any]) -> 
         assert "network_mode" not in compose["services"][name], name
 
 
-def test_lunia_builds_from_the_dockerfile_runs_and_is_healthchecked(
-    compose: dict[str, Any],
+@pytest.mark.parametrize("role", ROLES)
+def test_each_role_builds_from_the_dockerfile_runs_and_is_healthchecked(
+    compose: dict[str, Any], role: str
 ) -> None:
-    lunia = compose["services"]["lunia"]
-    build = lunia["build"]
+    service = compose["services"][role]
+    build = service["build"]
     assert (COMPOSE.parent / build["context"]).resolve() == ROOT
     assert (ROOT / build["context"] / build["dockerfile"]).resolve() == DOCKERFILE
-    assert lunia["command"] in ("run", ["run"])
-    assert lunia["env_file"] in (".env", [".env"])
-    assert lunia["restart"] == "unless-stopped"
-    assert "127.0.0.1:8000:8000" in lunia["ports"]
-    assert "/healthz" in " ".join(lunia["healthcheck"]["test"])
-    env = lunia["environment"]
-    # .env (a copy of .env.example) says 127.0.0.1 and ./var; the container needs these.
+    assert service["command"] in (role, [role])
+    assert service["env_file"] in (".env", [".env"])
+    assert service["restart"] == "unless-stopped"
+    assert "/healthz" in " ".join(service["healthcheck"]["test"])
+    env = service["environment"]
+    # .env (a copy of .env.example) says 127.0.0.1, ./var and no Redis; the containers need these.
     assert env["API_HOST"] == "0.0.0.0"  # noqa: S104 - inside the container only
     assert env["LUNIA_STATE_DIR"] == "/var/lib/lunia"
-    state = [v for v in lunia["volumes"] if v.split(":")[1] == "/var/lib/lunia"]
+    assert env["ENABLE_REDIS"] == "true"  # split roles share state through Redis
+    assert reachable(compose, role, env["REDIS_URL"].split("//")[1].split(":")[0])
+    state = [v for v in service["volumes"] if v.split(":")[1] == "/var/lib/lunia"]
     assert state and state[0].split(":")[0] in compose["volumes"]
+    # Backups are on one volume every role mounts: any of them lists, verifies, restores.
+    backups = [v for v in service["volumes"] if v.split(":")[1] == env["BACKUP_DIR"]]
+    assert backups and backups[0].split(":")[0] == "lunia-backups"
+
+
+def test_roles_have_their_own_state_and_only_the_api_is_published(
+    compose: dict[str, Any],
+) -> None:
+    states = {
+        v.split(":")[0]
+        for role in ROLES
+        for v in compose["services"][role]["volumes"]
+        if v.split(":")[1] == "/var/lib/lunia"
+    }
+    assert len(states) == len(ROLES)  # each its own spool and generated files
+    assert "127.0.0.1:8000:8000" in compose["services"]["api"]["ports"]
+    assert (
+        "ports" not in compose["services"]["bot"] and "ports" not in compose["services"]["worker"]
+    )
+
+
+def test_the_callback_signing_key_is_shared_by_every_role(compose: dict[str, Any]) -> None:
+    assert compose["secrets"]["callback_signing_key"]["file"] == "./secrets/callback_signing_key"
+    for role in ROLES:
+        service = compose["services"][role]
+        assert "callback_signing_key" in service["secrets"], role
+        assert service["environment"]["CALLBACK_SIGNING_KEY_FILE"] == (
+            "/run/secrets/callback_signing_key"
+        )
 
 
 def test_prometheus_and_alertmanager_reach_the_control_plane_by_their_configured_name(
@@ -166,10 +198,10 @@ def test_prometheus_and_alertmanager_reach_the_control_plane_by_their_configured
         for config in job["static_configs"]
         for target in config["targets"]
     ]
-    assert "lunia-api:8000" in targets
+    assert {"lunia-api:8000", "lunia-bot:8000", "lunia-worker:8000"} <= set(targets)
     for target in targets:
         assert reachable(compose, "prometheus", target.split(":")[0]), target
-    assert "lunia-api" in network_names(compose, "lunia")["lunia"]
+    assert "lunia-api" in network_names(compose, "api")["lunia"]
     for manager in prometheus["alerting"]["alertmanagers"]:
         for target in manager["static_configs"][0]["targets"]:
             assert reachable(compose, "prometheus", target.split(":")[0]), target
@@ -189,7 +221,7 @@ def test_the_webhook_token_secret_is_where_alertmanager_reads_it(compose: dict[s
     }
     assert files == {"/run/secrets/alert_webhook_token"}
     assert compose["secrets"]["alert_webhook_token"]["file"] == "./secrets/alert_webhook_token"
-    for name in ("lunia", "alertmanager"):
+    for name in (*ROLES, "alertmanager"):
         assert "alert_webhook_token" in compose["services"][name]["secrets"], name
     # The token is never part of the repository or the image.
     ignored = DOCKERIGNORE.read_text().split()
@@ -199,7 +231,7 @@ def test_the_webhook_token_secret_is_where_alertmanager_reads_it(compose: dict[s
 def test_the_control_plane_reads_the_same_webhook_token_file(
     compose: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    environment = compose["services"]["lunia"]["environment"]
+    environment = compose["services"]["api"]["environment"]
     path = environment["ALERT_WEBHOOK_TOKEN_FILE"]
     assert path == "/run/secrets/alert_webhook_token"
     # Load settings exactly as the container would, with the secret file at a local path.

@@ -165,7 +165,7 @@ COVERAGE: dict[str, tuple[str, ...]] = {
     "make smoke": ("tests/api/test_smoke.py::test_smoke_passes_against_a_running_instance",),
     "make up": (
         "tests/deploy/test_stack.py::test_compose_file_stays_valid_for_docker_compose_1_29",
-        "tests/deploy/test_stack.py::test_lunia_builds_from_the_dockerfile_runs_and_is_healthchecked",
+        "tests/deploy/test_stack.py::test_each_role_builds_from_the_dockerfile_runs_and_is_healthchecked",
     ),
     # HTTP requests not run here, and paths named without a method
     "POST /api/v1/alerts/alertmanager": (

@@ -139,6 +139,10 @@ def test_a_killed_leader_is_replaced_and_a_frozen_one_stands_down(
     assert took <= TAKEOVER_BOUND, f"takeover took {took:.2f} s"
     before = first.ticks()
     wait(lambda: first.ticks() > before, 5, "trading resumes on the new leader")
+    # The worker that was frozen earlier still shuts down cleanly: drained, lease released.
+    first.proc.terminate()
+    assert first.proc.wait(20) == 0, first.log.read_text()[-2000:]
+    assert "stopped cleanly" in first.log.read_text()
 
 
 async def test_a_leader_paused_past_its_lease_cannot_tick_or_order(
@@ -175,4 +179,9 @@ async def test_a_leader_paused_past_its_lease_cannot_tick_or_order(
                 "momentum", Intent(symbol="BTC/USDT", side=OrderSide.BUY, amount=0.001)
             )
     finally:
-        await plane.close()
+        # Closed from its own task, as `lunia worker` does (asyncio.run): closed from the test's
+        # task after the freeze, it hung under pytest-asyncio only (not reproduced with
+        # asyncio.run; see the issue note).
+        closing = asyncio.create_task(plane.close())
+        done, _ = await asyncio.wait([closing], timeout=30)
+        assert done, "the control plane did not close within 30 s"
