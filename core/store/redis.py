@@ -16,6 +16,7 @@ under ``{prefix}:``, so a snapshot or a restore of the store never touches them:
     R:incidents:state:{state}   zset of ids in that state (score: id)
     R:incidents:deadline        zset of ids with an escalation/silence deadline (score: its time)
     R:incidents:open            hash: incident key -> id of its one open incident
+    R:incidents:open:{severity} zset of the open incidents' ids of that severity (score: id)
     R:incidents:latest          hash: incident key -> id of its newest incident
     R:alerts                    hash: id -> ``{"incident_id", "received_at", "alert"}`` JSON
     R:alerts:seq                the last alert id handed out
@@ -124,6 +125,19 @@ SNAPSHOT_FORMAT = "lunia-redis-snapshot/1"
 # version up; it runs in the same MULTI as the version bump. Never edit a shipped one.
 MIGRATIONS: list[str] = [
     "-- 1: the layout in the module docstring; its keys are created by the first writes\nreturn 0",
+    """-- 2: incidents:open:{severity}, so that counting open incidents reads no documents
+local root = ARGV[1]
+local ids = redis.call('HVALS', root .. ':incidents:open')
+for _, id in ipairs(ids) do
+  local raw = redis.call('HGET', root .. ':incidents', id)
+  if raw then
+    local incident = cjson.decode(raw)
+    if incident.state ~= 'resolved' then
+      redis.call('ZADD', root .. ':incidents:open:' .. incident.severity, id, id)
+    end
+  end
+end
+return #ids""",
 ]
 
 # What "Redis cannot be reached" looks like; any other RedisError is a refusal by Redis.
@@ -246,6 +260,10 @@ def _glob_escape(text: str) -> str:
     return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
 
+def _incident_key(alert: Alert) -> str:
+    return f"{alert.source.value}:{alert.fingerprint}"
+
+
 @contextlib.contextmanager
 def _translated(what: str) -> Iterator[None]:
     """Turn redis-py errors into the store's: unreachable is retryable, the rest is not."""
@@ -294,6 +312,9 @@ class _Keys:
 
     def state(self, state: IncidentState) -> str:
         return f"{self.root}:incidents:state:{state.value}"
+
+    def open_severity(self, severity: Severity) -> str:
+        return f"{self.root}:incidents:open:{severity.value}"
 
     def incident_alerts(self, incident_id: int) -> str:
         return f"{self.root}:alerts:incident:{incident_id}"
@@ -349,6 +370,7 @@ _KEY_TYPES = {
 }
 _KEY_PREFIX_TYPES = (
     ("incidents:state:", "zset"),
+    ("incidents:open:", "zset"),
     ("alerts:incident:", "zset"),
     ("events:incident:", "zset"),
     ("outbox:queue:", "zset"),
@@ -364,56 +386,131 @@ def _expected_type(relative: str) -> str | None:
     return next((t for p, t in _KEY_PREFIX_TYPES if relative.startswith(p)), None)
 
 
-class _Tx:
-    """One optimistic transaction: reads after WATCH, writes queued and sent in one MULTI.
+_Arg = str | bytes | int | float
 
-    Reads go through ``pipe`` only once a guarding key is watched (redis-py runs commands at once
-    while watching, and would queue them otherwise). What the transaction wrote stays visible to
-    its own later reads through the caches here.
+
+def _member(value: str | bytes | int) -> str | bytes:
+    """A hash field or sorted-set member as Redis compares them (so 7 and "7" are one)."""
+    return value if isinstance(value, str | bytes) else str(value)
+
+
+class _Tx:
+    """One optimistic transaction: reads after WATCH, writes buffered and sent in one MULTI.
+
+    Reads start once a guarding key is watched: single ones go through ``pipe`` (redis-py runs
+    commands at once while watching), batches through ``read`` on another connection in one round
+    trip (still after the WATCH, so a change they could miss fails the EXEC). Writes are few
+    commands however many records change: hash and sorted-set writes are kept as their net effect
+    per field or member (a value or score, None to remove) and sent as one command per key, after
+    the commands given to ``send`` (stream appends, scripts, deletions) in their order. What the
+    transaction wrote stays visible to its own later reads through the callers' caches.
     """
 
-    def __init__(self, pipe: Pipeline) -> None:
+    def __init__(self, pipe: Pipeline, redis: Redis) -> None:
         self.pipe = pipe
+        self._redis = redis
         self._watched: set[str] = set()
-        self._writes: list[tuple[str | int | float, ...]] = []
+        self._writes: list[tuple[_Arg, ...]] = []
+        self._hashes: dict[str, dict[str | bytes, _Arg | None]] = {}
+        self._zsets: dict[str, dict[str | bytes, float | None]] = {}
+        self._strings: dict[str, _Arg] = {}
         self._counters: dict[str, tuple[int, int]] = {}  # key -> (as read, last handed out)
+        self._before_commit: list[Callable[[], Awaitable[None]]] = []
         self.audit_head: tuple[int, str] | None = None
-        self.queue_sizes: dict[str, int] = {}
+        # Outbox queue -> (channel, id, created_us) of the first message this transaction put on it.
+        self.first_queued: dict[str, tuple[str, int, int]] = {}
 
     async def watch(self, *keys: str) -> None:
         """WATCH the keys not watched yet."""
-        new = [k for k in keys if k not in self._watched]
+        new = [k for k in dict.fromkeys(keys) if k not in self._watched]
         if new:
             await self.pipe.watch(*new)
             self._watched.update(new)
 
+    async def read(self, *commands: tuple[_Arg, ...]) -> list[Any]:
+        """Run read commands in one round trip; the keys guarding them must be watched."""
+        async with self._redis.pipeline(transaction=False) as reads:
+            for command in commands:
+                reads.execute_command(*command)
+            return list(await reads.execute())
+
+    async def load_counters(self, *counters: str) -> None:
+        """WATCH and read counters for ``next_id``: two round trips, however many counters."""
+        new = [c for c in dict.fromkeys(counters) if c not in self._counters]
+        if new:
+            await self.watch(*new)
+            (values,) = await self.read(("MGET", *new))
+            for counter, raw in zip(new, values, strict=True):
+                self._counters[counter] = (int(raw or 0), int(raw or 0))
+
     async def next_id(self, counter: str) -> int:
         """The next number of ``counter``, stored when the transaction commits."""
         if counter not in self._counters:
-            await self.watch(counter)
-            stored = int(await self.pipe.get(counter) or 0)
-            self._counters[counter] = (stored, stored)
+            await self.load_counters(counter)
         stored, last = self._counters[counter]
         self._counters[counter] = (stored, last + 1)
         return last + 1
 
-    def send(self, *command: str | int | float) -> None:
-        """Queue one write command for the MULTI."""
+    def send(self, *command: _Arg) -> None:
+        """Queue one write command for the MULTI (stream appends, scripts, deletions): these
+        go first, in order."""
         self._writes.append(command)
+
+    def set(self, key: str, value: _Arg) -> None:
+        """SET ``key`` when the transaction commits (the last value given wins)."""
+        self._strings[key] = value
+
+    def hset(self, key: str, field: str | bytes | int, value: _Arg) -> None:
+        """Set one field of a hash."""
+        self._hashes.setdefault(key, {})[_member(field)] = value
+
+    def hdel(self, key: str, *fields: str | bytes | int) -> None:
+        """Delete fields of a hash."""
+        self._hashes.setdefault(key, {}).update((_member(f), None) for f in fields)
+
+    def zadd(self, key: str, member: str | bytes | int, score: float) -> None:
+        """Add (or re-score) one member of a sorted set."""
+        self._zsets.setdefault(key, {})[_member(member)] = score
+
+    def zrem(self, key: str, *members: str | bytes | int) -> None:
+        """Remove members of a sorted set."""
+        self._zsets.setdefault(key, {}).update((_member(m), None) for m in members)
+
+    def before_commit(self, step: Callable[[], Awaitable[None]]) -> None:
+        """Run ``step`` (more reads and writes) once the body is done, just before MULTI."""
+        self._before_commit.append(step)
 
     async def commit(self) -> None:
         """Send the writes in MULTI/EXEC; ``WatchError`` if a watched key changed."""
+        for step in self._before_commit:
+            await step()
         self.pipe.multi()  # type: ignore[no-untyped-call]
         for command in self._writes:
             self.pipe.execute_command(*command)
+        for key, fields in self._hashes.items():
+            if pairs := [part for f, v in fields.items() if v is not None for part in (f, v)]:
+                self.pipe.execute_command("HSET", key, *pairs)
+            if gone := [f for f, v in fields.items() if v is None]:
+                self.pipe.execute_command("HDEL", key, *gone)
+        for key, members in self._zsets.items():
+            if scored := [part for m, s in members.items() if s is not None for part in (s, m)]:
+                self.pipe.execute_command("ZADD", key, *scored)
+            if gone := [m for m, s in members.items() if s is None]:
+                self.pipe.execute_command("ZREM", key, *gone)
         for counter, (stored, last) in self._counters.items():
             if last != stored:
-                self.pipe.execute_command("SET", counter, last)
+                self._strings[counter] = last
+        for key, value in self._strings.items():
+            self.pipe.execute_command("SET", key, value)
         await self.pipe.execute()
 
 
 class _IncidentWork:
-    """Incident reads and writes inside one transaction (the caller watches ``events:seq``)."""
+    """Incident reads and writes inside one transaction (the caller watches ``events:seq``).
+
+    ``prefetch`` reads what a batch of incident keys needs in two round trips; whatever it did
+    not read is read on first use. Every read is cached, and every save updates the caches.
+    """
 
     def __init__(self, tx: _Tx, keys: _Keys) -> None:
         self._tx = tx
@@ -421,6 +518,27 @@ class _IncidentWork:
         self._docs: dict[int, Incident | None] = {}
         self._open: dict[str, int | None] = {}
         self._latest: dict[str, int | None] = {}
+
+    async def prefetch(self, keys: Sequence[str]) -> None:
+        """Read the open and newest incident of each of ``keys``, with their documents."""
+        k = self._k
+        todo = [
+            key for key in dict.fromkeys(keys) if key not in self._open or key not in self._latest
+        ]
+        if todo:
+            open_ids, latest_ids = await self._tx.read(
+                ("HMGET", k.open, *todo), ("HMGET", k.latest, *todo)
+            )
+            for key, open_id, latest_id in zip(todo, open_ids, latest_ids, strict=True):
+                # What this transaction wrote already (cached) wins over what was stored.
+                self._open.setdefault(key, None if open_id is None else int(open_id))
+                self._latest.setdefault(key, None if latest_id is None else int(latest_id))
+        wanted = {self._open[key] for key in keys} | {self._latest[key] for key in keys}
+        ids = sorted(i for i in wanted if i is not None and i not in self._docs)
+        if ids:
+            (raws,) = await self._tx.read(("HMGET", k.incidents, *ids))
+            for incident_id, raw in zip(ids, raws, strict=True):
+                self._docs[incident_id] = None if raw is None else Incident.model_validate_json(raw)
 
     async def get(self, incident_id: int) -> Incident | None:
         """One incident as this transaction sees it."""
@@ -460,31 +578,35 @@ class _IncidentWork:
         if incident.is_open and open_id not in (None, iid):
             # The SQLite store's unique index on open incidents per key refuses the same.
             raise StoreError(f"incident key {incident.key!r} already has open incident #{open_id}")
-        tx.send("HSET", k.incidents, iid, incident.model_dump_json())
-        tx.send("ZADD", k.incidents_all, iid, iid)
+        tx.hset(k.incidents, iid, incident.model_dump_json())
+        tx.zadd(k.incidents_all, iid, iid)
         if previous is not None and previous.state is not incident.state:
-            tx.send("ZREM", k.state(previous.state), iid)
-        tx.send("ZADD", k.state(incident.state), iid, iid)
+            tx.zrem(k.state(previous.state), iid)
+        tx.zadd(k.state(incident.state), iid, iid)
+        if previous is not None and previous.is_open:
+            tx.zrem(k.open_severity(previous.severity), iid)
+        if incident.is_open:
+            tx.zadd(k.open_severity(incident.severity), iid, iid)
         if incident.deadline is not None:
-            tx.send("ZADD", k.deadlines, _micros(incident.deadline), iid)
+            tx.zadd(k.deadlines, iid, _micros(incident.deadline))
         else:
-            tx.send("ZREM", k.deadlines, iid)
+            tx.zrem(k.deadlines, iid)
         if (
             previous is not None
             and previous.key != incident.key
             and await self._index(self._open, k.open, previous.key) == iid
         ):
-            tx.send("HDEL", k.open, previous.key)
+            tx.hdel(k.open, previous.key)
             self._open[previous.key] = None
         if incident.is_open:
-            tx.send("HSET", k.open, incident.key, iid)
+            tx.hset(k.open, incident.key, iid)
             self._open[incident.key] = iid
         elif open_id == iid:
-            tx.send("HDEL", k.open, incident.key)
+            tx.hdel(k.open, incident.key)
             self._open[incident.key] = None
         latest = await self._index(self._latest, k.latest, incident.key)
         if latest is None or iid > latest:
-            tx.send("HSET", k.latest, incident.key, iid)
+            tx.hset(k.latest, incident.key, iid)
             self._latest[incident.key] = iid
         self._docs[iid] = incident
         return incident
@@ -535,7 +657,7 @@ class RedisStore:
                 if int(await tx.pipe.get(self._k.schema) or 0) != version:
                     return  # another process migrated meanwhile: look again
                 tx.send("EVAL", MIGRATIONS[version], 0, self._k.root)
-                tx.send("SET", self._k.schema, version + 1)
+                tx.set(self._k.schema, version + 1)
 
             await self._transaction("migrating the schema", step)
             logger.info("Redis state at %s migrated to schema %d", self._k.root, version + 1)
@@ -582,7 +704,7 @@ class RedisStore:
             for attempt in range(MAX_CONFLICTS):
                 with _translated(what):
                     async with redis.pipeline(transaction=True) as pipe:
-                        tx = _Tx(pipe)
+                        tx = _Tx(pipe, redis)
                         try:
                             result = await body(tx)
                             await tx.commit()
@@ -613,7 +735,7 @@ class RedisStore:
     async def _append_audit(self, tx: _Tx, record: AuditRecord) -> AuditEntry:
         if tx.audit_head is None:
             await tx.watch(self._k.audit_head)
-            raw = await tx.pipe.get(self._k.audit_head)
+            raw = await _reply(tx.pipe.get(self._k.audit_head))
             seq, digest = (0, GENESIS_HASH) if raw is None else json.loads(raw)
             tx.audit_head = (int(seq), str(digest))
         seq, prev_hash = tx.audit_head
@@ -633,7 +755,7 @@ class RedisStore:
         # before/after are stored as SQLite stores them (json with default=str): the digest
         # was computed over that rendering, so the chain verifies after a round trip.
         tx.send("XADD", self._k.audit, f"{entry.seq}-0", _ENTRY, _dump(doc))
-        tx.send("SET", self._k.audit_head, _dump([entry.seq, entry.hash]))
+        tx.set(self._k.audit_head, _dump([entry.seq, entry.hash]))
         tx.audit_head = (entry.seq, entry.hash)
         return entry
 
@@ -735,7 +857,7 @@ class RedisStore:
 
         async def body(tx: _Tx) -> AuditEntry:
             entry = await self._append_audit(tx, audit)
-            tx.send("HSET", self._k.flags, override.name, doc)
+            tx.hset(self._k.flags, override.name, doc)
             return entry
 
         return await self._transaction("setting a flag override", body)
@@ -745,7 +867,7 @@ class RedisStore:
 
         async def body(tx: _Tx) -> AuditEntry:
             entry = await self._append_audit(tx, audit)
-            tx.send("HDEL", self._k.flags, name)
+            tx.hdel(self._k.flags, name)
             return entry
 
         return await self._transaction("clearing a flag override", body)
@@ -767,7 +889,7 @@ class RedisStore:
             detail=change.detail,
         )
         tx.send("XADD", self._k.events, f"{seq}-0", _ENTRY, event.model_dump_json())
-        tx.send("ZADD", self._k.incident_events(incident.id), seq, seq)
+        tx.zadd(self._k.incident_events(incident.id), seq, seq)
         if change.audit:
             await self._append_audit(
                 tx,
@@ -793,21 +915,23 @@ class RedisStore:
 
     async def _ingest(self, tx: _Tx, alerts: Sequence[Alert], plan: AlertPlanner) -> IngestOutcome:
         k = self._k
-        # alerts:seq guards the de-duplication, events:seq every incident (see the docstring).
-        await tx.watch(k.alerts_seq, k.events_seq)
+        if not alerts:
+            return IngestOutcome(accepted=0, duplicates=0, events=[])
+        # alerts:seq guards the de-duplication, events:seq every incident (see the docstring);
+        # incidents:seq only changes with events:seq, so watching it early costs no conflicts.
+        await tx.load_counters(k.alerts_seq, k.events_seq, k.incidents_seq)
+        dedups = [f"{alert.source.value}:{alert.dedup_key}" for alert in alerts]
+        (stored_ids,) = await tx.read(("HMGET", k.dedup, *dedups))
+        fresh: dict[str, Alert] = {}  # not stored yet, by dedup key (the first if sent twice)
+        for alert, dedup, stored_id in zip(alerts, dedups, stored_ids, strict=True):
+            if stored_id is None:
+                fresh.setdefault(dedup, alert)
         work = _IncidentWork(tx, k)
-        accepted = duplicates = 0
+        await work.prefetch([_incident_key(alert) for alert in fresh.values()])
         events: list[IncidentEvent] = []
-        stored: set[str] = set()
         received = _ts(utcnow())
-        for alert in alerts:
-            dedup = f"{alert.source.value}:{alert.dedup_key}"
-            if dedup in stored or await _reply(tx.pipe.hexists(k.dedup, dedup)):
-                duplicates += 1
-                continue
-            stored.add(dedup)
-            accepted += 1
-            key = f"{alert.source.value}:{alert.fingerprint}"
+        for dedup, alert in fresh.items():
+            key = _incident_key(alert)
             open_incident = await work.open_for(key)
             latest = await work.latest_for(key)
             last_resolved = latest if latest is not None and not latest.is_open else None
@@ -829,11 +953,13 @@ class RedisStore:
                 "received_at": received,
                 "alert": alert.model_dump(mode="json"),
             }
-            tx.send("HSET", k.alerts, alert_id, _dump(doc))
-            tx.send("HSET", k.dedup, dedup, alert_id)
+            tx.hset(k.alerts, alert_id, _dump(doc))
+            tx.hset(k.dedup, dedup, alert_id)
             if incident_id is not None:
-                tx.send("ZADD", k.incident_alerts(incident_id), alert_id, alert_id)
-        return IngestOutcome(accepted=accepted, duplicates=duplicates, events=events)
+                tx.zadd(k.incident_alerts(incident_id), alert_id, alert_id)
+        return IngestOutcome(
+            accepted=len(fresh), duplicates=len(alerts) - len(fresh), events=events
+        )
 
     async def ingest_alerts(
         self, alerts: Sequence[Alert], plan: AlertPlanner, now: datetime
@@ -933,16 +1059,32 @@ class RedisStore:
 
     async def count_open_incidents(self) -> dict[Severity, int]:
         """Open incidents by severity."""
-        redis = self._client()
+        k = self._k
         with _translated("counting open incidents"):
-            ids = await _reply(redis.hvals(self._k.open))
-            raws = await _reply(redis.hmget(self._k.incidents, ids)) if ids else []
+            async with self._client().pipeline(transaction=True) as pipe:
+                pipe.hlen(k.open)
+                for severity in Severity:
+                    pipe.zcard(k.open_severity(severity))
+                total, *sizes = await pipe.execute()
+        if sum(sizes) == total:
+            return dict(zip(Severity, map(int, sizes), strict=True))
+        # Out of step with incidents:open, e.g. written by an older release during an upgrade.
+        logger.warning("incidents:open:{severity} out of step with incidents:open: rebuilding it")
+        return await self._transaction("indexing open incidents", self._index_open_incidents)
+
+    async def _index_open_incidents(self, tx: _Tx) -> dict[Severity, int]:
+        """Rebuild incidents:open:{severity} from the open incidents' documents."""
+        k = self._k
+        await tx.watch(k.events_seq)  # every incident write changes it
+        ids = await _reply(tx.pipe.hvals(k.open))
+        (raws,) = await tx.read(("HMGET", k.incidents, *ids)) if ids else ([],)
+        tx.send("DEL", *(k.open_severity(severity) for severity in Severity))
         counts = dict.fromkeys(Severity, 0)
         for raw in raws:
-            if raw is not None:
-                incident = Incident.model_validate_json(raw)
-                if incident.is_open:
-                    counts[incident.severity] += 1
+            incident = None if raw is None else Incident.model_validate_json(raw)
+            if incident is not None and incident.is_open:
+                tx.zadd(k.open_severity(incident.severity), incident.id, incident.id)
+                counts[incident.severity] += 1
         return counts
 
     async def incident_alerts(self, incident_id: int, limit: int = 50) -> list[StoredAlert]:
@@ -998,9 +1140,6 @@ class RedisStore:
         for message in messages:
             item_id = await tx.next_id(self._k.outbox_seq)
             queue = self._k.queue(message.channel, message.key)
-            if queue not in tx.queue_sizes:
-                await tx.watch(queue)
-                tx.queue_sizes[queue] = int(await tx.pipe.zcard(queue))
             tx.send(
                 "XADD",
                 self._k.outbox,
@@ -1014,12 +1153,24 @@ class RedisStore:
                 "created_at",
                 created,
             )
-            tx.send("HSET", self._k.outbox_state, item_id, state)
-            tx.send("ZADD", queue, item_id, item_id)
-            tx.send("ZADD", self._k.pending(message.channel), created_us, item_id)
-            if tx.queue_sizes[queue] == 0:  # the head of its key's queue: eligible at once
-                tx.send("ZADD", self._k.due(message.channel), created_us, item_id)
-            tx.queue_sizes[queue] += 1
+            tx.hset(self._k.outbox_state, item_id, state)
+            tx.zadd(queue, item_id, item_id)
+            tx.zadd(self._k.pending(message.channel), item_id, created_us)
+            if not tx.first_queued:
+                tx.before_commit(lambda: self._mark_heads_due(tx))
+            tx.first_queued.setdefault(queue, (message.channel, item_id, created_us))
+
+    async def _mark_heads_due(self, tx: _Tx) -> None:
+        """Make the first message queued on an empty key's queue due at once: it is the head.
+        Run once all messages are queued, so that every queue is read in one round trip."""
+        queues = list(tx.first_queued)
+        await tx.watch(*queues)  # every writer of a key's queue watches it
+        sizes = await tx.read(*(("ZCARD", queue) for queue in queues))
+        for (channel, item_id, created_us), size in zip(
+            tx.first_queued.values(), sizes, strict=True
+        ):
+            if size == 0:
+                tx.zadd(self._k.due(channel), item_id, created_us)
 
     async def outbox_add(
         self, messages: Sequence[OutboxMessage], *, cursor: tuple[str, int] | None = None
@@ -1030,7 +1181,7 @@ class RedisStore:
             await tx.watch(self._k.outbox_seq)
             await self._queue_outbox(tx, messages, utcnow())
             if cursor is not None:
-                tx.send("HSET", self._k.cursors, cursor[0], cursor[1])
+                tx.hset(self._k.cursors, cursor[0], cursor[1])
 
         await self._transaction("queueing outbox messages", body)
 
@@ -1119,24 +1270,24 @@ class RedisStore:
                 state.update(last_error=error, next_at=_ts(retry_at))
             else:
                 state.update(status="failed", last_error=error)
-            tx.send("HSET", self._k.outbox_state, item_id, _dump(state))
+            tx.hset(self._k.outbox_state, item_id, _dump(state))
             if not was_pending:
                 return
             first_two = [int(i) for i in await tx.pipe.zrange(queue, 0, 1)]
             is_head = bool(first_two) and first_two[0] == item_id
             if state["status"] == "pending":
                 if is_head and retry_at is not None:
-                    tx.send("ZADD", due, _micros(retry_at), item_id)
+                    tx.zadd(due, item_id, _micros(retry_at))
                 return
-            tx.send("ZREM", queue, item_id)
-            tx.send("ZREM", self._k.pending(channel), item_id)
-            tx.send("ZREM", due, item_id)
+            tx.zrem(queue, item_id)
+            tx.zrem(self._k.pending(channel), item_id)
+            tx.zrem(due, item_id)
             if is_head and len(first_two) == 2:  # the next message of the key becomes eligible
                 nxt = first_two[1]
                 raw_next = await _reply(tx.pipe.hget(self._k.outbox_state, str(nxt)))
                 if raw_next is not None:
                     next_at = datetime.fromisoformat(json.loads(raw_next)["next_at"])
-                    tx.send("ZADD", due, _micros(next_at), nxt)
+                    tx.zadd(due, nxt, _micros(next_at))
 
         await self._transaction(f"finishing outbox message #{item_id}", body)
 
@@ -1175,7 +1326,7 @@ class RedisStore:
         async def body(tx: _Tx) -> AuditEntry:
             entry = await self._append_audit(tx, audit)
             doc = _dump({"value": value, "updated_at": _ts(utcnow())})
-            tx.send("HSET", self._k.engine, key, doc)
+            tx.hset(self._k.engine, key, doc)
             return entry
 
         return await self._transaction("saving engine state", body)
@@ -1189,15 +1340,15 @@ class RedisStore:
             raw = await _reply(tx.pipe.hget(k.orders, cid))
             if raw is None:
                 number = await tx.next_id(k.orders_seq)
-                tx.send("ZADD", k.orders_all, number, cid)
-                tx.send("ZADD", k.order_status(order.status), number, cid)
+                tx.zadd(k.orders_all, cid, number)
+                tx.zadd(k.order_status(order.status), cid, number)
             else:
                 old = OrderRecord.model_validate_json(raw)
                 if old.status is not order.status:
                     number = int(await tx.pipe.zscore(k.orders_all, cid) or 0)
-                    tx.send("ZREM", k.order_status(old.status), cid)
-                    tx.send("ZADD", k.order_status(order.status), number, cid)
-            tx.send("HSET", k.orders, cid, order.model_dump_json())
+                    tx.zrem(k.order_status(old.status), cid)
+                    tx.zadd(k.order_status(order.status), cid, number)
+            tx.hset(k.orders, cid, order.model_dump_json())
 
         await self._transaction(f"saving order {cid}", body)
 
@@ -1265,8 +1416,8 @@ class RedisStore:
             await tx.watch(self._k.pnl_ts)
             members = await tx.pipe.zrangebyscore(self._k.pnl_ts, "-inf", f"({_micros(before)}")
             if members:
-                tx.send("ZREM", self._k.pnl_ts, *members)
-                tx.send("HDEL", self._k.pnl, *members)
+                tx.zrem(self._k.pnl_ts, *members)
+                tx.hdel(self._k.pnl, *members)
             return len(members)
 
         return await self._transaction("pruning PnL points", body)
@@ -1384,16 +1535,8 @@ class RedisStore:
         """Broken invariants of the layout: unknown or mistyped keys, a head that does not
         match the audit stream, indexes whose sizes disagree with what they index."""
         redis = self._client()
-        problems: list[str] = []
         with _translated("checking integrity"):
-            async for raw_key in redis.scan_iter(match=self._k.pattern, count=1000):
-                relative = self._k.relative(_text(raw_key))
-                expected = _expected_type(relative)
-                found = _text(await redis.type(raw_key))
-                if expected is None:
-                    problems.append(f"{relative}: not a key of this store")
-                elif found not in (expected, "none"):
-                    problems.append(f"{relative}: a {found}, should be a {expected}")
+            problems = await self._key_type_problems(redis)
             if problems:
                 return problems
             k = self._k
@@ -1410,11 +1553,15 @@ class RedisStore:
                 pipe.xlen(k.outbox)
                 pipe.get(k.outbox_seq)
                 pipe.xrevrange(k.outbox, count=1)
+                pipe.hlen(k.open)
+                for key in map(k.open_severity, Severity):
+                    pipe.zcard(key)
                 results = await pipe.execute()
         schema, head, last, events_seq, last_event = results[:5]
         alerts, dedup, incidents, orders, pnl, outbox_states = map(int, results[5:11])
         incidents_all, orders_all, pnl_ts, outbox = map(int, results[11:15])
-        outbox_seq, last_message = results[15:]
+        outbox_seq, last_message, open_incidents = results[15:18]
+        open_by_severity = sum(map(int, results[18:]))
         if schema is None or not _text(schema).isdigit():
             problems.append("schema: the version is missing")
         problems += _audit_head_problems(head, last)
@@ -1428,9 +1575,23 @@ class RedisStore:
             ("orders:all", orders_all, orders),
             ("pnl:ts", pnl_ts, pnl),
             ("outbox:state", outbox_states, outbox),
+            ("incidents:open:{severity}", open_by_severity, int(open_incidents)),
         ):
             if have != want:
                 problems.append(f"{what}: indexes {have} records, there are {want}")
+        return problems
+
+    async def _key_type_problems(self, redis: Redis) -> list[str]:
+        """Keys under the store's root that are not of its layout, or not of their type."""
+        problems: list[str] = []
+        async for raw_key in redis.scan_iter(match=self._k.pattern, count=1000):
+            relative = self._k.relative(_text(raw_key))
+            expected = _expected_type(relative)
+            found = _text(await redis.type(raw_key))
+            if expected is None:
+                problems.append(f"{relative}: not a key of this store")
+            elif found not in (expected, "none"):
+                problems.append(f"{relative}: a {found}, should be a {expected}")
         return problems
 
     def trial_store(self, workdir: Path) -> Store:
