@@ -109,11 +109,13 @@ class RedisWatch:
         )
 
     async def _came_back(self) -> None:
+        # ``down`` stays true until recovery is complete, so whoever sees it false also sees
+        # trading writable and the incident resolved; a step Redis cuts short is retried whole.
         alerts, acks = await self._replay()
-        self.down, self.reason = False, ""
-        self._metrics.redis_status.state("ok")
         await self._trading.leave_read_only(ACTOR)
         await self._incidents.clear_engine(INCIDENT_KEY, TITLE, "Redis answers again")
+        self.down, self.reason = False, ""
+        self._metrics.redis_status.state("ok")
         logger.warning("Redis is back: replayed %d alert(s), %d ack(s)", alerts, acks)
         await self._tell(
             f"✅ <b>Redis is back</b>: replayed {alerts} alert(s) and {acks} acknowledgement(s) "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,18 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[N
         elif name.upper().endswith(("_API_KEY", "_SECRET", "_PASSWORD", "_API_URL")):
             monkeypatch.delenv(name)  # venue credentials: no test may reach a real exchange
     yield
+
+
+@pytest.fixture(autouse=True)
+def _restored_logging() -> Iterator[None]:
+    """In-process CLI runs point the root logger at their captured stderr: put it back after."""
+    root = logging.getLogger()
+    level = root.level
+    yield
+    for handler in list(root.handlers):
+        if type(handler) is logging.StreamHandler:  # basicConfig's; pytest's are subclasses
+            root.removeHandler(handler)
+    root.setLevel(level)
 
 
 SettingsFactory = Callable[..., Settings]
