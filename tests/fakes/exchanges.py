@@ -14,11 +14,12 @@ import itertools
 import json
 import time
 from dataclasses import dataclass, field
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 from urllib.parse import parse_qsl
 
 from aiohttp import web
+
+from tests.fakes.loopback import LoopbackServer
 
 DEFAULT_PRICES = {"BTC/USDT": 60000.0, "ETH/USDT": 3000.0}
 DEFAULT_BALANCES = {"USDT": 100000.0, "BTC": 1.0, "ETH": 10.0}
@@ -53,14 +54,14 @@ class FakeOrder:
     created_ms: int = field(default_factory=lambda: int(time.time() * 1000))
 
 
-class FakeExchange:
+class FakeExchange(LoopbackServer):
     """What both fakes share: a server, state, request log and fault injection."""
 
     name = "exchange"
 
     def __init__(self, host: str = "127.0.0.1") -> None:
         """Prepare the fake; ``start()`` (or ``async with``) serves it."""
-        self.host = host
+        super().__init__(host)
         self.prices = dict(DEFAULT_PRICES)
         self.balances = dict(DEFAULT_BALANCES)
         self.orders: dict[str, FakeOrder] = {}
@@ -69,54 +70,21 @@ class FakeExchange:
         self.order_delay = 0.0
         self._delayed_orders = 0
         self._ids = itertools.count(1000)
-        self._runner: web.AppRunner | None = None
-        self._port: int | None = None
 
     @property
     def url(self) -> str:
         """``http://127.0.0.1:PORT``, to put in ``<VENUE>_API_URL``."""
-        if self._port is None:
-            raise RuntimeError(f"{self.name} fake is not started")
-        return f"http://{self.host}:{self._port}"
+        return self.origin
 
     def routes(self, app: web.Application) -> None:
         """Add the exchange's endpoints."""
         raise NotImplementedError
 
-    async def start(self) -> None:
-        """Serve on a free port."""
+    def build_app(self) -> web.Application:
+        """Every request recorded (and faults injected), then the exchange's endpoints."""
         app = web.Application(middlewares=[self._record])
         self.routes(app)
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-        await runner.setup()
-        site = web.TCPSite(runner, self.host, 0)
-        try:
-            await site.start()
-        except BaseException:
-            await runner.cleanup()
-            raise
-        self._runner = runner
-        self._port = runner.addresses[0][1]
-
-    async def stop(self) -> None:
-        """Stop serving."""
-        runner, self._runner = self._runner, None
-        if runner is not None:
-            await runner.cleanup()
-
-    async def __aenter__(self) -> Self:
-        """Start and return the fake."""
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        """Stop the fake."""
-        await self.stop()
+        return app
 
     # -- fault injection -----------------------------------------------------------------
 

@@ -17,10 +17,11 @@ import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
-from types import TracebackType
-from typing import Any, Final, Self
+from typing import Any, Final
 
 from aiohttp import web
+
+from tests.fakes.loopback import LoopbackServer
 
 COMPLETIONS_PATH: Final = "/v1/chat/completions"
 DEFAULT_API_KEY: Final = "sk-fake-openai-key-for-tests"
@@ -53,63 +54,32 @@ def _tokens(value: Any) -> int:
     return max(1, len(json.dumps(value)) // 4)
 
 
-class FakeOpenAI:
+class FakeOpenAI(LoopbackServer):
     """Chat completions on loopback: ``base_url`` (``.../v1``) once started."""
+
+    name = "OpenAI"
+    shutdown_timeout = 0.1
 
     def __init__(self, api_key: str = DEFAULT_API_KEY, host: str = "127.0.0.1") -> None:
         """Prepare the fake; ``start()`` (or ``async with``) serves it."""
+        super().__init__(host)
         self.api_key = api_key
-        self.host = host
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
         self.responses: list[dict[str, Any]] = []
         self.default = Step(content="ok")
         self._script: deque[Step] = deque()
-        self._runner: web.AppRunner | None = None
-        self._port: int | None = None
 
     @property
     def base_url(self) -> str:
         """What ``OPENAI_BASE_URL`` should be, e.g. ``http://127.0.0.1:PORT/v1``."""
-        if self._port is None:
-            raise RuntimeError("FakeOpenAI is not started")
-        return f"http://{self.host}:{self._port}/v1"
+        return f"{self.origin}/v1"
 
-    async def start(self) -> None:
-        """Serve on a free port of ``host``."""
+    def build_app(self) -> web.Application:
+        """The completions endpoint."""
         app = web.Application()
         app.router.add_post(COMPLETIONS_PATH, self._completions)
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
-        await runner.setup()
-        site = web.TCPSite(runner, self.host, 0)
-        try:
-            await site.start()
-        except BaseException:
-            await runner.cleanup()
-            raise
-        self._runner = runner
-        self._port = runner.addresses[0][1]
-
-    async def stop(self) -> None:
-        """Stop serving and close open connections."""
-        runner, self._runner = self._runner, None
-        self._port = None
-        if runner is not None:
-            await runner.cleanup()
-
-    async def __aenter__(self) -> Self:
-        """Start and return the fake."""
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        """Stop the fake."""
-        await self.stop()
+        return app
 
     # -- scripting -------------------------------------------------------------------------
 

@@ -12,10 +12,11 @@ import asyncio
 import json
 import uuid
 from collections import deque
-from types import TracebackType
-from typing import Any, Final, Self
+from typing import Any, Final
 
 from aiohttp import web
+
+from tests.fakes.loopback import LoopbackServer
 
 ENQUEUE_PATH: Final = "/v2/enqueue"
 ACTIONS: Final = ("trigger", "acknowledge", "resolve")
@@ -83,61 +84,29 @@ def validate_event(body: object) -> list[str]:
     return errors
 
 
-class PagerDutyFake:
+class PagerDutyFake(LoopbackServer):
     """The Events API v2 on loopback: ``url`` is the full enqueue URL once started."""
+
+    name = "PagerDuty"
 
     def __init__(self, host: str = "127.0.0.1") -> None:
         """Prepare the fake; call ``start()`` (or use ``async with``) to serve."""
-        self.host = host
+        super().__init__(host)
         self.events: list[dict[str, Any]] = []
         self.incidents: dict[str, str] = {}
         self.attempts: list[int] = []
         self._failures: deque[int] = deque()
-        self._runner: web.AppRunner | None = None
-        self._port: int | None = None
 
     @property
     def url(self) -> str:
         """The full ``POST`` URL, e.g. ``http://127.0.0.1:PORT/v2/enqueue``."""
-        if self._port is None:
-            raise RuntimeError("PagerDutyFake is not started")
-        return f"http://{self.host}:{self._port}{ENQUEUE_PATH}"
+        return f"{self.origin}{ENQUEUE_PATH}"
 
-    async def start(self) -> None:
-        """Serve on a free port of ``host``."""
+    def build_app(self) -> web.Application:
+        """The enqueue endpoint."""
         app = web.Application()
         app.router.add_post(ENQUEUE_PATH, self._enqueue)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, self.host, 0)
-        try:
-            await site.start()
-        except BaseException:
-            await runner.cleanup()
-            raise
-        self._runner = runner
-        self._port = runner.addresses[0][1]
-
-    async def stop(self) -> None:
-        """Stop serving and close open connections."""
-        runner, self._runner = self._runner, None
-        self._port = None
-        if runner is not None:
-            await runner.cleanup()
-
-    async def __aenter__(self) -> Self:
-        """Start and return the fake."""
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        """Stop the fake."""
-        await self.stop()
+        return app
 
     def fail_next(self, n: int, status: int = 500) -> None:
         """Answer the next ``n`` requests (after any already queued failures) with ``status``."""

@@ -23,11 +23,12 @@ import zlib
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any, Literal, TypeVar
 
 import aiohttp
 from aiohttp import web
+
+from tests.fakes.loopback import LoopbackServer
 
 T = TypeVar("T")
 Json = dict[str, Any]
@@ -738,8 +739,12 @@ def _default_description(status: int, retry_after: int | None) -> str:
 # --------------------------------------------------------------------------- the fake
 
 
-class FakeTelegram:
+class FakeTelegram(LoopbackServer):
     """A loopback Telegram Bot API server with state, validation and fault injection."""
+
+    name = "Telegram"
+    shutdown_timeout = 1.0
+    handler_cancellation = True
 
     def __init__(
         self,
@@ -755,13 +760,11 @@ class FakeTelegram:
         self.bot_id = int(token.split(":", 1)[0])
         self.bot_username = bot_username
         self.bot_name = bot_name
+        super().__init__(host)
         self.flood_limits = flood_limits
-        self.host = host
-        self.port: int | None = None
         self.calls: list[Call] = []
         self.webhook_deliveries: list[WebhookDelivery] = []
         self.callback_answers: dict[str, Json] = {}
-        self._runner: web.AppRunner | None = None
         self._closing = False
         self._offline: Literal["drop", "502"] | None = None
         self._faults: list[_Fault] = []
@@ -815,46 +818,26 @@ class FakeTelegram:
     @property
     def base(self) -> str:
         """Base URL to pass as TELEGRAM_API_BASE / ``TelegramAPIServer.from_base``."""
-        if self.port is None:
-            raise RuntimeError("FakeTelegram is not started")
-        return f"http://{self.host}:{self.port}"
+        return self.origin
 
-    async def start(self) -> None:
-        """Listen on a free loopback port."""
+    def build_app(self) -> web.Application:
+        """The Bot API, file downloads, and a 404 in Telegram's shape for anything else."""
         app = web.Application()
         app.router.add_route("*", "/bot{token}/{method}", self._handle_api)
         app.router.add_route("GET", "/file/bot{token}/{path:.+}", self._handle_file)
         app.router.add_route("*", "/{tail:.*}", self._handle_unknown)
+        return app
+
+    async def start(self) -> None:
+        """Listen on a free loopback port."""
         self._closing = False
-        self._runner = web.AppRunner(
-            app, handler_cancellation=True, access_log=None, shutdown_timeout=1.0
-        )
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, 0)
-        await site.start()
-        self.port = self._runner.addresses[0][1]
+        await super().start()
 
     async def stop(self) -> None:
         """Answer pending long polls and close every socket."""
         self._closing = True
         self._wake_pollers()
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> FakeTelegram:
-        """Start the server."""
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        """Stop the server."""
-        await self.stop()
+        await super().stop()
 
     # ------------------------------------------------------------------ fault injection
 
