@@ -33,8 +33,12 @@ from core.control_plane import ControlPlane
 from core.errors import OperationError
 from core.health import ComponentHealth, Status
 from core.outbox import OutboxWorker
+from core.tasks import cancel_and_wait
 
 logger = logging.getLogger(__name__)
+
+# How long a stopping poller may take to finish its current getUpdates before it is cancelled.
+POLLING_STOP_SECONDS = 10.0
 
 
 class _WatchRequests(BaseRequestMiddleware):
@@ -160,10 +164,13 @@ class TelegramBot:
         """Stop receiving and sending (``start`` may run again: this replica may lead again).
         ``drain`` finishes running handlers and flushes the outbox; without it (another replica
         took over and now sends) sending stops at once."""
-        if self._polling is not None:
+        polling, self._polling = self._polling, None
+        if polling is not None:
             await self.dispatcher.stop_polling()
-            await asyncio.gather(self._polling, return_exceptions=True)
-            self._polling = None
+            _, late = await asyncio.wait([polling], timeout=POLLING_STOP_SECONDS)
+            if late:
+                logger.warning("polling did not stop in %.0f s: cancelled", POLLING_STOP_SECONDS)
+            await cancel_and_wait(polling)
         if self._background and drain:
             await asyncio.wait(self._background, timeout=10)
         await self.notifier.close()

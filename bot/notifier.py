@@ -21,6 +21,7 @@ from core.control_plane import ControlPlane
 from core.incident_model import EventKind, Incident, IncidentEvent
 from core.models import OutboxMessage
 from core.outbox import OutboxWorker
+from core.tasks import cancel_and_wait
 
 logger = logging.getLogger(__name__)
 
@@ -69,9 +70,7 @@ class Notifier:
     async def close(self) -> None:
         """Flush a pending digest so nothing buffered is lost."""
         self._running = False
-        if self._flush_task is not None:
-            self._flush_task.cancel()
-            await asyncio.gather(self._flush_task, return_exceptions=True)
+        await cancel_and_wait(self._flush_task)
         await self.flush_digest()
 
     async def _doorbell(self, _: IncidentEvent) -> None:

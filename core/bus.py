@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from core.incident_model import IncidentEvent
+from core.tasks import cancel_and_wait
 
 logger = logging.getLogger(__name__)
 
@@ -95,8 +96,6 @@ class InProcessBus:
                     await queue.join()
         except TimeoutError:
             logger.warning("bus closed with %d undelivered events", self.pending())
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_and_wait(*self._tasks)
         self._tasks = []
         self._started = False

@@ -63,6 +63,7 @@ from core.bus import Handler
 from core.errors import StoreError
 from core.incident_model import IncidentEvent
 from core.metrics import Metrics
+from core.tasks import cancel_and_wait
 
 logger = logging.getLogger(__name__)
 
@@ -512,11 +513,7 @@ class RedisStreamsBus:
             _, late = await asyncio.wait(busy, timeout=self._drain_timeout)
             if late:
                 logger.warning("bus closed with %d handlers still running", len(late))
-        for task in [*(s.task for s in subs if s.task is not None), *self._background]:
-            task.cancel()
-        await asyncio.gather(
-            *(s.task for s in subs if s.task is not None), *self._background, return_exceptions=True
-        )
+        await cancel_and_wait(*(s.task for s in subs), *self._background)
         self._background = []
         # Whatever the drain left of the budget (at least a moment) sends the spool, then leaves.
         with contextlib.suppress(RedisError, OSError, TimeoutError):

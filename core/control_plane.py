@@ -7,7 +7,6 @@ nothing in core reaches for a global.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -60,6 +59,7 @@ from core.status import StatusLine, StatusService
 from core.store import Store
 from core.store.redis import RedisStore
 from core.store.sqlite import SqliteStore
+from core.tasks import cancel_and_wait
 from core.tokens import TokenService
 from core.trading import TradingEngine
 from core.venues.service import VenueService
@@ -78,17 +78,6 @@ def open_store(settings: Settings) -> Store:
     if settings.enable_redis:
         return RedisStore(settings.redis_url.get_secret_value(), prefix=REDIS_PREFIX)
     return SqliteStore(settings.db_path)
-
-
-async def _cancel(task: asyncio.Task[None]) -> None:
-    """Cancel a background task and wait for it. Cancelled again until it ends: a cancellation
-    that lands inside a client's own timeout can come out as a timeout error, which a loop that
-    rides out store outages would then swallow (seen with redis-py on Python 3.11)."""
-    while not task.done():
-        task.cancel()
-        await asyncio.wait([task], timeout=1.0)
-    with contextlib.suppress(asyncio.CancelledError, Exception):
-        task.result()
 
 
 class ControlPlane:
@@ -305,14 +294,14 @@ class ControlPlane:
             await self.flags.load()
             self.assistant.refresh_gauges()
             watcher = asyncio.create_task(self.flags.watch(FLAG_RELOAD_SECONDS), name="flags")
-            self._stack.push_async_callback(_cancel, watcher)
+            self._stack.push_async_callback(cancel_and_wait, watcher)
             if self.redis_watch is not None:
                 await self.redis_watch.check()  # down already? then start read-only
                 for task in (
                     asyncio.create_task(self.redis_watch.run(), name="redis-watch"),
                     asyncio.create_task(self._follow_shared_state(), name="shared-state"),
                 ):
-                    self._stack.push_async_callback(_cancel, task)
+                    self._stack.push_async_callback(cancel_and_wait, task)
             else:
                 self.metrics.redis_status.state("disabled")
             await self.bus.start()

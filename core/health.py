@@ -18,6 +18,7 @@ from pydantic import BaseModel
 
 from core.metrics import Metrics
 from core.models import utcnow
+from core.tasks import cancel_and_wait
 
 logger = logging.getLogger(__name__)
 
@@ -80,10 +81,8 @@ class HealthService:
 
     async def close(self) -> None:
         """Stop the background checks."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        task, self._task = self._task, None
+        await cancel_and_wait(task)
 
     async def _loop(self) -> None:
         while True:

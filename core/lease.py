@@ -35,7 +35,6 @@ callback that outlasts the deadline loses the lease.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -48,6 +47,7 @@ from redis.exceptions import RedisError
 
 from core.bus_redis import consumer_name
 from core.errors import Conflict
+from core.tasks import cancel_and_wait
 
 logger = logging.getLogger(__name__)
 
@@ -224,10 +224,8 @@ class Lease:
         if self._closed:
             return
         self._closed = True
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        task, self._task = self._task, None
+        await cancel_and_wait(task)
         value = self._value
         if self._term is not None:
             await self._step_down("released on shutdown", logging.INFO)
@@ -243,7 +241,12 @@ class Lease:
 
     async def run(self) -> None:
         """Try to acquire while standby and renew while leader, until cancelled."""
+        task = asyncio.current_task()
         while True:
+            if task is not None and task.cancelling():
+                # A cancellation that a Redis call swallowed (seen on Python 3.11 when close()
+                # landed inside the acquire call): honour it here rather than renew on.
+                raise asyncio.CancelledError
             if self._term is None:
                 if await self._try_acquire():
                     await self._call(self._on_acquired, self._term)
@@ -258,10 +261,17 @@ class Lease:
     # -- steps --------------------------------------------------------------------------------
 
     async def _pause(self, seconds: float) -> None:
-        """Sleep ``seconds``, or less if ``fence`` found the lease gone."""
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(max(0.0, seconds)):
-                await self._wake.wait()
+        """Sleep ``seconds``, or less if ``fence`` found the lease gone.
+
+        Not ``asyncio.timeout``: on Python 3.11, after a freeze left a cancel request counted on
+        this task, its expiry turned ``close()``'s cancellation into a TimeoutError that the
+        pause swallowed, and the renew loop slept on. ``asyncio.wait`` never eats the caller's
+        cancellation."""
+        woken = asyncio.ensure_future(self._wake.wait())
+        try:
+            await asyncio.wait([woken], timeout=max(0.0, seconds))
+        finally:
+            woken.cancel()
         self._wake.clear()
 
     async def _try_acquire(self) -> bool:

@@ -19,6 +19,7 @@ from core.errors import LuniaError
 from core.metrics import Metrics
 from core.models import OutboxItem, utcnow
 from core.store import Store
+from core.tasks import cancel_and_wait
 
 logger = logging.getLogger(__name__)
 
@@ -93,9 +94,8 @@ class OutboxWorker:
         """Deliver what is due (bounded by ``drain_timeout``), then stop."""
         if self._task is None:
             return
-        self._task.cancel()
-        await asyncio.gather(self._task, return_exceptions=True)
-        self._task = None
+        task, self._task = self._task, None
+        await cancel_and_wait(task)
         if drain_timeout <= 0:  # stopped because another replica took over: it delivers
             return
         try:

@@ -40,6 +40,7 @@ from core.portfolio import CorePnl, Portfolio, Position
 from core.risk import ExposureReport, RiskManager
 from core.settings import Settings
 from core.store import PnlPoint, Store
+from core.tasks import cancel_and_wait
 from core.venues import Order, OrderRecord, OrderRequest, OrderStatus, VenueMode
 from core.venues.service import VenueService
 
@@ -213,9 +214,7 @@ class TradingEngine:
         """Stop every core loop."""
         self._started = False
         tasks, self._tasks = list(self._tasks.values()), {}
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(*tasks)
 
     def _spawn(self, core: Core) -> None:
         self._tasks[core.name] = asyncio.create_task(

@@ -179,9 +179,4 @@ async def test_a_leader_paused_past_its_lease_cannot_tick_or_order(
                 "momentum", Intent(symbol="BTC/USDT", side=OrderSide.BUY, amount=0.001)
             )
     finally:
-        # Closed from its own task, as `lunia worker` does (asyncio.run): closed from the test's
-        # task after the freeze, it hung under pytest-asyncio only (not reproduced with
-        # asyncio.run; see the issue note).
-        closing = asyncio.create_task(plane.close())
-        done, _ = await asyncio.wait([closing], timeout=30)
-        assert done, "the control plane did not close within 30 s"
+        await plane.close()  # a stop ends even when a cancellation was swallowed
