@@ -1,9 +1,12 @@
-"""Alert ingestion throughput and webhook → notification-event latency.
+"""Alert ingestion throughput and webhook → notification latency.
 
 Serves the real app (SQLite on a temp dir, and Redis with AOF fsync always, both durable before
-the 2xx) with uvicorn on loopback and
-drives it with an HTTP client in the same run, beside a bare FastAPI endpoint that only parses
-the same JSON, so the figures read as ratios on this machine. Prints a small table; no asserts.
+the 2xx) with uvicorn on loopback and drives it with an HTTP client in the same run, beside a
+bare FastAPI endpoint that only parses the same JSON, so the figures read as ratios on this
+machine. Two latencies per store: webhook → the 'opened' event delivered by the bus, on an idle
+system; and webhook → the incident message arriving at the Bot API (the real bot, outbox and
+pacing against the loopback fake Telegram), one alert every few seconds as Telegram's 20/min per
+group allows. Prints a small table; no asserts.
 
     .venv/bin/python bench/alerts_ingest.py [--batches 100] [--concurrency 8] [--store both]
 """
@@ -22,18 +25,22 @@ from typing import Any
 import httpx
 import uvicorn
 from fastapi import FastAPI, Request
+from pydantic import SecretStr
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from api.app import create_app  # noqa: E402
 from api.runner import EmbeddedServer  # noqa: E402
+from bot.app import TelegramBot  # noqa: E402
 from core.control_plane import ControlPlane  # noqa: E402
 from core.incident_model import EventKind, IncidentEvent  # noqa: E402
 from core.settings import Settings  # noqa: E402
+from tests.fakes.telegram import FakeTelegram  # noqa: E402
 from tests.support.payloads import am_alert, am_payload  # noqa: E402
 from tests.support.services import free_port, start_redis  # noqa: E402
 
 TOKEN = "bench-webhook-token"
+OPS = -1001000000001
 
 
 def bare_app() -> FastAPI:
@@ -112,7 +119,7 @@ async def measure(
     server, task, url = await serving(create_app(plane))
     await drive(url, 5, size, concurrency, {})  # warm up (and lets a Redis group join)
     started = time.perf_counter()
-    real = await drive(url, batches, size, concurrency, {})
+    real = await drive(url, batches, size, concurrency, {}, offset=5)  # new conditions
     # Let the bus deliver the backlog, so the latency run measures an idle system.
     expected = (5 + batches) * size
     while opened < expected and time.perf_counter() - started < 300:
@@ -128,6 +135,52 @@ async def measure(
     await task
     await plane.close()
     return real, latencies
+
+
+async def to_telegram(settings: Settings, samples: int, spacing: float) -> list[float]:
+    """Seconds from posting a one-alert webhook to its incident message reaching the Bot API."""
+    latencies: list[float] = []
+    async with FakeTelegram() as fake:
+        settings = settings.model_copy(
+            update={
+                "telegram_bot_token": SecretStr(fake.token),
+                "telegram_api_base": fake.base,
+                "telegram_ops_chat_id": OPS,
+            }
+        )
+        plane = ControlPlane(settings)
+        bot = TelegramBot(plane)
+        plane.duties.add("telegram", bot.start, bot.stop)  # as `lunia run` wires it
+        await plane.start()
+        server, task, url = await serving(create_app(plane, telegram=bot))
+        headers = {"Authorization": f"Bearer {TOKEN}"}
+        async with httpx.AsyncClient(base_url=url, headers=headers, timeout=30) as client:
+            for index in range(samples):
+                name = f"Page{index}"
+                sent = time.monotonic()
+                response = await client.post(
+                    "/api/v1/alerts/alertmanager",
+                    json=am_payload(am_alert(name, fingerprint=f"page-{index}")),
+                )
+                response.raise_for_status()
+                [call] = await fake.wait_for(
+                    lambda name=name: (
+                        [  # type: ignore[misc]
+                            c
+                            for c in fake.calls_to("sendMessage")
+                            if name in c.params.get("text", "")
+                        ]
+                        or None
+                    ),
+                    timeout=30,
+                )
+                latencies.append(call.at - sent)
+                await asyncio.sleep(max(0.0, sent + spacing - time.monotonic()))
+        server.should_exit = True
+        await task
+        await plane.close()  # stops the duties, the bot among them
+        await bot.bot.session.close()
+    return latencies
 
 
 def settings_label(settings: Settings) -> str:
@@ -148,32 +201,58 @@ def settings_for(state: Path, redis_url: str | None) -> Settings:
     )
 
 
-def report(label: str, alerts: int, batches: int, seconds: float, latencies: list[float]) -> None:
+def spread(latencies: list[float]) -> str:
+    ordered = sorted(latencies)
+    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+    return (
+        f"(n={len(ordered)}): p50 {statistics.median(ordered) * 1000:.1f} ms, "
+        f"p99 {p99 * 1000:.1f} ms, max {ordered[-1] * 1000:.1f} ms"
+    )
+
+
+def report(
+    label: str,
+    alerts: int,
+    batches: int,
+    seconds: float,
+    latencies: list[float],
+    telegram: list[float] | None = None,
+) -> None:
     print(f"  {label:<34}: {alerts / seconds:9.0f} alerts/s ({batches / seconds:6.1f} webhooks/s)")
     if latencies:
-        ordered = sorted(latencies)
-        p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
-        print(
-            f"  {'':<34}  single-alert webhook -> 'opened' event delivered by the bus "
-            f"(n={len(ordered)}): p50 {statistics.median(ordered) * 1000:.1f} ms, "
-            f"p99 {p99 * 1000:.1f} ms"
-        )
+        print(f"  {'':<34}  webhook -> 'opened' event delivered by the bus {spread(latencies)}")
+    if telegram:
+        print(f"  {'':<34}  webhook -> incident message at the Bot API {spread(telegram)}")
 
 
-async def main(batches: int, size: int, concurrency: int, stores: list[str]) -> None:
+async def main(
+    batches: int, size: int, concurrency: int, stores: list[str], pages: int, spacing: float
+) -> None:
     results: dict[str, tuple[float, list[float]]] = {}
+    telegram: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         if "sqlite" in stores:
-            results["control plane (SQLite, durable)"] = await measure(
+            label = "control plane (SQLite, durable)"
+            results[label] = await measure(
                 settings_for(root / "sqlite", None), batches, size, concurrency
             )
+            if pages:
+                telegram[label] = await to_telegram(
+                    settings_for(root / "sqlite-bot", None), pages, spacing
+                )
         if "redis" in stores:
             # Durable like production: append-only file, fsync on every write.
-            with start_redis(root, durable=True) as redis:
-                results["control plane (Redis AOF always)"] = await measure(
+            label = "control plane (Redis AOF always)"
+            with start_redis(root / "redis", durable=True) as redis:
+                results[label] = await measure(
                     settings_for(root / "redis-state", redis.url), batches, size, concurrency
                 )
+            if pages:
+                with start_redis(root / "redis-bot", durable=True) as redis:
+                    telegram[label] = await to_telegram(
+                        settings_for(root / "redis-bot-state", redis.url), pages, spacing
+                    )
 
     bare_server, bare_task, bare_url = await serving(bare_app())
     await drive(bare_url, 5, size, concurrency, {})
@@ -184,7 +263,7 @@ async def main(batches: int, size: int, concurrency: int, stores: list[str]) -> 
     alerts = batches * size
     print(f"alert ingestion: {batches} webhooks x {size} alerts, concurrency {concurrency}")
     for label, (seconds, latencies) in results.items():
-        report(label, alerts, batches, seconds, latencies)
+        report(label, alerts, batches, seconds, latencies, telegram.get(label))
     report("bare FastAPI (parse only)", alerts, batches, bare, [])
     for label, (seconds, _) in results.items():
         print(f"  bare is {seconds / bare:.1f}x faster than {label} (it stores nothing)")
@@ -198,6 +277,12 @@ if __name__ == "__main__":
     parser.add_argument(
         "--store", choices=["sqlite", "redis", "both"], default="both", help="which store(s)"
     )
+    parser.add_argument(
+        "--pages", type=int, default=15, help="alerts timed through to Telegram (0: skip)"
+    )
+    parser.add_argument(
+        "--spacing", type=float, default=3.1, help="seconds between them (20/min per group)"
+    )
     args = parser.parse_args()
     stores = ["sqlite", "redis"] if args.store == "both" else [args.store]
-    asyncio.run(main(args.batches, args.size, args.concurrency, stores))
+    asyncio.run(main(args.batches, args.size, args.concurrency, stores, args.pages, args.spacing))
