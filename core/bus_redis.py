@@ -315,9 +315,36 @@ class RedisStreamsBus:
             sub.group, self.consumer, {self.stream: ">"}, count=self._batch, block=self._block_ms
         )
         for _, entries in reply or []:
-            for entry_id, fields in entries:
-                sub.cursor = _text(entry_id)
-                await self._handle(sub, entry_id, fields, deliveries=1)
+            batch = [(entry_id, fields, 1) for entry_id, fields in entries]
+            await self._handle_batch(sub, batch, advance=True)
+
+    async def _handle_batch(
+        self,
+        sub: _Subscriber,
+        batch: Sequence[tuple[bytes, dict[bytes, bytes] | None, int]],
+        *,
+        advance: bool = False,
+    ) -> None:
+        """Handle entries in order, then acknowledge the handled ones in one command (one round
+        trip per batch, not per entry). The batch counts as handling until its acknowledgement
+        is sent, so a closing bus waits for it rather than leave handled entries pending (they
+        would be delivered again)."""
+        if not batch:
+            return
+        sub.handling = True
+        handled: list[bytes] = []
+        try:
+            for entry_id, fields, deliveries in batch:
+                if advance:  # new entries: where to rejoin if Redis loses the group
+                    sub.cursor = _text(entry_id)
+                if await self._handle(sub, entry_id, fields, deliveries):
+                    handled.append(entry_id)
+        finally:
+            try:
+                if handled:
+                    await self._redis.xack(self.stream, sub.group, *handled)
+            finally:
+                sub.handling = False
 
     async def _retry_pending(self, sub: _Subscriber) -> None:
         """Take over entries of dead consumers, and retry our own failures that have rested."""
@@ -334,8 +361,9 @@ class RedisStreamsBus:
             if claimed:
                 logger.warning("bus: %s took over %d stalled entries", sub.group, len(claimed))
                 counts = await self._deliveries(sub, [entry_id for entry_id, _ in claimed])
-                for entry_id, fields in claimed:
-                    await self._handle(sub, entry_id, fields, counts.get(entry_id, 1))
+                await self._handle_batch(
+                    sub, [(i, fields, counts.get(i, 1)) for i, fields in claimed]
+                )
             if _text(start) == "0-0":
                 break
         rested = await self._redis.xpending_range(
@@ -353,8 +381,7 @@ class RedisStreamsBus:
         entries = await self._redis.xclaim(
             self.stream, sub.group, self.consumer, int(self._retry_delay * 1000), list(counts)
         )
-        for entry_id, fields in entries:
-            await self._handle(sub, entry_id, fields, counts.get(entry_id, 1))
+        await self._handle_batch(sub, [(i, fields, counts.get(i, 1)) for i, fields in entries])
 
     async def _deliveries(self, sub: _Subscriber, ids: Sequence[bytes]) -> dict[bytes, int]:
         async with self._redis.pipeline(transaction=False) as pipe:
@@ -365,21 +392,20 @@ class RedisStreamsBus:
 
     async def _handle(
         self, sub: _Subscriber, entry_id: bytes, fields: dict[bytes, bytes] | None, deliveries: int
-    ) -> None:
-        """Run the handler on one entry; acknowledge it, leave it for a retry, or dead-letter it."""
+    ) -> bool:
+        """Run the handler on one entry: True when it is to be acknowledged; False when it was
+        left for a retry or dead-lettered (which acknowledges it with the letter)."""
         ident = _text(entry_id)
         if not fields or _FIELD not in fields:
-            await self._redis.xack(self.stream, sub.group, entry_id)  # trimmed away: nothing left
-            return
+            return True  # trimmed away: nothing left to handle
         if deliveries > self._max_deliveries:
             await self._dead_letter(sub, entry_id, fields, deliveries, "delivered too often")
-            return
+            return False
         try:
             event = IncidentEvent.model_validate_json(fields[_FIELD])
         except ValidationError as e:
             await self._dead_letter(sub, entry_id, fields, deliveries, f"undecodable: {e}")
-            return
-        sub.handling = True
+            return False
         try:
             await sub.handler(event)
         except Exception as e:
@@ -398,10 +424,8 @@ class RedisStreamsBus:
                     self._max_deliveries,
                     exc_info=True,
                 )
-            return
-        finally:
-            sub.handling = False
-        await self._redis.xack(self.stream, sub.group, entry_id)
+            return False
+        return True
 
     async def _dead_letter(
         self,

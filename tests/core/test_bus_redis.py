@@ -331,3 +331,39 @@ async def until_async(probe: Callable[[], Any], expected: Any, timeout: float = 
     async with asyncio.timeout(timeout):
         while (await probe()) != expected:
             await asyncio.sleep(0.05)
+
+
+async def test_closing_mid_batch_acknowledges_what_was_handled(make_bus: BusFactory) -> None:
+    # Handled entries are acknowledged once per batch: a bus closed while a batch is under way
+    # must still send that acknowledgement, or a restart would deliver them a second time.
+    entered, release = asyncio.Event(), asyncio.Event()
+    seen = Collector()
+
+    async def slow_on_two(e: IncidentEvent) -> None:
+        await seen(e)
+        if e.seq == 2:
+            entered.set()
+            await release.wait()
+
+    earlier = make_bus()
+    earlier.subscribe("notifier", Collector())
+    await earlier.start()  # the group exists from here on
+    await earlier.close()
+    bus = make_bus(drain_timeout=5.0)
+    bus.subscribe("notifier", slow_on_two)
+    for seq in range(1, 4):
+        await bus.publish(event(seq))  # waiting in the stream: read as one batch of three
+    await bus.start()
+    async with asyncio.timeout(WAIT):
+        await entered.wait()
+
+    closing = asyncio.create_task(bus.close())
+    await asyncio.sleep(0.3)
+    assert not closing.done()  # the batch is still being handled: close waits for it
+    release.set()
+    async with asyncio.timeout(WAIT):
+        await closing
+
+    again = make_bus()
+    assert await stats_of(again, "notifier") == (0, 0)  # nothing left to deliver twice
+    assert seen.seqs == [1, 2, 3]
