@@ -53,19 +53,18 @@ def redis(tmp_path: Path) -> Iterator[RedisServer]:
         yield server
 
 
-Replica = Callable[..., Any]
+class Replicas:
+    """Start control planes of a role on the shared Redis; ``bots[name]`` is a replica's bot."""
 
+    def __init__(self, make_settings: SettingsFactory, tmp_path: Path, redis: RedisServer) -> None:
+        self._make_settings = make_settings
+        self._tmp_path = tmp_path
+        self._redis = redis
+        self.planes: list[ControlPlane] = []
+        self.bots: dict[str, TelegramBot] = {}
 
-@pytest.fixture
-async def replicas(
-    make_settings: SettingsFactory, tmp_path: Path, redis: RedisServer
-) -> AsyncIterator[Replica]:
-    """Start control planes of a role on the shared Redis (closed at teardown)."""
-    planes: list[ControlPlane] = []
-    bots: list[TelegramBot] = []
-
-    async def start(
-        role: ProcessRole, name: str, *, telegram: FakeTelegram | None = None, **env: Any
+    async def __call__(
+        self, role: ProcessRole, name: str, *, telegram: FakeTelegram | None = None, **env: Any
     ) -> ControlPlane:
         if telegram is not None:
             env.update(
@@ -73,10 +72,10 @@ async def replicas(
                 telegram_api_base=telegram.base,
                 telegram_ops_chat_id=OPS,
             )
-        settings = make_settings(
-            lunia_state_dir=tmp_path / name,
+        settings = self._make_settings(
+            lunia_state_dir=self._tmp_path / name,
             enable_redis=True,
-            redis_url=redis.url,
+            redis_url=self._redis.url,
             redis_check_seconds=0.2,
             lease_ttl_seconds=2,
             callback_signing_key="shared-signing-key-for-all-replicas",
@@ -84,24 +83,34 @@ async def replicas(
             **env,
         )
         plane = ControlPlane(settings, role=role)
-        if telegram is not None:
+        if telegram is not None:  # wired as `lunia api|bot` wire it (api/runner.py)
             bot = TelegramBot(plane, sends=role.runs_bot)
-            bots.append(bot)
+            self.bots[name] = bot
             if role.runs_bot:
                 plane.duties.add("telegram", bot.start, bot.stop)
         await plane.start()
-        planes.append(plane)
+        self.planes.append(plane)
         return plane
 
-    yield start
-    for plane in reversed(planes):
-        await plane.close()
-    for bot in bots:
-        await bot.bot.session.close()
+    async def close(self) -> None:
+        for plane in reversed(self.planes):
+            await plane.close()
+        for bot in self.bots.values():
+            await bot.bot.session.close()
 
 
-def client(plane: ControlPlane) -> httpx.AsyncClient:
-    transport = httpx.ASGITransport(app=create_app(plane))
+@pytest.fixture
+async def replicas(
+    make_settings: SettingsFactory, tmp_path: Path, redis: RedisServer
+) -> AsyncIterator[Replicas]:
+    """Control planes on the shared Redis (closed at teardown)."""
+    started = Replicas(make_settings, tmp_path, redis)
+    yield started
+    await started.close()
+
+
+def client(plane: ControlPlane, telegram: TelegramBot | None = None) -> httpx.AsyncClient:
+    transport = httpx.ASGITransport(app=create_app(plane, telegram=telegram))
     return httpx.AsyncClient(transport=transport, base_url="http://lunia.test")
 
 
@@ -119,7 +128,7 @@ async def test_split_roles_refuse_to_start_without_redis(make_settings: Settings
 
 
 async def test_two_api_replicas_and_a_bot_share_one_state_and_one_message(
-    replicas: Replica, fake_telegram: FakeTelegram
+    replicas: Replicas, fake_telegram: FakeTelegram
 ) -> None:
     api1 = await replicas(ProcessRole.API, "api1")
     api2 = await replicas(ProcessRole.API, "api2")
@@ -148,7 +157,55 @@ async def test_two_api_replicas_and_a_bot_share_one_state_and_one_message(
     assert len(fake_telegram.calls_to("editMessageText")) == 1
 
 
-async def test_only_one_worker_leads_and_a_standby_takes_over(replicas: Replica) -> None:
+async def test_in_webhook_mode_an_api_replica_takes_updates_and_the_bot_process_replies(
+    replicas: Replicas, fake_telegram: FakeTelegram
+) -> None:
+    viewer = 4242
+    hook = {
+        "telegram_mode": "webhook",
+        "telegram_webhook_url": "https://ops.example/telegram/webhook",
+        "telegram_webhook_secret": "s3cret-token",
+        "telegram_viewers": str(viewer),
+    }
+    api = await replicas(ProcessRole.API, "api", telegram=fake_telegram, **hook)
+    sender = await replicas(ProcessRole.BOT, "bot", telegram=fake_telegram, **hook)
+    await eventually(lambda: sender.duties.active)
+    # The sending process registered the webhook; nobody polls.
+    assert fake_telegram.webhook_url == "https://ops.example/telegram/webhook"
+    assert fake_telegram.calls_to("getUpdates") == []
+
+    update = {
+        "update_id": 1,
+        "message": {
+            "message_id": 1,
+            "date": int(time.time()),
+            "chat": {"id": viewer, "type": "private"},
+            "from": {"id": viewer, "is_bot": False, "first_name": "Vic"},
+            "text": "/whoami",
+            "entities": [{"type": "bot_command", "offset": 0, "length": 7}],
+        },
+    }
+    async with client(api, replicas.bots["api"]) as http:
+        refused = await http.post(
+            "/telegram/webhook", json=update, headers={"X-Telegram-Bot-Api-Secret-Token": "no"}
+        )
+        assert refused.status_code == 401
+        taken = await http.post(
+            "/telegram/webhook",
+            json=update,
+            headers={"X-Telegram-Bot-Api-Secret-Token": "s3cret-token"},
+        )
+        assert taken.status_code == 200, taken.text
+
+    # The API replica handled it and queued the reply in Redis; the bot process sent it, once.
+    [reply] = await fake_telegram.wait_for_call("sendMessage", timeout=10)
+    assert reply.params["chat_id"] == viewer
+    assert "viewer" in reply.params["text"]
+    await asyncio.sleep(1.0)
+    assert len(fake_telegram.calls_to("sendMessage")) == 1
+
+
+async def test_only_one_worker_leads_and_a_standby_takes_over(replicas: Replicas) -> None:
     first = await replicas(ProcessRole.WORKER, "worker1")
     await eventually(lambda: first.duties.active)
     second = await replicas(ProcessRole.WORKER, "worker2")
@@ -164,7 +221,7 @@ async def test_only_one_worker_leads_and_a_standby_takes_over(replicas: Replica)
     assert not second.scheduler.held
 
 
-async def test_halt_through_an_api_replica_stops_the_worker(replicas: Replica) -> None:
+async def test_halt_through_an_api_replica_stops_the_worker(replicas: Replicas) -> None:
     worker = await replicas(ProcessRole.WORKER, "worker")
     api = await replicas(ProcessRole.API, "api")
     await eventually(lambda: worker.duties.active)
@@ -178,7 +235,9 @@ async def test_halt_through_an_api_replica_stops_the_worker(replicas: Replica) -
     await eventually(lambda: worker.trading.state().halted, timeout=5)
 
 
-async def test_redis_loss_read_only_spool_and_replay(replicas: Replica, redis: RedisServer) -> None:
+async def test_redis_loss_read_only_spool_and_replay(
+    replicas: Replicas, redis: RedisServer
+) -> None:
     plane = await replicas(ProcessRole.ALL, "all")
     assert plane.redis_watch is not None
     async with client(plane) as http:
@@ -227,7 +286,7 @@ async def test_redis_loss_read_only_spool_and_replay(replicas: Replica, redis: R
 
 
 async def test_killing_redis_mid_stream_loses_no_acknowledged_alert(
-    replicas: Replica, redis: RedisServer
+    replicas: Replicas, redis: RedisServer
 ) -> None:
     plane = await replicas(ProcessRole.ALL, "all")
     assert plane.redis_watch is not None
@@ -257,7 +316,7 @@ async def test_killing_redis_mid_stream_loses_no_acknowledged_alert(
 
 
 async def test_the_ops_chat_hears_of_redis_loss_and_return_directly(
-    replicas: Replica, redis: RedisServer, fake_telegram: FakeTelegram
+    replicas: Replicas, redis: RedisServer, fake_telegram: FakeTelegram
 ) -> None:
     plane = await replicas(ProcessRole.ALL, "all", telegram=fake_telegram)
     await eventually(lambda: plane.duties.active)
@@ -288,7 +347,7 @@ async def test_the_ops_chat_hears_of_redis_loss_and_return_directly(
     assert incidents["RedisDown"].state is IncidentState.RESOLVED
 
 
-async def test_redis_figures_on_metrics_and_healthz(replicas: Replica) -> None:
+async def test_redis_figures_on_metrics_and_healthz(replicas: Replicas) -> None:
     plane = await replicas(ProcessRole.WORKER, "worker")
     await eventually(lambda: plane.duties.active)
     detail = await eventually(
