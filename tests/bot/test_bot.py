@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
 
 from bot.app import TelegramBot
@@ -348,17 +347,7 @@ async def test_webhook_mode_checks_the_secret(
     assert fake_telegram.webhook_url == "https://ops.example/telegram/webhook"
     assert fake_telegram.webhook_secret == "s3cret-token"
     app = create_app(telegram.plane, telegram=telegram)
-    update = {
-        "update_id": 1,
-        "message": {
-            "message_id": 1,
-            "date": int(time.time()),
-            "chat": {"id": VIEWER, "type": "private"},
-            "from": {"id": VIEWER, "is_bot": False, "first_name": "Vic"},
-            "text": "/whoami",
-            "entities": [{"type": "bot_command", "offset": 0, "length": 7}],
-        },
-    }
+    update = fake_telegram.message_update(VIEWER, VIEWER, "/whoami")
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(app=app), base_url="http://t"
     ) as client:

@@ -174,17 +174,7 @@ async def test_in_webhook_mode_an_api_replica_takes_updates_and_the_bot_process_
     assert fake_telegram.webhook_url == "https://ops.example/telegram/webhook"
     assert fake_telegram.calls_to("getUpdates") == []
 
-    update = {
-        "update_id": 1,
-        "message": {
-            "message_id": 1,
-            "date": int(time.time()),
-            "chat": {"id": viewer, "type": "private"},
-            "from": {"id": viewer, "is_bot": False, "first_name": "Vic"},
-            "text": "/whoami",
-            "entities": [{"type": "bot_command", "offset": 0, "length": 7}],
-        },
-    }
+    update = fake_telegram.message_update(viewer, viewer, "/whoami")
     async with client(api, replicas.bots["api"]) as http:
         refused = await http.post(
             "/telegram/webhook", json=update, headers={"X-Telegram-Bot-Api-Secret-Token": "no"}

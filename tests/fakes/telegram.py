@@ -989,6 +989,30 @@ class FakeTelegram(LoopbackServer):
         title: str | None = None,
     ) -> int:
         """Queue a ``message`` update from a user (chat type inferred from the id when None)."""
+        return self.push_update(
+            self.message_update(
+                chat_id,
+                user_id,
+                text,
+                chat_type=chat_type,
+                username=username,
+                reply_to_message_id=reply_to_message_id,
+                title=title,
+            )
+        )
+
+    def message_update(
+        self,
+        chat_id: int,
+        user_id: int,
+        text: str,
+        *,
+        chat_type: str | None = None,
+        username: str | None = None,
+        reply_to_message_id: int | None = None,
+        title: str | None = None,
+    ) -> Json:
+        """A ``message`` update from a user, not queued: what Telegram would POST to a webhook."""
         chat = self._chat(chat_id, chat_type or _infer_chat_type(chat_id))
         if chat.type == "private":
             chat.first_name = chat.first_name or username
@@ -1011,7 +1035,8 @@ class FakeTelegram(LoopbackServer):
         if reply_to_message_id is not None:
             message.reply_to = chat.messages.get(reply_to_message_id)
         chat.messages[message.message_id] = message
-        return self.push_update({"message": message.to_api()})
+        update_id, self._next_update_id = self._next_update_id, self._next_update_id + 1
+        return {"update_id": update_id, "message": message.to_api()}
 
     def push_callback(self, chat_id: int, user_id: int, message_id: int, data: str) -> int:
         """Queue a ``callback_query`` update for a button press on ``message_id``."""
