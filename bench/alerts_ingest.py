@@ -19,6 +19,7 @@ import statistics
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,7 @@ from bot.app import TelegramBot  # noqa: E402
 from core.control_plane import ControlPlane  # noqa: E402
 from core.incident_model import EventKind, IncidentEvent  # noqa: E402
 from core.settings import Settings  # noqa: E402
-from tests.fakes.telegram import FakeTelegram  # noqa: E402
+from tests.fakes.telegram import Call, FakeTelegram  # noqa: E402
 from tests.support.payloads import am_alert, am_payload  # noqa: E402
 from tests.support.services import free_port, start_redis  # noqa: E402
 
@@ -137,6 +138,12 @@ async def measure(
     return real, latencies
 
 
+def sent_message(fake: FakeTelegram, text: str) -> list[Call] | None:
+    """The sendMessage calls whose text holds ``text``, or None while there are none."""
+    calls = [c for c in fake.calls_to("sendMessage") if text in c.params.get("text", "")]
+    return calls or None
+
+
 async def to_telegram(settings: Settings, samples: int, spacing: float) -> list[float]:
     """Seconds from posting a one-alert webhook to its incident message reaching the Bot API."""
     latencies: list[float] = []
@@ -163,17 +170,7 @@ async def to_telegram(settings: Settings, samples: int, spacing: float) -> list[
                     json=am_payload(am_alert(name, fingerprint=f"page-{index}")),
                 )
                 response.raise_for_status()
-                [call] = await fake.wait_for(
-                    lambda name=name: (
-                        [  # type: ignore[misc]
-                            c
-                            for c in fake.calls_to("sendMessage")
-                            if name in c.params.get("text", "")
-                        ]
-                        or None
-                    ),
-                    timeout=30,
-                )
+                [call] = await fake.wait_for(partial(sent_message, fake, name), timeout=30)
                 latencies.append(call.at - sent)
                 await asyncio.sleep(max(0.0, sent + spacing - time.monotonic()))
         server.should_exit = True
