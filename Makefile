@@ -3,21 +3,30 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
+# uv installs exactly what uv.lock pins; it is bootstrapped into the venv with pip, at this version.
+UV_VERSION := 0.13.9
+STAMP := $(VENV)/.installed-$(shell { echo $(UV_VERSION); cat pyproject.toml uv.lock; } | sha1sum | cut -c1-12)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEBIAN_TEST_PACKAGES := redis-server prometheus prometheus-alertmanager chromium
 
-.PHONY: setup run test lint format system-deps clean create-emergency-backup report enable-self-healing smoke verify up down
+.PHONY: setup lock run test lint format system-deps clean create-emergency-backup report enable-self-healing smoke verify up down
 
-$(STAMP): pyproject.toml
+# --locked: stop if pyproject.toml changed without `make lock`; --inexact: keep pip and uv itself.
+$(STAMP): pyproject.toml uv.lock
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet 'uv==$(UV_VERSION)'
+	UV_PROJECT_ENVIRONMENT=$(VENV) $(BIN)/uv sync --quiet --locked --inexact --extra dev
 	rm -f $(VENV)/.installed-*
 	touch $@
 
-## setup: create the virtualenv and install the project with its dev tools
+## setup: create the virtualenv and install the project with its dev tools, as uv.lock pins them
 setup: $(STAMP)
+
+## lock: re-resolve uv.lock after changing dependencies in pyproject.toml (then `make setup`)
+lock:
+	[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet 'uv==$(UV_VERSION)'
+	$(BIN)/uv lock
 
 ## run: start everything on the embedded defaults (SQLite, paper venues, no Telegram needed)
 run: setup
@@ -68,11 +77,12 @@ system-deps:
 	    $(DEBIAN_TEST_PACKAGES); \
 	fi
 
-## lint: ruff (format + rules) everywhere, mypy --strict on bot/ core/ api/
+## lint: ruff (format + rules) everywhere, mypy --strict on bot/ core/ api/, import contracts
 lint: setup
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 ## format: apply ruff's formatting and safe fixes
 format: setup

@@ -31,7 +31,7 @@ from api.routes import telegram as telegram_routes
 from api.security import RateLimit, SecurityHeaders
 from core import __version__
 from core.control_plane import ControlPlane
-from core.metrics import Metrics
+from core.platform.metrics import Metrics
 
 if TYPE_CHECKING:
     from bot.app import TelegramBot

@@ -17,6 +17,7 @@ from typing import Annotated, TypeVar
 
 import typer
 
+from core.config.settings import Settings
 from core.control_plane import ControlPlane
 from core.errors import (
     ConfigError,
@@ -26,10 +27,9 @@ from core.errors import (
     NotFound,
     OperationError,
 )
-from core.exports import parse_destination, verify_exports
 from core.models import Actor, ActorKind, Role
-from core.roles import ProcessRole
-from core.settings import Settings
+from core.platform.roles import ProcessRole
+from core.security.exports import parse_destination, verify_exports
 
 T = TypeVar("T")
 

@@ -13,10 +13,10 @@ from typing import Annotated
 import typer
 
 from api.cli import cli_actor, fail, with_plane
-from core.access_review import render_markdown
-from core.backups import BackupInfo, BackupReason, RestoreReport, Verification
+from core.backups.service import BackupInfo, BackupReason, RestoreReport, Verification
 from core.control_plane import ControlPlane
-from core.files import write_atomically
+from core.ops.access_review import render_markdown
+from core.platform.files import write_atomically
 
 backup_app = typer.Typer(
     help="Backups, verification and restore (runbook §3).", no_args_is_help=True

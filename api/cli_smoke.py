@@ -14,8 +14,8 @@ import typer
 
 from api.cli import fail, load_settings
 from api.cli_venues import TokenOption, UrlOption, _base_url, _token
-from core.secrets import WEBHOOK_TOKEN_FILE
-from core.settings import Settings
+from core.config.settings import Settings
+from core.security.secrets import WEBHOOK_TOKEN_FILE
 
 
 class SmokeFailure(Exception):

@@ -13,7 +13,7 @@ import typer
 from api.cli import cli_actor, with_plane
 from core.control_plane import ControlPlane
 from core.models import Role
-from core.tokens import IssuedToken, TemporaryToken
+from core.security.tokens import IssuedToken, TemporaryToken
 
 token_app = typer.Typer(
     help="Temporary API tokens: issue, list, revoke (runbook §4).", no_args_is_help=True

@@ -15,9 +15,9 @@ import httpx
 import typer
 
 from api.cli import fail, load_settings
+from core.config.settings import Settings
 from core.models import Role
-from core.secrets import ADMIN_TOKEN_FILE
-from core.settings import Settings
+from core.security.secrets import ADMIN_TOKEN_FILE
 
 chaos_app = typer.Typer(
     help="Chaos drills against a running instance (refused while INFRA_PROD_ENABLED is on).",

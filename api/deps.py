@@ -7,10 +7,10 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from core.access import require
 from core.control_plane import ControlPlane
 from core.errors import PermissionDenied
 from core.models import Actor, Role
+from core.security.access import require
 
 _bearer = HTTPBearer(auto_error=False, description="API token from API_TOKENS")
 

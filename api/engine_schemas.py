@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from core.risk import ExposureReport
-from core.trading import CoreInfo, EngineState, HaltReport, PnlReport
-from core.venues import OrderRecord
-from core.venues.service import VenuesStatus
+from core.models.venues import OrderRecord
+from core.trading.engine import CoreInfo, EngineState, HaltReport, PnlReport
+from core.trading.risk import ExposureReport
+from core.trading.venues.service import VenuesStatus
 
 
 class VenuesOut(VenuesStatus):

@@ -1,7 +1,8 @@
 """A control plane process: core, HTTP server and, when configured, the bot, in one event loop.
 
-``lunia run`` is every role at once; ``lunia api|bot|worker`` run one role each (core/roles.py),
-all serving ``/healthz`` and ``/metrics``, only ``api`` (and ``run``) the rest of the HTTP API.
+``lunia run`` is every role at once; ``lunia api|bot|worker`` run one role each
+(core/platform/roles.py), all serving ``/healthz`` and ``/metrics``, only ``api`` (and ``run``)
+the rest of the HTTP API.
 
 uvicorn's own signal capture re-raises SIGTERM after shutdown (exit 143); we install our own
 handlers instead so a drained shutdown exits 0.
@@ -18,10 +19,10 @@ from collections.abc import Iterator
 import uvicorn
 
 from api.app import create_app
+from core.config.settings import Settings
 from core.control_plane import ControlPlane
 from core.errors import ConfigError
-from core.roles import ProcessRole
-from core.settings import Settings
+from core.platform.roles import ProcessRole
 
 logger = logging.getLogger(__name__)
 

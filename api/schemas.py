@@ -7,11 +7,11 @@ from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from core.backups import BackupInfo, RestoreReport, Verification
+from core.backups.service import BackupInfo, RestoreReport, Verification
 from core.flags import FlagState
-from core.incident_model import Incident
-from core.incidents import IncidentDetail, IngestResult
-from core.scheduler import JobInfo
+from core.incidents.service import IncidentDetail, IngestResult
+from core.models.incidents import Incident
+from core.platform.scheduler import JobInfo
 
 T = TypeVar("T")
 

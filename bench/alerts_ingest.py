@@ -33,9 +33,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from api.app import create_app  # noqa: E402
 from api.runner import EmbeddedServer  # noqa: E402
 from bot.app import TelegramBot  # noqa: E402
+from core.config.settings import Settings  # noqa: E402
 from core.control_plane import ControlPlane  # noqa: E402
-from core.incident_model import EventKind, IncidentEvent  # noqa: E402
-from core.settings import Settings  # noqa: E402
+from core.models.incidents import EventKind, IncidentEvent  # noqa: E402
 from tests.fakes.telegram import Call, FakeTelegram  # noqa: E402
 from tests.support.payloads import am_alert, am_payload  # noqa: E402
 from tests.support.services import free_port, start_redis  # noqa: E402

@@ -21,10 +21,10 @@ import time
 import uuid
 from pathlib import Path
 
-from core.alerts import Alert, AlertSource, AlertStatus, Severity
+from core.config.settings import Settings
 from core.control_plane import ControlPlane
 from core.models import Actor, ActorKind, AuditRecord, Role, utcnow
-from core.settings import Settings
+from core.models.alerts import Alert, AlertSource, AlertStatus, Severity
 
 ADMIN = Actor(kind=ActorKind.CLI, id="bench", name="bench", role=Role.ADMIN)
 

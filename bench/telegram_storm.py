@@ -19,9 +19,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bot.app import TelegramBot  # noqa: E402
+from core.config.settings import Settings  # noqa: E402
 from core.control_plane import ControlPlane  # noqa: E402
-from core.receivers import parse_alertmanager  # noqa: E402
-from core.settings import Settings  # noqa: E402
+from core.incidents.receivers import parse_alertmanager  # noqa: E402
 from tests.fakes.telegram import FakeTelegram, FloodLimits  # noqa: E402
 from tests.support.payloads import am_alert, am_payload  # noqa: E402
 

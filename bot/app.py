@@ -31,9 +31,9 @@ from bot.sender import CHANNEL, TelegramSender
 from bot.ui import BotHealth, Ui
 from core.control_plane import ControlPlane
 from core.errors import OperationError
-from core.health import ComponentHealth, Status
-from core.outbox import OutboxWorker
-from core.tasks import cancel_and_wait
+from core.platform.health import ComponentHealth, Status
+from core.platform.outbox import OutboxWorker
+from core.platform.tasks import cancel_and_wait
 
 logger = logging.getLogger(__name__)
 
@@ -204,7 +204,7 @@ class TelegramBot:
         exc = event.exception
         assert isinstance(exc, OperationError)  # noqa: S101 - filtered on this type
         update = event.update
-        # Refusals were already counted and audited in core (core.access.Guard).
+        # Refusals were already counted and audited in core (core.security.access.Guard).
         if update.callback_query is not None:
             await update.callback_query.answer(f"⛔️ {exc.message}"[:200], show_alert=True)
         elif update.message is not None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from aiogram.filters.callback_data import CallbackData
 from aiogram.types import InlineKeyboardButton, InlineKeyboardMarkup
 
-from core.incident_model import Incident, IncidentState
+from core.models.incidents import Incident, IncidentState
 
 MAX_DATA = 64
 

@@ -10,7 +10,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.dates import DateFormatter
 from matplotlib.figure import Figure
 
-from core.trading import PnlReport
+from core.trading.engine import PnlReport
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 

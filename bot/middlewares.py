@@ -1,7 +1,7 @@
 """The one access check for every update: deny by default, then who the actor is.
 
 Unknown users get one polite refusal per hour (audited, counted), never data. Being in the ops
-group grants nothing: only ``TELEGRAM_ADMINS/OPERATORS/VIEWERS`` do (``core.access``).
+group grants nothing: only ``TELEGRAM_ADMINS/OPERATORS/VIEWERS`` do (``core.security.access``).
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from aiogram import BaseMiddleware
 from aiogram.types import CallbackQuery, Message, TelegramObject, User
 
 from bot.ui import Ui
-from core.access import telegram_role
 from core.control_plane import ControlPlane
 from core.errors import OperationError
 from core.models import Actor, ActorKind, AuditRecord
+from core.security.access import telegram_role
 
 logger = logging.getLogger(__name__)
 

@@ -18,10 +18,10 @@ from datetime import datetime, timedelta
 from bot.render import e
 from bot.sender import CHANNEL
 from core.control_plane import ControlPlane
-from core.incident_model import EventKind, Incident, IncidentEvent
 from core.models import OutboxMessage
-from core.outbox import OutboxWorker
-from core.tasks import cancel_and_wait
+from core.models.incidents import EventKind, Incident, IncidentEvent
+from core.platform.outbox import OutboxWorker
+from core.platform.tasks import cancel_and_wait
 
 logger = logging.getLogger(__name__)
 

@@ -7,13 +7,13 @@ import re
 from datetime import datetime
 from html import escape
 
-from core.alerts import Severity
-from core.audit import VerifyReport
-from core.checklist import Checklist
 from core.flags import FlagState
-from core.health import HealthReport, Status
-from core.incident_model import Incident, IncidentState
 from core.models import AuditEntry, utcnow
+from core.models.alerts import Severity
+from core.models.incidents import Incident, IncidentState
+from core.models.ops import Checklist
+from core.platform.health import HealthReport, Status
+from core.security.audit import VerifyReport
 
 LIMIT = 4096
 _SEVERITY = {Severity.CRITICAL: "🔴", Severity.WARNING: "🟠", Severity.INFO: "🔵"}

@@ -36,12 +36,12 @@ from aiogram.types import BufferedInputFile, InlineKeyboardMarkup, Message
 from bot.callbacks import Signer, incident_keyboard
 from bot.pacing import Pacer
 from bot.render import incident_message, strip_html
-from core.alerts import Severity
 from core.control_plane import ControlPlane
 from core.errors import NotFound
-from core.metrics import Metrics
 from core.models import OutboxItem
-from core.outbox import Delivery
+from core.models.alerts import Severity
+from core.platform.metrics import Metrics
+from core.platform.outbox import Delivery
 
 logger = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from bot.render import split_html
 from bot.sender import CHANNEL
 from core.errors import ConfirmationRequired
 from core.models import Actor, AuditRecord, OutboxMessage
-from core.outbox import OutboxWorker
+from core.platform.outbox import OutboxWorker
 from core.store import Store
 
 if TYPE_CHECKING:

@@ -13,56 +13,59 @@ from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from datetime import timedelta
 
-from core import __version__, pagerduty, security_mail
-from core.access import TokenAuthority
-from core.access_review import AccessReviewService, render_markdown
-from core.alertmanager import AlertmanagerClient
-from core.alerts import Severity
-from core.assistant import AssistantService
-from core.assistant_tools import Redactor, Toolbox
-from core.audit import AuditLog
-from core.backups import (
+from core import __version__
+from core.assistant.runbook import Runbook
+from core.assistant.service import AssistantService
+from core.assistant.tools import Redactor, Toolbox
+from core.backups.service import (
     JOB_BACKUP,
     JOB_OVERDUE,
     JOB_VERIFY,
     JOBS_WITH_OWN_INCIDENTS,
     BackupService,
 )
-from core.bus import Bus, InProcessBus
-from core.bus_redis import RedisStreamsBus
-from core.checklist import ChecklistItem, ChecklistService, Mark
-from core.cores import default_cores
+from core.config.hardening import check_production
+from core.config.settings import Settings
 from core.errors import ConfigError, StoreError
-from core.exports import JOB_EXPORT, AuditExportService
 from core.flags import FlagService, FlagState
-from core.hardening import check_production
-from core.health import ComponentHealth, HealthService, Status
-from core.incident_model import Rules
-from core.incidents import IncidentService
-from core.jobs import JobService
-from core.lease import Lease
-from core.metrics import Metrics
+from core.incidents import email as security_mail
+from core.incidents import pagerduty
+from core.incidents.alertmanager import AlertmanagerClient
+from core.incidents.service import IncidentService
 from core.models import Actor, OutboxItem
-from core.outbox import Delivery, OutboxWorker
-from core.redis_outage import RedisWatch
-from core.roles import Duties, ProcessRole, Stop
-from core.runbook import Runbook
-from core.s3 import S3Client
-from core.scheduler import Scheduler
-from core.secrets import RuntimeSecrets, resolve_secrets
-from core.self_healing import SelfHealingService
-from core.settings import Settings
-from core.signal_health import SignalHealthService
-from core.slo import SloGuard
-from core.spool import LocalSpool
-from core.status import StatusLine, StatusService
+from core.models.alerts import Severity
+from core.models.incidents import Rules
+from core.models.ops import ChecklistItem, Mark, StatusLine
+from core.ops.access_review import AccessReviewService, render_markdown
+from core.ops.checklist import ChecklistService
+from core.ops.jobs import JobService
+from core.ops.redis_outage import RedisWatch
+from core.ops.self_healing import SelfHealingService
+from core.ops.signal_health import SignalHealthService
+from core.ops.slo import SloGuard
+from core.ops.status import StatusService
+from core.platform.bus import Bus, InProcessBus
+from core.platform.bus_redis import RedisStreamsBus
+from core.platform.health import ComponentHealth, HealthService, Status
+from core.platform.lease import Lease
+from core.platform.metrics import Metrics
+from core.platform.outbox import Delivery, OutboxWorker
+from core.platform.roles import Duties, ProcessRole, Stop
+from core.platform.s3 import S3Client
+from core.platform.scheduler import Scheduler
+from core.platform.spool import LocalSpool
+from core.platform.tasks import cancel_and_wait
+from core.security.access import TokenAuthority
+from core.security.audit import AuditLog
+from core.security.exports import JOB_EXPORT, AuditExportService
+from core.security.secrets import RuntimeSecrets, resolve_secrets
+from core.security.tokens import TokenService
 from core.store import Store
 from core.store.redis import RedisStore
 from core.store.sqlite import SqliteStore
-from core.tasks import cancel_and_wait
-from core.tokens import TokenService
-from core.trading import TradingEngine
-from core.venues.service import VenueService
+from core.trading.engine import TradingEngine
+from core.trading.strategies import default_cores
+from core.trading.venues.service import VenueService
 
 logger = logging.getLogger(__name__)
 

@@ -17,17 +17,17 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from core.access import Guard
-from core.audit import AuditLog
+from core.config.settings import Settings
 from core.errors import (
     ConfirmationRequired,
     InvalidInput,
     LuniaError,
     NotFound,
 )
-from core.metrics import Metrics
 from core.models import Actor, AuditRecord, Role, utcnow
-from core.settings import Settings
+from core.platform.metrics import Metrics
+from core.security.access import Guard
+from core.security.audit import AuditLog
 from core.store import FlagOverride, Store
 
 logger = logging.getLogger(__name__)

@@ -11,10 +11,10 @@ import httpx
 import pytest
 
 from api.app import create_app
+from core.config.settings import Settings
 from core.control_plane import ControlPlane
-from core.settings import Settings
 
-# Long enough for the INFRA_PROD_ENABLED start checks (24+ characters, core/hardening.py).
+# Long enough for the INFRA_PROD_ENABLED start checks (24+ characters, core/config/hardening.py).
 ADMIN_TOKEN = "admin-token-for-tests-4f9c2a71"
 OPERATOR_TOKEN = "operator-token-for-tests-8b1d"
 VIEWER_TOKEN = "viewer-token-for-tests-3e7a5c"

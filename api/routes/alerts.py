@@ -15,8 +15,8 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 
 from api.deps import Credentials, PlaneDep
 from api.schemas import ErrorBody, IngestOut
-from core.alerts import Alert
-from core.receivers import parse_alertmanager, parse_falco, parse_grafana
+from core.incidents.receivers import parse_alertmanager, parse_falco, parse_grafana
+from core.models.alerts import Alert
 
 router = APIRouter(prefix="/api/v1/alerts", tags=["alerts"])
 

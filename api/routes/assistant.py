@@ -9,8 +9,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from api.deps import PlaneDep, ViewerDep
 from api.schemas import ErrorBody
-from core.assistant import AssistantStatus
-from core.assistant_models import Answer, AnswerSection, ProposedAction, ToolResult
+from core.assistant.service import AssistantStatus
+from core.models.assistant import Answer, AnswerSection, ProposedAction, ToolResult
 
 router = APIRouter(tags=["assistant"])
 

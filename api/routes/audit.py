@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query
 
 from api.deps import OperatorDep, PlaneDep
 from api.schemas import AuditEntryOut, ErrorBody, Items
-from core.audit import VerifyReport
+from core.security.audit import VerifyReport
 
 router = APIRouter(prefix="/api/v1/audit", tags=["audit"])
 

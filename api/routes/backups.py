@@ -16,7 +16,7 @@ from api.schemas import (
     RestoreOut,
     VerificationOut,
 )
-from core.backups import BackupReason
+from core.backups.service import BackupReason
 
 router = APIRouter(prefix="/api/v1/backups", tags=["backups"])
 

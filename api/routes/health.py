@@ -7,8 +7,8 @@ from fastapi.responses import JSONResponse
 
 from api.deps import PlaneDep
 from api.schemas import Ready
-from core.health import HealthReport, Status
-from core.metrics import CONTENT_TYPE
+from core.platform.health import HealthReport, Status
+from core.platform.metrics import CONTENT_TYPE
 
 router = APIRouter(tags=["probes"])
 

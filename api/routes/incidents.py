@@ -9,8 +9,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from api.deps import ActorDep, PlaneDep, ViewerDep
 from api.schemas import ErrorBody, IncidentDetailOut, IncidentOut, Items
-from core.alerts import Severity
-from core.incident_model import IncidentState
+from core.models.alerts import Severity
+from core.models.incidents import IncidentState
 
 router = APIRouter(prefix="/api/v1/incidents", tags=["incidents"])
 

@@ -21,12 +21,12 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from api.deps import ActorDep, PlaneDep, actor_for_token
 from api.schemas import ErrorBody
-from core.access import require
 from core.control_plane import ControlPlane
 from core.errors import PermissionDenied
 from core.flags import FlagService
 from core.models import Role
-from core.signal_health import Freshness, SignalHealth
+from core.ops.signal_health import Freshness, SignalHealth
+from core.security.access import require
 
 FLAG = "FRONTEND_SIGNAL_HEALTH_ENABLED"
 PAGE = "/signal-health"

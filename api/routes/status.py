@@ -6,8 +6,8 @@ from fastapi import APIRouter
 
 from api.deps import PlaneDep, ViewerDep
 from api.schemas import ErrorBody
-from core.checklist import Checklist
-from core.status import StatusSummary
+from core.models.ops import Checklist
+from core.ops.status import StatusSummary
 
 router = APIRouter(prefix="/api/v1", tags=["status"])
 

@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 from api.deps import ActorDep, AdminDep, PlaneDep
 from api.schemas import ErrorBody, Items
 from core.models import Role
-from core.tokens import TemporaryToken
+from core.security.tokens import TemporaryToken
 
 router = APIRouter(prefix="/api/v1/tokens", tags=["tokens"])
 

@@ -17,7 +17,7 @@ from api.engine_schemas import (
     PnlOut,
 )
 from api.schemas import ErrorBody, Items
-from core.venues import OrderStatus
+from core.models.venues import OrderStatus
 
 router = APIRouter(prefix="/api/v1", tags=["trading"])
 

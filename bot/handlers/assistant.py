@@ -11,10 +11,10 @@ from aiogram.types import CallbackQuery, InlineKeyboardMarkup, Message
 from bot.callbacks import ProposalButton
 from bot.render import e
 from bot.ui import Ui
-from core.assistant_models import ActionKind, Answer, ProposedAction
 from core.control_plane import ControlPlane
 from core.errors import InvalidInput
 from core.models import Actor
+from core.models.assistant import ActionKind, Answer, ProposedAction
 
 COMMANDS = [("ask", "ask in plain words: /ask what's our PnL? (or just write to me)")]
 

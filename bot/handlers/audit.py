@@ -8,10 +8,10 @@ from aiogram.types import Message
 
 from bot.render import audit_text
 from bot.ui import Ui
-from core.access import require
 from core.control_plane import ControlPlane
 from core.errors import InvalidInput
 from core.models import Actor, Role
+from core.security.access import require
 
 COMMANDS = [("audit", "newest audit entries: /audit [N] (operator)")]
 

@@ -14,8 +14,8 @@ from bot.render import e, incident_line
 from bot.ui import Ui
 from core.control_plane import ControlPlane
 from core.errors import Conflict, InvalidInput
-from core.incident_model import Incident
 from core.models import Actor
+from core.models.incidents import Incident
 
 logger = logging.getLogger(__name__)
 

@@ -8,8 +8,8 @@ from aiogram.types import Message
 
 from bot.render import checklist_text, e, health_text, when
 from bot.ui import Ui
-from core.alerts import Severity
 from core.control_plane import ControlPlane
+from core.models.alerts import Severity
 
 COMMANDS = [
     ("status", "one-screen summary: health, incidents, PnL, exposure, venue, flags"),

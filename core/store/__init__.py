@@ -15,8 +15,6 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel
 
-from core.alerts import Alert, Severity
-from core.incident_model import Change, Incident, IncidentEvent, IncidentState
 from core.models import (
     Actor,
     AuditEntry,
@@ -25,7 +23,9 @@ from core.models import (
     OutboxMessage,
     OutboxStats,
 )
-from core.venues import OrderRecord, OrderStatus
+from core.models.alerts import Alert, Severity
+from core.models.incidents import Change, Incident, IncidentEvent, IncidentState
+from core.models.venues import OrderRecord, OrderStatus
 
 AlertPlanner = Callable[[Alert, Incident | None, Incident | None], Change | None]
 IncidentMutation = Callable[[Incident], Change | None]
@@ -189,7 +189,7 @@ class Store(Protocol):
     async def set_cursor(self, name: str, value: int) -> None:
         """Save a consumer's position in the event log."""
 
-    # -- trading engine (core/trading.py) -------------------------------------------------------
+    # -- trading engine (core/trading/engine.py) ---------------------------------------------------
 
     async def engine_state(self) -> dict[str, Any]:
         """Every persisted engine setting (active venue, halt, core switches) by key."""
@@ -218,7 +218,7 @@ class Store(Protocol):
     async def prune_pnl_points(self, before: datetime) -> int:
         """Delete PnL points older than ``before``; return how many went."""
 
-    # -- backups (core/backups.py) ------------------------------------------------------------
+    # -- backups (core/backups/service.py) ---------------------------------------------------------
 
     async def snapshot(self, dest_dir: Path) -> StoreSnapshot:
         """Write a consistent copy of all state into the empty ``dest_dir`` (files mode 0600)

@@ -88,10 +88,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, WatchError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from core.alerts import Alert, Severity
-from core.audit import GENESIS_HASH, seal
 from core.errors import NotFound, StoreError, StoreUnavailable
-from core.incident_model import Change, Incident, IncidentEvent, IncidentState
 from core.models import (
     Actor,
     AuditEntry,
@@ -101,6 +98,10 @@ from core.models import (
     OutboxStats,
     utcnow,
 )
+from core.models.alerts import Alert, Severity
+from core.models.audit import GENESIS_HASH, seal
+from core.models.incidents import Change, Incident, IncidentEvent, IncidentState
+from core.models.venues import OrderRecord, OrderStatus
 from core.store import (
     AlertPlanner,
     FlagOverride,
@@ -111,7 +112,6 @@ from core.store import (
     StoredAlert,
     StoreSnapshot,
 )
-from core.venues import OrderRecord, OrderStatus
 
 logger = logging.getLogger(__name__)
 

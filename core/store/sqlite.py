@@ -21,10 +21,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
-from core.alerts import Alert, Severity
-from core.audit import GENESIS_HASH, seal
 from core.errors import NotFound, StoreError, StoreUnavailable
-from core.incident_model import Change, EventKind, Incident, IncidentEvent, IncidentState
 from core.models import (
     Actor,
     AuditEntry,
@@ -34,6 +31,10 @@ from core.models import (
     OutboxStats,
     utcnow,
 )
+from core.models.alerts import Alert, Severity
+from core.models.audit import GENESIS_HASH, seal
+from core.models.incidents import Change, EventKind, Incident, IncidentEvent, IncidentState
+from core.models.venues import OrderRecord, OrderStatus
 from core.store import (
     AlertPlanner,
     FlagOverride,
@@ -44,7 +45,6 @@ from core.store import (
     StoredAlert,
     StoreSnapshot,
 )
-from core.venues import OrderRecord, OrderStatus
 
 logger = logging.getLogger(__name__)
 

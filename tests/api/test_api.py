@@ -7,8 +7,8 @@ import asyncio
 import httpx
 
 from core.control_plane import ControlPlane
-from core.health import ComponentHealth, Status
 from core.models import Actor
+from core.platform.health import ComponentHealth, Status
 from tests.conftest import ADMIN_TOKEN, OPERATOR_TOKEN, VIEWER_TOKEN, auth
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from api.app import create_app
 from core.control_plane import ControlPlane
-from core.receivers import parse_alertmanager
+from core.incidents.receivers import parse_alertmanager
 from tests.conftest import OPERATOR_TOKEN, VIEWER_TOKEN, PlaneFactory, auth
 from tests.fakes.openai import FakeOpenAI
 from tests.support.payloads import am_alert, am_payload

@@ -16,8 +16,8 @@ from typer.testing import CliRunner
 from api.app import create_app
 from api.cli import app as cli_app
 from core.control_plane import ControlPlane
-from core.cores import CoreContext, Intent
-from core.venues import OrderSide, OrderType
+from core.models.venues import OrderSide, OrderType
+from core.trading.strategies import CoreContext, Intent
 from tests.conftest import ADMIN_TOKEN, OPERATOR_TOKEN, TOKENS, VIEWER_TOKEN, PlaneFactory, auth
 from tests.support.services import free_port
 

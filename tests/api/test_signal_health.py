@@ -13,7 +13,7 @@ import pytest
 from api.app import create_app
 from core.control_plane import ControlPlane
 from core.models import Actor, Role, utcnow
-from core.signal_health import Freshness
+from core.ops.signal_health import Freshness
 from tests.conftest import ADMIN_TOKEN, VIEWER_TOKEN, WEBHOOK_TOKEN, PlaneFactory, auth
 from tests.support.cores import BuyEveryTick, CrashTwice
 from tests.support.http import serve

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from api.cli import app
 from core.control_plane import ControlPlane
-from core.receivers import parse_alertmanager
+from core.incidents.receivers import parse_alertmanager
 from tests.conftest import OPERATOR_TOKEN, VIEWER_TOKEN, WEBHOOK_TOKEN, auth
 from tests.support.payloads import am_alert, am_payload
 
@@ -53,7 +53,7 @@ def test_lunia_checklist_exits_1_on_a_failed_line(
 ) -> None:
     import asyncio
 
-    from core.settings import Settings
+    from core.config.settings import Settings
 
     monkeypatch.setenv("LUNIA_STATE_DIR", str(tmp_path / "state"))
     runner = CliRunner()

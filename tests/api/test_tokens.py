@@ -15,10 +15,10 @@ from typer.testing import CliRunner
 
 from api.app import create_app
 from api.cli import app as lunia_app
-from core.checklist import Mark
 from core.control_plane import ControlPlane
 from core.errors import PermissionDenied
 from core.models import Actor, utcnow
+from core.models.ops import Mark
 from tests.conftest import (
     ADMIN_TOKEN,
     OPERATOR_TOKEN,

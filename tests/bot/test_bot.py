@@ -6,9 +6,9 @@ import asyncio
 from typing import Any
 
 from bot.app import TelegramBot
-from core.incident_model import IncidentState
+from core.incidents.receivers import parse_alertmanager, parse_falco
 from core.models import Actor, utcnow
-from core.receivers import parse_alertmanager, parse_falco
+from core.models.incidents import IncidentState
 from tests.bot.conftest import (
     ADMIN,
     ESCALATION,

@@ -12,12 +12,12 @@ from typing import Any
 
 import pytest
 
-from core.alerts import AlertSource
-from core.assistant_models import ActionKind, ProposedAction
 from core.control_plane import ControlPlane
-from core.incident_model import Incident, IncidentState
+from core.incidents.receivers import parse_alertmanager
 from core.models import Actor, ActorKind, Role
-from core.receivers import parse_alertmanager
+from core.models.alerts import AlertSource
+from core.models.assistant import ActionKind, ProposedAction
+from core.models.incidents import Incident, IncidentState
 from tests.conftest import PlaneFactory
 from tests.fakes.openai import FakeOpenAI
 from tests.support.payloads import am_alert, am_payload

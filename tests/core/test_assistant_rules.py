@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from core.assistant_rules import match_intent
+from core.assistant.rules import match_intent
+from core.assistant.runbook import Runbook
 from core.control_plane import ControlPlane
+from core.incidents.receivers import parse_alertmanager
 from core.models import Actor, ActorKind, Role
-from core.receivers import parse_alertmanager
-from core.runbook import Runbook
 from tests.support.payloads import am_alert, am_payload
 
 VIC = Actor(kind=ActorKind.TELEGRAM, id="3", name="vic", role=Role.VIEWER)

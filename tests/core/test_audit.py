@@ -6,9 +6,9 @@ import json
 import sqlite3
 from pathlib import Path
 
-from core.audit import verify_export
 from core.control_plane import ControlPlane
 from core.models import Actor, ActorKind, AuditRecord, Role
+from core.security.audit import verify_export
 
 BOB = Actor(kind=ActorKind.API, id="operator-1", name="operator-1", role=Role.OPERATOR)
 

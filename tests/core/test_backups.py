@@ -13,8 +13,7 @@ from typing import Any
 
 import pytest
 
-from core.alerts import Severity
-from core.backups import BackupReason, select_kept
+from core.backups.service import BackupReason, select_kept
 from core.control_plane import ControlPlane
 from core.errors import (
     ConfirmationRequired,
@@ -23,8 +22,9 @@ from core.errors import (
     OperationError,
     PermissionDenied,
 )
-from core.incident_model import IncidentState
 from core.models import Actor, ActorKind, AuditEntry, AuditRecord, Role
+from core.models.alerts import Severity
+from core.models.incidents import IncidentState
 from tests.conftest import PlaneFactory
 from tests.fakes.s3 import ACCESS_KEY, SECRET_KEY, running_fake_s3
 

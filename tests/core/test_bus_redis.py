@@ -19,11 +19,11 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from core.alerts import AlertSource, Severity
-from core.bus_redis import RedisStreamsBus
-from core.incident_model import EventKind, Incident, IncidentEvent
-from core.metrics import Metrics
 from core.models import Actor
+from core.models.alerts import AlertSource, Severity
+from core.models.incidents import EventKind, Incident, IncidentEvent
+from core.platform.bus_redis import RedisStreamsBus
+from core.platform.metrics import Metrics
 from tests.support.services import RedisServer, start_redis
 
 WAIT = 20.0  # generous: every wait below ends as soon as its condition holds
@@ -275,7 +275,7 @@ async def test_group_stats_and_metrics_report_lag_and_pending(make_bus: BusFacto
 
 _BROADCASTER = """
 import asyncio, sys
-from core.bus_redis import RedisStreamsBus
+from core.platform.bus_redis import RedisStreamsBus
 
 async def main():
     bus = RedisStreamsBus(sys.argv[1], block=0.2, broadcast_expiry=1.0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from core.settings import Settings
+from core.config.settings import Settings
 
 EXAMPLE = Path(__file__).resolve().parents[2] / ".env.example"
 

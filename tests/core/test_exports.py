@@ -10,8 +10,8 @@ import pytest
 
 from core.control_plane import ControlPlane
 from core.errors import InvalidInput, PermissionDenied
-from core.exports import SETTLE, verify_exports
 from core.models import Actor, ActorKind, AuditRecord, Role
+from core.security.exports import SETTLE, verify_exports
 from tests.conftest import PlaneFactory
 from tests.fakes.s3 import ACCESS_KEY, SECRET_KEY, running_fake_s3
 
@@ -109,8 +109,8 @@ async def test_export_to_s3_verifies_offline(make_plane: PlaneFactory, tmp_path:
 async def test_access_review_lists_roles_actions_flags_backups_and_incidents(
     make_plane: PlaneFactory,
 ) -> None:
-    from core.access_review import render_markdown
-    from core.alerts import Severity
+    from core.models.alerts import Severity
+    from core.ops.access_review import render_markdown
 
     plane = await make_plane(telegram_admins="111", telegram_operators="22,23")
     await plane.flags.set("SELF_HEALING_ENABLED", "off", OPERATOR)

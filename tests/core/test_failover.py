@@ -8,11 +8,11 @@ from dataclasses import dataclass
 import pytest
 
 from core.control_plane import ControlPlane
-from core.cores import Intent
 from core.errors import ConfirmationRequired, Conflict, PermissionDenied, VenueUnavailable
-from core.incident_model import IncidentState
 from core.models import Actor, ActorKind, Role
-from core.venues import OrderSide, OrderStatus, OrderType, VenueMode
+from core.models.incidents import IncidentState
+from core.models.venues import OrderSide, OrderStatus, OrderType, VenueMode
+from core.trading.strategies import Intent
 from tests.conftest import PlaneFactory
 from tests.fakes.exchanges import BinanceFake, OkxFake, credentials_env
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from core.config.settings import Settings
 from core.control_plane import ControlPlane
 from core.errors import ConfigError
-from core.settings import Settings
 from tests.conftest import ADMIN_TOKEN, PlaneFactory, SettingsFactory
 
 LUNIA = str(Path(sys.executable).with_name("lunia"))

@@ -8,12 +8,12 @@ from typing import Any
 
 import pytest
 
-from core.alerts import AlertSource, Severity
 from core.control_plane import ControlPlane
 from core.errors import Conflict, InvalidInput, NotFound, PermissionDenied
-from core.incident_model import EventKind, IncidentEvent, IncidentState
+from core.incidents.receivers import parse_alertmanager, parse_falco
 from core.models import Actor, ActorKind, Role, utcnow
-from core.receivers import parse_alertmanager, parse_falco
+from core.models.alerts import AlertSource, Severity
+from core.models.incidents import EventKind, IncidentEvent, IncidentState
 from tests.conftest import PlaneFactory, SettingsFactory
 from tests.fakes.pagerduty import PagerDutyFake
 from tests.support.payloads import am_alert, am_payload, falco_event

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from core.lease import Lease, NotLeader
+from core.platform.lease import Lease, NotLeader
 from tests.support.services import RedisServer, start_redis
 
 WAIT = 20.0  # generous: every wait below ends as soon as its condition holds
@@ -197,7 +197,7 @@ async def test_fence_rejects_a_leader_whose_lease_was_taken(
 
 _LEADER = """
 import asyncio, sys
-from core.lease import Lease
+from core.platform.lease import Lease
 
 async def main():
     async def acquired(term):

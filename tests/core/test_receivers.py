@@ -9,15 +9,15 @@ from typing import Any
 
 import pytest
 
-from core.alerts import Alert, AlertSource, AlertStatus, Severity, stable_hash
 from core.errors import InvalidInput
-from core.receivers import (
+from core.incidents.receivers import (
     MAX_ALERTS_PER_PAYLOAD,
     PayloadError,
     parse_alertmanager,
     parse_falco,
     parse_grafana,
 )
+from core.models.alerts import Alert, AlertSource, AlertStatus, Severity, stable_hash
 
 Parser = Callable[[Any], list[Alert]]
 

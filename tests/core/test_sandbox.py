@@ -6,7 +6,7 @@ import pytest
 
 from core.errors import ConfirmationRequired
 from core.models import Actor, ActorKind, Role
-from core.venues import VenueMode
+from core.models.venues import VenueMode
 from tests.conftest import PlaneFactory
 
 ANN = Actor(kind=ActorKind.TELEGRAM, id="1", name="ann", role=Role.ADMIN)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from core.receivers import parse_falco
+from core.incidents.receivers import parse_falco
 from tests.conftest import PlaneFactory
 from tests.fakes.smtp import FakeSmtp
 from tests.support.payloads import falco_event

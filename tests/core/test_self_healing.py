@@ -9,9 +9,9 @@ from dataclasses import dataclass
 import pytest
 
 from core.control_plane import ControlPlane
-from core.incident_model import IncidentState
 from core.models import Actor, ActorKind, OutboxItem, OutboxMessage, Role
-from core.outbox import Delivery, OutboxWorker
+from core.models.incidents import IncidentState
+from core.platform.outbox import Delivery, OutboxWorker
 from tests.conftest import PlaneFactory
 from tests.fakes.exchanges import BinanceFake, OkxFake, credentials_env
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from core.config.settings import Settings
 from core.errors import ConfigError
-from core.secrets import resolve_secrets
-from core.settings import Settings
+from core.security.secrets import resolve_secrets
 
 
 def test_defaults_are_the_embedded_setup(monkeypatch: pytest.MonkeyPatch) -> None:

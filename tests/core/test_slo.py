@@ -7,8 +7,8 @@ import math
 import pytest
 
 from core.control_plane import ControlPlane
-from core.incident_model import Incident, IncidentState
-from core.slo import quantile
+from core.models.incidents import Incident, IncidentState
+from core.ops.slo import quantile
 from tests.conftest import PlaneFactory
 
 WINDOW = 60.0

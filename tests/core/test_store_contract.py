@@ -14,10 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from core.alerts import Alert, AlertSource, AlertStatus, Severity
-from core.audit import GENESIS_HASH, entry_digest
 from core.errors import NotFound
-from core.incident_model import (
+from core.models import Actor, ActorKind, AuditRecord, OutboxMessage, Role, utcnow
+from core.models.alerts import Alert, AlertSource, AlertStatus, Severity
+from core.models.audit import GENESIS_HASH, entry_digest
+from core.models.incidents import (
     Change,
     EscalationStep,
     EventKind,
@@ -27,7 +28,6 @@ from core.incident_model import (
     acknowledge,
     plan_alert,
 )
-from core.models import Actor, ActorKind, AuditRecord, OutboxMessage, Role, utcnow
 from core.store import AlertPlanner, FlagOverride, IngestOutcome, Store
 from core.store import redis as redis_store
 from core.store import sqlite as sqlite_store
@@ -257,7 +257,7 @@ async def test_engine_state_is_written_with_its_audit_entry(open_store: StoreFac
 
 
 async def test_orders_upsert_by_client_order_id_and_list_newest_first(store: Store) -> None:
-    from core.venues import OrderRecord, OrderSide, OrderStatus, OrderType, VenueMode
+    from core.models.venues import OrderRecord, OrderSide, OrderStatus, OrderType, VenueMode
 
     def order(cid: str, core: str, status: OrderStatus) -> OrderRecord:
         return OrderRecord(
@@ -350,7 +350,7 @@ async def test_trial_store_is_isolated(store: Store, tmp_path: Path) -> None:
     assert (await store.audit_head() or (0, ""))[0] == 1
 
 
-# -- incidents, alerts and events (core/incidents.py drives these) ------------------------------
+# -- incidents, alerts and events (core/incidents/service.py drives these) -------------------------
 
 
 RULES = Rules(escalation={Severity.CRITICAL: EscalationStep(ack_timeout_seconds=60)})

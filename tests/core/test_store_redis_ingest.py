@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from core.alerts import Alert, AlertStatus, Severity
-from core.incident_model import acknowledge
 from core.models import utcnow
+from core.models.alerts import Alert, AlertStatus, Severity
+from core.models.incidents import acknowledge
 from core.store.redis import MIGRATIONS, RedisStore
 from tests.core.test_store_contract import ALICE, alert, planner
 from tests.support.services import RedisServer, start_redis

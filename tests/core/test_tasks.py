@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from core.tasks import cancel_and_wait
+from core.platform.tasks import cancel_and_wait
 
 
 async def test_a_task_that_swallows_one_cancellation_is_cancelled_again(
@@ -27,7 +27,7 @@ async def test_a_task_that_swallows_one_cancellation_is_cancelled_again(
 
     task = asyncio.create_task(rides_out_errors(), name="stubborn")
     await asyncio.sleep(0)
-    with caplog.at_level(logging.WARNING, logger="core.tasks"):
+    with caplog.at_level(logging.WARNING, logger="core.platform.tasks"):
         async with asyncio.timeout(5):
             await cancel_and_wait(task)
     assert task.cancelled() and swallowed == 1

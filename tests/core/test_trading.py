@@ -9,11 +9,11 @@ from datetime import timedelta
 import pytest
 
 from core.control_plane import ControlPlane
-from core.cores import CoreContext, Intent, MeanReversionCore, MomentumCore
 from core.errors import ConfirmationRequired, OrderRejected, PermissionDenied, RiskLimitExceeded
 from core.models import Actor, ActorKind, Role, utcnow
+from core.models.venues import OrderSide, OrderStatus, OrderType, VenueMode
 from core.store import PnlPoint
-from core.venues import OrderSide, OrderStatus, OrderType, VenueMode
+from core.trading.strategies import CoreContext, Intent, MeanReversionCore, MomentumCore
 from tests.conftest import PlaneFactory
 from tests.support.cores import BuyEveryTick, CrashTwice
 

@@ -8,11 +8,11 @@ import ccxt.async_support as ccxt_async
 import pytest
 from pydantic import SecretStr
 
+from core.config.settings import VenueCredentials
 from core.errors import InsufficientFunds, VenueBanned, VenueRateLimited, VenueUnavailable
-from core.settings import VenueCredentials
-from core.venues import OrderRequest, OrderSide, OrderStatus, OrderType
-from core.venues.ccxt import CcxtVenue, rewrite_urls, translate
-from core.venues.paper import PaperVenue, RandomWalkPrices
+from core.models.venues import OrderRequest, OrderSide, OrderStatus, OrderType
+from core.trading.venues.ccxt import CcxtVenue, rewrite_urls, translate
+from core.trading.venues.paper import PaperVenue, RandomWalkPrices
 from tests.fakes.exchanges import BinanceFake, FakeExchange, OkxFake
 
 ORDER_PATHS = {"binance": "/api/v3/order", "okx": "/api/v5/trade/batch-orders"}

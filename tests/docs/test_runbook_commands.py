@@ -62,9 +62,9 @@ from api.app import create_app
 from api.cli import app as lunia_app
 from bot.handlers import all_commands
 from core.control_plane import ControlPlane
+from core.incidents.receivers import parse_alertmanager
 from core.models import Actor, Role
-from core.receivers import parse_alertmanager
-from core.secrets import ADMIN_TOKEN_FILE
+from core.security.secrets import ADMIN_TOKEN_FILE
 from tests.bot.conftest import BotFactory
 from tests.bot.test_bot import button
 from tests.conftest import PlaneFactory

@@ -11,9 +11,9 @@ import httpx
 import pytest
 
 from core.control_plane import ControlPlane
-from core.incident_model import IncidentState
+from core.incidents.receivers import parse_alertmanager
 from core.models import Actor, ActorKind, Role
-from core.receivers import parse_alertmanager
+from core.models.incidents import IncidentState
 from tests.conftest import PlaneFactory
 from tests.support.payloads import am_alert, am_payload
 from tests.support.services import Alertmanager, start_alertmanager

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 
 from core.control_plane import ControlPlane
-from core.incident_model import Incident, IncidentState
+from core.models.incidents import Incident, IncidentState
 from tests.conftest import OPERATOR_TOKEN, WEBHOOK_TOKEN, PlaneFactory, auth
 from tests.support.http import serve
 from tests.support.services import start_alertmanager, start_prometheus

@@ -19,11 +19,11 @@ import pytest
 from api.app import create_app
 from bot.app import TelegramBot
 from core.control_plane import ControlPlane
-from core.cores import Intent
 from core.errors import OrderRejected
-from core.incident_model import IncidentState
-from core.roles import ProcessRole
-from core.venues import OrderSide
+from core.models.incidents import IncidentState
+from core.models.venues import OrderSide
+from core.platform.roles import ProcessRole
+from core.trading.strategies import Intent
 from tests.conftest import ADMIN_TOKEN, OPERATOR_TOKEN, WEBHOOK_TOKEN, SettingsFactory, auth
 from tests.fakes.telegram import FakeTelegram
 from tests.support.payloads import am_alert, am_payload

@@ -20,10 +20,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from core.cores import Intent
-from core.lease import NotLeader
-from core.roles import ProcessRole
-from core.venues import OrderSide
+from core.models.venues import OrderSide
+from core.platform.lease import NotLeader
+from core.platform.roles import ProcessRole
+from core.trading.strategies import Intent
 from tests.conftest import TOKENS, WEBHOOK_TOKEN, SettingsFactory
 from tests.support.services import RedisServer, free_port, start_redis
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from core.cores import CoreContext, Intent
-from core.venues import OrderSide
+from core.models.venues import OrderSide
+from core.trading.strategies import CoreContext, Intent
 
 
 class BuyEveryTick:

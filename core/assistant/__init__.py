@@ -1,0 +1,1 @@
+"""The assistant: LLM and rule-based answers over read-only tools (runbook §2.3)."""

@@ -1,0 +1,1 @@
+"""Backups, verification, restore and off-site copies (runbook §3)."""

@@ -1,0 +1,1 @@
+"""Settings and start-up checks: what the process is told and whether it may start."""

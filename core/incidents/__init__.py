@@ -1,0 +1,2 @@
+"""Incidents: alert receivers, the incident service, Alertmanager silences,
+PagerDuty and security e-mail escalation."""

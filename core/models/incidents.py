@@ -1,0 +1,404 @@
+"""Incidents and their lifecycle rules, as pure functions over models.
+
+The state machine (``triggered`` → ``acknowledged`` → ``resolved``, plus ``silenced`` with an
+until-time) lives here so the store can apply a transition inside its own transaction and every
+adapter gets the same refusals. Functions return a ``Change`` (or None when the action is already
+done: actions are idempotent) and raise ``Conflict`` for impossible transitions.
+
+Grouping rule: an incident is keyed by ``<source>:<fingerprint>``; repeats of the same condition
+increment ``count`` and ``last_seen``. A re-fire after resolution **reopens** the incident when it
+was resolved less than ``reopen_window`` ago, and opens a new one otherwise.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime, timedelta
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from core.errors import Conflict, InvalidInput
+from core.models import Actor, ActorKind, OutboxMessage, Role
+from core.models.alerts import Alert, AlertSource, AlertStatus, Severity
+
+
+class IncidentState(enum.StrEnum):
+    """Where an incident is in its lifecycle."""
+
+    TRIGGERED = "triggered"
+    ACKNOWLEDGED = "acknowledged"
+    SILENCED = "silenced"
+    RESOLVED = "resolved"
+
+
+class EventKind(enum.StrEnum):
+    """What happened to an incident; the bot renders each of these."""
+
+    OPENED = "opened"
+    UPDATED = "updated"
+    REOPENED = "reopened"
+    ACKNOWLEDGED = "acknowledged"
+    UNACKNOWLEDGED = "unacknowledged"
+    SILENCED = "silenced"
+    UNSILENCED = "unsilenced"
+    RESOLVED = "resolved"
+    ESCALATED = "escalated"
+
+
+class Incident(BaseModel):
+    """One incident: a grouped, stateful view of an alerting condition."""
+
+    id: int = 0
+    key: str
+    source: AlertSource
+    fingerprint: str
+    title: str
+    severity: Severity
+    state: IncidentState = IncidentState.TRIGGERED
+    security: bool = False
+    summary: str = ""
+    description: str = ""
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+    generator_url: str | None = None
+    group_key: str | None = None
+    firing: bool = True
+    count: int = 1
+    first_seen: datetime
+    last_seen: datetime
+    acknowledged_by: Actor | None = None
+    acknowledged_at: datetime | None = None
+    resolved_by: Actor | None = None
+    resolved_at: datetime | None = None
+    silenced_until: datetime | None = None
+    silenced_by: Actor | None = None
+    silence_id: str | None = None
+    state_before_silence: IncidentState | None = None
+    escalation_level: int = 0
+    next_escalation_at: datetime | None = None
+    pagerduty_triggered: bool = False
+    version: int = 0
+
+    @property
+    def is_open(self) -> bool:
+        """True until resolved."""
+        return self.state is not IncidentState.RESOLVED
+
+    @property
+    def deadline(self) -> datetime | None:
+        """When the scheduler must next look at this incident (escalation or silence end)."""
+        if self.state is IncidentState.TRIGGERED:
+            return self.next_escalation_at
+        if self.state is IncidentState.SILENCED:
+            return self.silenced_until
+        return None
+
+    def describe(self) -> str:
+        """Short human reference: ``#12 RedisDown``."""
+        return f"#{self.id} {self.title}"
+
+
+class Change(BaseModel):
+    """A transition computed by the rules, applied atomically by the store."""
+
+    incident: Incident
+    kind: EventKind
+    actor: Actor
+    detail: str = ""
+    audit: bool = True
+    outbox: list[OutboxMessage] = Field(default_factory=list)
+
+
+class IncidentEvent(BaseModel):
+    """A stored, ordered notification that an incident changed (what the bot renders)."""
+
+    seq: int
+    ts: datetime
+    kind: EventKind
+    incident: Incident
+    actor: Actor
+    detail: str = ""
+
+
+class EscalationStep(BaseModel):
+    """How one severity escalates when nobody acknowledges."""
+
+    ack_timeout_seconds: float = Field(gt=0)
+    repeat: int = Field(default=1, ge=0, le=20)
+    targets: list[str] = Field(default_factory=lambda: ["chat"])
+
+
+class Rules(BaseModel):
+    """Tunable parts of the lifecycle."""
+
+    reopen_window: timedelta = timedelta(hours=1)
+    escalation: dict[Severity, EscalationStep] = Field(default_factory=dict)
+    max_silence: timedelta = timedelta(days=7)
+
+    def first_escalation(self, severity: Severity, now: datetime) -> datetime | None:
+        """When a fresh (or re-triggered) incident of ``severity`` escalates first."""
+        step = self.escalation.get(severity)
+        if step is None or step.repeat == 0:
+            return None
+        return now + timedelta(seconds=step.ack_timeout_seconds)
+
+
+def source_actor(source: AlertSource) -> Actor:
+    """The actor recorded for changes an alert source causes."""
+    return Actor(kind=ActorKind.SYSTEM, id=source.value, name=source.value, role=Role.OPERATOR)
+
+
+def _new_incident(alert: Alert, now: datetime, rules: Rules) -> Incident:
+    return Incident(
+        key=f"{alert.source.value}:{alert.fingerprint}",
+        source=alert.source,
+        fingerprint=alert.fingerprint,
+        title=alert.title,
+        severity=alert.severity,
+        security=alert.security,
+        summary=alert.summary,
+        description=alert.description,
+        labels=alert.labels,
+        annotations=alert.annotations,
+        generator_url=alert.generator_url,
+        group_key=alert.group_key,
+        first_seen=now,
+        last_seen=now,
+        next_escalation_at=rules.first_escalation(alert.severity, now),
+    )
+
+
+def _refresh_from(incident: Incident, alert: Alert, now: datetime) -> dict[str, Any]:
+    return {
+        "title": alert.title,
+        "summary": alert.summary or incident.summary,
+        "description": alert.description or incident.description,
+        "labels": alert.labels or incident.labels,
+        "annotations": alert.annotations or incident.annotations,
+        "generator_url": alert.generator_url or incident.generator_url,
+        "severity": alert.severity,
+        "security": incident.security or alert.security,
+        "last_seen": now,
+    }
+
+
+def plan_alert(
+    alert: Alert,
+    open_incident: Incident | None,
+    last_resolved: Incident | None,
+    now: datetime,
+    rules: Rules,
+) -> Change | None:
+    """Decide what one newly received alert does to its incident."""
+    change = _plan_alert(alert, open_incident, last_resolved, now, rules)
+    if change is not None:
+        # What an alert source does by itself is kept on the incident's timeline (and its
+        # alerts); the audit log is for what people and automation do.
+        change.audit = False
+    return change
+
+
+def _plan_alert(
+    alert: Alert,
+    open_incident: Incident | None,
+    last_resolved: Incident | None,
+    now: datetime,
+    rules: Rules,
+) -> Change | None:
+    """The transition one alert causes (see ``plan_alert``)."""
+    actor = source_actor(alert.source)
+    if open_incident is not None:
+        if alert.status is AlertStatus.RESOLVED:
+            resolved = open_incident.model_copy(
+                update={
+                    "state": IncidentState.RESOLVED,
+                    "firing": False,
+                    "resolved_by": actor,
+                    "resolved_at": now,
+                    "last_seen": now,
+                    "next_escalation_at": None,
+                    "silenced_until": None,
+                    "state_before_silence": None,
+                }
+            )
+            return Change(
+                incident=resolved,
+                kind=EventKind.RESOLVED,
+                actor=actor,
+                detail="the alert cleared at its source",
+            )
+        updated = open_incident.model_copy(
+            update={
+                **_refresh_from(open_incident, alert, now),
+                "firing": True,
+                "count": open_incident.count + 1,
+            }
+        )
+        return Change(incident=updated, kind=EventKind.UPDATED, actor=actor)
+    if alert.status is AlertStatus.RESOLVED:
+        return None  # already resolved here (by hand, or never seen firing): nothing to change
+    if (
+        last_resolved is not None
+        and last_resolved.resolved_at is not None
+        and (now - last_resolved.resolved_at < rules.reopen_window)
+    ):
+        reopened = last_resolved.model_copy(
+            update={
+                **_refresh_from(last_resolved, alert, now),
+                "state": IncidentState.TRIGGERED,
+                "firing": True,
+                "count": last_resolved.count + 1,
+                "acknowledged_by": None,
+                "acknowledged_at": None,
+                "resolved_by": None,
+                "resolved_at": None,
+                "escalation_level": 0,
+                "pagerduty_triggered": False,
+                "next_escalation_at": rules.first_escalation(alert.severity, now),
+            }
+        )
+        return Change(
+            incident=reopened,
+            kind=EventKind.REOPENED,
+            actor=actor,
+            detail="fired again shortly after it was resolved",
+        )
+    return Change(incident=_new_incident(alert, now, rules), kind=EventKind.OPENED, actor=actor)
+
+
+def _refuse_resolved(incident: Incident, verb: str) -> None:
+    if incident.state is IncidentState.RESOLVED:
+        by = incident.resolved_by.name if incident.resolved_by else "its source"
+        at = incident.resolved_at.strftime("%Y-%m-%d %H:%M UTC") if incident.resolved_at else "?"
+        raise Conflict(
+            f"incident {incident.describe()} is already resolved (by {by} at {at}); "
+            f"there is nothing to {verb}"
+        )
+
+
+def acknowledge(incident: Incident, actor: Actor, now: datetime) -> Change | None:
+    """Someone is on it: stop escalating."""
+    _refuse_resolved(incident, "acknowledge")
+    if incident.acknowledged_by is not None:
+        return None
+    update: dict[str, Any] = {
+        "acknowledged_by": actor,
+        "acknowledged_at": now,
+        "next_escalation_at": None,
+    }
+    if incident.state is IncidentState.SILENCED:
+        update["state_before_silence"] = IncidentState.ACKNOWLEDGED
+    else:
+        update["state"] = IncidentState.ACKNOWLEDGED
+    return Change(
+        incident=incident.model_copy(update=update), kind=EventKind.ACKNOWLEDGED, actor=actor
+    )
+
+
+def unacknowledge(incident: Incident, actor: Actor, now: datetime, rules: Rules) -> Change | None:
+    """Hand the incident back: it is triggered again and escalation restarts."""
+    _refuse_resolved(incident, "unacknowledge")
+    if incident.acknowledged_by is None:
+        return None
+    update: dict[str, Any] = {
+        "acknowledged_by": None,
+        "acknowledged_at": None,
+        "escalation_level": 0,
+    }
+    if incident.state is IncidentState.SILENCED:
+        update["state_before_silence"] = IncidentState.TRIGGERED
+    else:
+        update["state"] = IncidentState.TRIGGERED
+        update["next_escalation_at"] = rules.first_escalation(incident.severity, now)
+    return Change(
+        incident=incident.model_copy(update=update), kind=EventKind.UNACKNOWLEDGED, actor=actor
+    )
+
+
+def resolve(incident: Incident, actor: Actor, now: datetime) -> Change | None:
+    """Close the incident by hand."""
+    if incident.state is IncidentState.RESOLVED:
+        return None
+    resolved = incident.model_copy(
+        update={
+            "state": IncidentState.RESOLVED,
+            "resolved_by": actor,
+            "resolved_at": now,
+            "next_escalation_at": None,
+            "silenced_until": None,
+            "state_before_silence": None,
+        }
+    )
+    return Change(incident=resolved, kind=EventKind.RESOLVED, actor=actor)
+
+
+def silence(
+    incident: Incident, actor: Actor, now: datetime, duration: timedelta, rules: Rules
+) -> Change:
+    """Mute the incident until ``now + duration`` (extends an existing silence)."""
+    _refuse_resolved(incident, "silence")
+    if duration <= timedelta(0) or duration > rules.max_silence:
+        raise InvalidInput(
+            f"silence duration must be between 1 minute and {rules.max_silence.days} days"
+        )
+    before = incident.state_before_silence or incident.state
+    silenced = incident.model_copy(
+        update={
+            "state": IncidentState.SILENCED,
+            "silenced_until": now + duration,
+            "silenced_by": actor,
+            "state_before_silence": before,
+        }
+    )
+    until = silenced.silenced_until.strftime("%Y-%m-%d %H:%M UTC")  # type: ignore[union-attr]
+    return Change(
+        incident=silenced, kind=EventKind.SILENCED, actor=actor, detail=f"silenced until {until}"
+    )
+
+
+def unsilence(
+    incident: Incident, actor: Actor, now: datetime, rules: Rules, reason: str = ""
+) -> Change | None:
+    """Lift a silence (by hand, at its end, or because Alertmanager expired it)."""
+    if incident.state is not IncidentState.SILENCED:
+        return None
+    back = incident.state_before_silence or IncidentState.TRIGGERED
+    update: dict[str, Any] = {
+        "state": back,
+        "silenced_until": None,
+        "silenced_by": None,
+        "silence_id": None,
+        "state_before_silence": None,
+    }
+    if back is IncidentState.TRIGGERED:
+        update["next_escalation_at"] = rules.first_escalation(incident.severity, now)
+    return Change(
+        incident=incident.model_copy(update=update),
+        kind=EventKind.UNSILENCED,
+        actor=actor,
+        detail=reason,
+    )
+
+
+def escalate(incident: Incident, actor: Actor, now: datetime, rules: Rules) -> Change | None:
+    """Nobody acknowledged in time: raise the level and schedule the next step, if any."""
+    if incident.state is not IncidentState.TRIGGERED or incident.next_escalation_at is None:
+        return None
+    if incident.next_escalation_at > now:
+        return None
+    step = rules.escalation.get(incident.severity)
+    if step is None:
+        return None
+    level = incident.escalation_level + 1
+    following = now + timedelta(seconds=step.ack_timeout_seconds) if level < step.repeat else None
+    escalated = incident.model_copy(
+        update={"escalation_level": level, "next_escalation_at": following}
+    )
+    return Change(
+        incident=escalated,
+        kind=EventKind.ESCALATED,
+        actor=actor,
+        detail=f"not acknowledged: escalation {level} of {step.repeat} to "
+        f"{', '.join(step.targets)}",
+    )

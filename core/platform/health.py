@@ -1,0 +1,130 @@
+"""Component health: checks run in the background, probes read the cached result.
+
+``/healthz`` must never wait on a slow dependency, so each check runs on a timer with its own
+timeout and the probe only reads the last outcome.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+from pydantic import BaseModel
+
+from core.models import utcnow
+from core.platform.metrics import Metrics
+from core.platform.tasks import cancel_and_wait
+
+logger = logging.getLogger(__name__)
+
+
+class Status(enum.StrEnum):
+    """State of one component, or of the whole service."""
+
+    OK = "ok"
+    DEGRADED = "degraded"
+    DOWN = "down"
+    DISABLED = "disabled"
+
+
+class ComponentHealth(BaseModel):
+    """The latest outcome of one component's check."""
+
+    status: Status
+    detail: str = ""
+    checked_at: datetime | None = None
+    latency_ms: float | None = None
+
+
+class HealthReport(BaseModel):
+    """What ``/healthz`` answers."""
+
+    status: Status
+    components: dict[str, ComponentHealth]
+
+
+Check = Callable[[], Awaitable[ComponentHealth]]
+
+
+@dataclass
+class _Registered:
+    check: Check
+    critical: bool
+    last: ComponentHealth
+
+
+class HealthService:
+    """Runs registered checks periodically and keeps their latest results."""
+
+    def __init__(self, metrics: Metrics, *, interval: float = 5.0, timeout: float = 2.0) -> None:
+        self._metrics = metrics
+        self._interval = interval
+        self._timeout = timeout
+        self._components: dict[str, _Registered] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def register(self, name: str, check: Check, *, critical: bool = True) -> None:
+        """Add a component; ``critical`` ones make the service ``down`` when they are."""
+        self._components[name] = _Registered(
+            check, critical, ComponentHealth(status=Status.DEGRADED, detail="not checked yet")
+        )
+
+    async def start(self) -> None:
+        """Run every check once, then keep refreshing them in the background."""
+        await self.refresh()
+        self._task = asyncio.create_task(self._loop(), name="health-checks")
+
+    async def close(self) -> None:
+        """Stop the background checks."""
+        task, self._task = self._task, None
+        await cancel_and_wait(task)
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            await self.refresh()
+
+    async def refresh(self) -> None:
+        """Run all checks now, concurrently, each bounded by the timeout."""
+        names = list(self._components)
+        results = await asyncio.gather(*(self._run(n) for n in names))
+        for name, result in zip(names, results, strict=True):
+            self._components[name].last = result
+            self._metrics.component_up.labels(name).set(
+                1 if result.status in (Status.OK, Status.DISABLED) else 0
+            )
+
+    async def _run(self, name: str) -> ComponentHealth:
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(self._timeout):
+                result = await self._components[name].check()
+        except TimeoutError:
+            result = ComponentHealth(
+                status=Status.DOWN, detail=f"check timed out after {self._timeout:g}s"
+            )
+        except Exception as exc:
+            logger.warning("health check %s failed: %s", name, exc)
+            result = ComponentHealth(status=Status.DOWN, detail=f"check failed: {exc}")
+        result.checked_at = utcnow()
+        result.latency_ms = round((time.perf_counter() - started) * 1000, 2)
+        return result
+
+    def snapshot(self) -> HealthReport:
+        """The cached state of every component and the overall verdict."""
+        overall = Status.OK
+        for item in self._components.values():
+            status = item.last.status
+            if status == Status.DOWN and item.critical:
+                overall = Status.DOWN
+            elif status in (Status.DOWN, Status.DEGRADED) and overall == Status.OK:
+                overall = Status.DEGRADED
+        return HealthReport(
+            status=overall,
+            components={name: item.last for name, item in self._components.items()},
+        )

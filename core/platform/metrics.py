@@ -1,0 +1,292 @@
+"""Prometheus metrics of the control plane, on a registry owned by one ``Metrics`` object.
+
+Names the runbook uses are exact (``core_pnl``, ``risk_exposure``, ``exchange_failover``,
+``orders_total``, ``redis_status``, ``request_duration_seconds``). No module-level metric objects:
+each ``ControlPlane`` gets its own registry, so tests and multiple instances never collide.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CONTENT_TYPE_LATEST as _CONTENT_TYPE
+from prometheus_client import CollectorRegistry, Counter, Enum, Gauge, Histogram, generate_latest
+
+CONTENT_TYPE = _CONTENT_TYPE
+
+# Request latency buckets straddle the runbook's 200 ms SLO finely.
+LATENCY_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.15,
+    0.2,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+
+
+class Metrics:
+    """Every metric the control plane exports."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.request_duration = Histogram(
+            "request_duration_seconds",
+            "HTTP request latency by route template, method and status.",
+            ["route", "method", "status"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.redis_status = Enum(
+            "redis_status",
+            "State of the shared Redis store and bus.",
+            states=["ok", "down", "disabled"],
+            registry=r,
+        )
+        self.exchange_failover = Gauge(
+            "exchange_failover", "1 while trading on the standby venue.", registry=r
+        )
+        self.core_pnl = Gauge(
+            "core_pnl", "Realized plus unrealized PnL per core (USDT).", ["core"], registry=r
+        )
+        self.risk_exposure = Gauge("risk_exposure", "Total open exposure (USDT).", registry=r)
+        self.core_ticks = Counter(
+            "core_ticks",
+            "Completed decision ticks per core (its signal loop).",
+            ["core"],
+            registry=r,
+        )
+        self.orders = Counter(
+            "orders", "Orders by venue, side and status.", ["venue", "side", "status"], registry=r
+        )
+        self.llm_rate_limited = Gauge(
+            "llm_rate_limited",
+            "1 while the assistant answers from the rule-based fallback.",
+            registry=r,
+        )
+        # The assistant (core/assistant/service.py): one count per question answered.
+        self.llm_requests = Counter(
+            "llm_requests",
+            "Assistant questions by outcome (ok, fallback, rate_limited, error).",
+            ["outcome"],
+            registry=r,
+        )
+        self.llm_tool_calls = Counter(
+            "llm_tool_calls",
+            "Assistant tool calls by tool and outcome (ok, error).",
+            ["tool", "outcome"],
+            registry=r,
+        )
+        self.llm_latency = Histogram(
+            "llm_answer_duration_seconds",
+            "Time to answer an assistant question, by source (llm, fallback).",
+            ["source"],
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 40, 80),
+            registry=r,
+        )
+        self.llm_circuit = Enum(
+            "llm_circuit_state",
+            "State of the LLM circuit breaker.",
+            states=["closed", "open", "half_open"],
+            registry=r,
+        )
+        self.flag_info = Gauge(
+            "feature_flag_info",
+            "Effective value and source of each feature flag (always 1).",
+            ["flag", "value", "source"],
+            registry=r,
+        )
+        self.flag_enabled = Gauge(
+            "feature_flag_enabled", "1 when a boolean feature flag is on.", ["flag"], registry=r
+        )
+        self.flag_changes = Counter(
+            "feature_flag_changes",
+            "Flag overrides set or cleared.",
+            ["flag", "action"],
+            registry=r,
+        )
+        self.component_up = Gauge(
+            "component_healthy",
+            "1 when a health component is ok (or disabled).",
+            ["component"],
+            registry=r,
+        )
+        self.audit_entries = Counter(
+            "audit_entries", "Audit entries written by action outcome.", ["outcome"], registry=r
+        )
+        self.auth_denied = Counter(
+            "unauthorized_attempts",
+            "Requests refused for missing or insufficient rights.",
+            ["adapter", "reason"],
+            registry=r,
+        )
+
+        self.job_runs = Counter(
+            "scheduler_job_runs", "Scheduled job runs by outcome.", ["job", "outcome"], registry=r
+        )
+        self.job_duration = Histogram(
+            "scheduler_job_duration_seconds", "Scheduled job run time.", ["job"], registry=r
+        )
+        self.job_last_success = Gauge(
+            "scheduler_job_last_success_timestamp_seconds",
+            "When each job last succeeded.",
+            ["job"],
+            registry=r,
+        )
+
+        # Alerts and incidents
+        self.alerts_received = Counter(
+            "alerts_received",
+            "Alerts received by source and outcome.",
+            ["source", "outcome"],
+            registry=r,
+        )
+        self.incidents_open = Gauge(
+            "incidents_open", "Open incidents by severity.", ["severity"], registry=r
+        )
+        self.time_to_ack = Histogram(
+            "incident_time_to_acknowledge_seconds",
+            "From first alert to acknowledgement.",
+            ["severity"],
+            buckets=(30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 14400),
+            registry=r,
+        )
+        self.escalations = Counter(
+            "incident_escalations",
+            "Escalations sent by target.",
+            ["severity", "target"],
+            registry=r,
+        )
+        self.outbox_sends = Counter(
+            "outbox_sends",
+            "Outbox deliveries by channel and outcome.",
+            ["channel", "outcome"],
+            registry=r,
+        )
+        self.outbox_depth = Gauge(
+            "outbox_depth", "Messages waiting per outbox channel.", ["channel"], registry=r
+        )
+        self.outbox_oldest_age = Gauge(
+            "outbox_oldest_age_seconds",
+            "Age of the oldest waiting message per channel.",
+            ["channel"],
+            registry=r,
+        )
+        self.telegram_sends = Counter(
+            "telegram_sends",
+            "Telegram Bot API calls by method and outcome.",
+            ["method", "outcome"],
+            registry=r,
+        )
+        self.telegram_commands = Counter(
+            "telegram_commands",
+            "Bot commands and button presses by name and outcome.",
+            ["command", "outcome"],
+            registry=r,
+        )
+        self.pagerduty_sends = Counter(
+            "pagerduty_sends",
+            "PagerDuty Events API calls by outcome.",
+            ["action", "outcome"],
+            registry=r,
+        )
+
+        # Backups (issue-owned by the backup service; exported from the start so the
+        # BackupStale rule has series to read: interval 0 means scheduled backups are off).
+        self.backup_last_success = Gauge(
+            "backup_last_success_timestamp_seconds", "When the last backup succeeded.", registry=r
+        )
+        self.backup_interval = Gauge(
+            "backup_schedule_interval_seconds",
+            "Seconds between scheduled backups (0: off).",
+            registry=r,
+        )
+        self.backup_size = Gauge(
+            "backup_last_size_bytes", "Size of the last successful backup.", registry=r
+        )
+        self.backup_duration = Histogram(
+            "backup_duration_seconds",
+            "Time taken by backup operations (create, verify, restore).",
+            ["operation"],
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900),
+            registry=r,
+        )
+        self.backup_operations = Counter(
+            "backup_operations",
+            "Backup operations by kind and outcome.",
+            ["operation", "outcome"],
+            registry=r,
+        )
+        self.backup_last_verified = Gauge(
+            "backup_last_verified_timestamp_seconds",
+            "When a backup last passed verification (trial restore).",
+            registry=r,
+        )
+        self.audit_export_last_success = Gauge(
+            "audit_export_last_success_timestamp_seconds",
+            "When the audit log was last exported.",
+            registry=r,
+        )
+
+        # Self-healing (core/ops/self_healing.py) and the latency SLO guard (core/ops/slo.py).
+        self.self_healing_actions = Counter(
+            "self_healing_actions",
+            "Remedies the self-healing loop carried out, by action.",
+            ["action"],
+            registry=r,
+        )
+        self.slo_p99 = Gauge(
+            "slo_request_p99_seconds",
+            "P99 of request_duration_seconds over the SLO window (NaN: no traffic).",
+            registry=r,
+        )
+
+        # Redis itself (ENABLE_REDIS=true): round trip of the health ping, failures, leases.
+        self.redis_latency = Histogram(
+            "redis_ping_seconds",
+            "Round trip of the Redis health ping.",
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+            registry=r,
+        )
+        self.redis_errors = Counter("redis_errors", "Redis health pings that failed.", registry=r)
+        self.lease_leader = Gauge(
+            "lease_leader", "1 while this process holds the named lease.", ["lease"], registry=r
+        )
+        self.lease_term = Gauge(
+            "lease_term",
+            "Fencing term of the named lease this process last held.",
+            ["lease"],
+            registry=r,
+        )
+        self.spool_depth = Gauge(
+            "spool_depth",
+            "Writes kept locally while Redis is unreachable, waiting to be replayed.",
+            ["kind"],
+            registry=r,
+        )
+
+        # The event bus on Redis Streams (core/platform/bus_redis.py), per consumer group.
+        self.bus_lag = Gauge(
+            "bus_lag",
+            "Stream entries a consumer group has not read yet (NaN: Redis cannot tell).",
+            ["group"],
+            registry=r,
+        )
+        self.bus_pending = Gauge(
+            "bus_pending",
+            "Entries a consumer group has read but not acknowledged.",
+            ["group"],
+            registry=r,
+        )
+
+    def render(self) -> bytes:
+        """The exposition text for ``/metrics``."""
+        return generate_latest(self.registry)

@@ -1,0 +1,2 @@
+"""Who may do what, and the record of it: permissions, API tokens, secrets, the
+hash-chained audit log and its exports."""

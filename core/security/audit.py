@@ -1,0 +1,232 @@
+"""The audit log: append-only, hash-chained, verifiable and exportable.
+
+Each entry carries the hash of the previous one, so editing or deleting any row breaks the chain
+at that row. The store keeps the chain's head separately, which catches a deleted tail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from core.errors import InvalidInput
+from core.models import AuditEntry, AuditRecord, utcnow
+from core.models.audit import GENESIS_HASH, entry_digest
+from core.platform.files import AtomicFile, write_atomically
+from core.store import Store
+
+EXPORT_FORMAT = "lunia-audit-export/1"
+
+
+class VerifyReport(BaseModel):
+    """Outcome of checking a chain: how many entries held, and the first one that did not."""
+
+    ok: bool
+    checked: int
+    first_bad_seq: int | None = None
+    problem: str = ""
+
+
+class ChainChecker:
+    """Walks entries in order and reports the first break of the chain."""
+
+    def __init__(self, *, expected_seq: int = 1, prev_hash: str = GENESIS_HASH) -> None:
+        self.expected_seq = expected_seq
+        self.prev_hash = prev_hash
+        self.checked = 0
+        self.failure: VerifyReport | None = None
+
+    def feed(self, entry: AuditEntry) -> bool:
+        """Check one entry; False (and ``failure`` set) at the first bad one."""
+        if entry.seq != self.expected_seq:
+            return self._fail(
+                entry.seq,
+                f"entry {self.expected_seq} is missing (found {entry.seq} next): a row was deleted",
+            )
+        if entry.prev_hash != self.prev_hash:
+            return self._fail(
+                entry.seq,
+                f"entry {entry.seq} does not link to entry "
+                f"{entry.seq - 1}: the chain was rewritten",
+            )
+        if entry_digest(entry, seq=entry.seq, ts=entry.ts, prev_hash=entry.prev_hash) != entry.hash:
+            return self._fail(
+                entry.seq, f"entry {entry.seq} was edited: its content does not match its hash"
+            )
+        self.expected_seq += 1
+        self.prev_hash = entry.hash
+        self.checked += 1
+        return True
+
+    def _fail(self, seq: int, problem: str) -> bool:
+        self.failure = VerifyReport(
+            ok=False, checked=self.checked, first_bad_seq=seq, problem=problem
+        )
+        return False
+
+    def report(self) -> VerifyReport:
+        """The verdict so far."""
+        return self.failure or VerifyReport(ok=True, checked=self.checked)
+
+
+class ExportManifest(BaseModel):
+    """Describes one audit export so it can be verified offline."""
+
+    format: str = EXPORT_FORMAT
+    created_at: datetime
+    file: str
+    sha256: str
+    count: int
+    first_seq: int | None
+    last_seq: int | None
+    first_prev_hash: str
+    last_hash: str
+    since: datetime | None
+    until: datetime | None
+
+
+class AuditLog:
+    """Records who did what, and proves afterwards that nobody rewrote it."""
+
+    PAGE = 1000
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    async def record(self, record: AuditRecord) -> AuditEntry:
+        """Append one entry."""
+        return await self._store.append_audit(record)
+
+    async def tail(self, limit: int = 20) -> list[AuditEntry]:
+        """The newest entries, newest first."""
+        if not 1 <= limit <= 1000:
+            raise InvalidInput("limit must be between 1 and 1000")
+        return await self._store.audit_tail(limit)
+
+    async def verify(self) -> VerifyReport:
+        """Walk the whole chain and the recorded head; name the first bad entry."""
+        checker = ChainChecker()
+        after = 0
+        while True:
+            page = await self._store.audit_entries(after_seq=after, limit=self.PAGE)
+            for entry in page:
+                if not checker.feed(entry):
+                    return checker.report()
+            if len(page) < self.PAGE:
+                break
+            after = page[-1].seq
+        head = await self._store.audit_head()
+        last_seq = checker.expected_seq - 1
+        if head is not None and (head[0] != last_seq or head[1] != checker.prev_hash):
+            if head[0] > last_seq:
+                problem = (
+                    f"entries {last_seq + 1}..{head[0]} are missing: the end of the log was deleted"
+                )
+            else:
+                problem = "the recorded head does not match the last entry"
+            return VerifyReport(
+                ok=False, checked=checker.checked, first_bad_seq=last_seq + 1, problem=problem
+            )
+        if head is None and last_seq > 0:
+            return VerifyReport(
+                ok=False,
+                checked=checker.checked,
+                first_bad_seq=1,
+                problem="the log has entries but no recorded head",
+            )
+        return checker.report()
+
+    async def export(
+        self, dest_dir: Path, *, since: datetime | None = None, until: datetime | None = None
+    ) -> ExportManifest:
+        """Write the entries in [since, until) as JSONL plus a manifest, atomically."""
+        stamp = utcnow().strftime("%Y%m%dT%H%M%SZ")
+        name, n = f"audit-{stamp}.jsonl", 1
+        while (dest_dir / name).exists():  # never overwrite an earlier export of the same second
+            n += 1
+            name = f"audit-{stamp}-{n}.jsonl"
+        out = await asyncio.to_thread(AtomicFile, dest_dir / name)
+        count, first, last = 0, None, None
+        try:
+            after = 0
+            while True:
+                page = await self._store.audit_entries(
+                    after_seq=after, limit=self.PAGE, since=since, until=until
+                )
+                chunk = b"".join(e.model_dump_json().encode() + b"\n" for e in page)
+                await asyncio.to_thread(out.write, chunk)
+                if page:
+                    first = first or page[0]
+                    last = page[-1]
+                    count += len(page)
+                if len(page) < self.PAGE:
+                    break
+                after = page[-1].seq
+            await asyncio.to_thread(out.commit)
+        finally:
+            await asyncio.to_thread(out.discard)
+        manifest = ExportManifest(
+            created_at=utcnow(),
+            file=name,
+            sha256=out.sha256,
+            count=count,
+            first_seq=first.seq if first else None,
+            last_seq=last.seq if last else None,
+            first_prev_hash=first.prev_hash if first else GENESIS_HASH,
+            last_hash=last.hash if last else GENESIS_HASH,
+            since=since,
+            until=until,
+        )
+        await asyncio.to_thread(
+            write_atomically,
+            dest_dir / f"{name}.manifest.json",
+            manifest.model_dump_json(indent=2).encode(),
+        )
+        return manifest
+
+
+def verify_export(path: Path) -> VerifyReport:
+    """Verify an exported JSONL file offline against its manifest and its own chain."""
+    manifest_path = path.with_name(path.name + ".manifest.json")
+    if not manifest_path.exists():
+        return VerifyReport(ok=False, checked=0, problem=f"manifest {manifest_path.name} missing")
+    manifest = ExportManifest.model_validate_json(manifest_path.read_bytes())
+    data = path.read_bytes()
+    lines = data.splitlines()
+    checker: ChainChecker | None = None
+    for number, line in enumerate(lines, start=1):
+        try:
+            entry = AuditEntry.model_validate_json(line)
+        except ValueError:
+            return VerifyReport(
+                ok=False,
+                checked=number - 1,
+                first_bad_seq=None,
+                problem=f"line {number} is not a valid audit entry",
+            )
+        if checker is None:
+            checker = ChainChecker(expected_seq=entry.seq, prev_hash=manifest.first_prev_hash)
+        if not checker.feed(entry):
+            return checker.report()
+    if hashlib.sha256(data).hexdigest() != manifest.sha256:
+        return VerifyReport(
+            ok=False, checked=len(lines), problem="file sha256 does not match the manifest"
+        )
+    if len(lines) != manifest.count:
+        return VerifyReport(
+            ok=False,
+            checked=len(lines),
+            problem=f"manifest lists {manifest.count} entries, file has {len(lines)}",
+        )
+    return checker.report() if checker else VerifyReport(ok=True, checked=0)
+
+
+def jsonable(value: Any) -> Any:
+    """A value as it will be stored in JSON (for before/after fields)."""
+    return json.loads(json.dumps(value, default=str))

@@ -1,0 +1,1 @@
+"""The trading engine: strategies (cores), risk, portfolio and venues."""

@@ -1,0 +1,680 @@
+"""The trading engine: runs the cores, places their orders, and owns halt and read-only mode.
+
+Every order passes the same gates in order: read-only mode, halt, the risk manager, then the
+active venue (``VenueService``). Each core runs in its own supervised task: a crash raises an
+incident and the core restarts with exponential backoff, without taking the engine down. Core
+switches and the halt survive a restart (engine state in the store, audited with each change).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from pydantic import BaseModel
+
+from core.config.settings import Settings
+from core.errors import (
+    ConfirmationRequired,
+    Conflict,
+    InvalidInput,
+    NotFound,
+    OperationError,
+    OrderRejected,
+    StoreError,
+    VenueError,
+)
+from core.incidents.service import IncidentService
+from core.models import Actor, AuditRecord, Role, utcnow
+from core.models.alerts import Severity
+from core.models.venues import Order, OrderRecord, OrderRequest, OrderStatus, VenueMode
+from core.platform.metrics import Metrics
+from core.platform.tasks import cancel_and_wait
+from core.security.access import Guard, require
+from core.security.audit import AuditLog
+from core.store import PnlPoint, Store
+from core.trading.portfolio import CorePnl, Portfolio, Position
+from core.trading.risk import ExposureReport, RiskManager
+from core.trading.strategies import Core, CoreContext, Intent
+from core.trading.venues.service import VenueService
+
+logger = logging.getLogger(__name__)
+
+HALT_KEY = "engine.halt"
+PNL_WINDOWS = {"24h": timedelta(hours=24), "7d": timedelta(days=7)}
+PNL_RETENTION = timedelta(days=30)
+RATE_WINDOW = timedelta(minutes=5)  # signal and tick rates are averaged over this
+_OPEN = (OrderStatus.NEW, OrderStatus.OPEN)
+
+
+class CoreInfo(BaseModel):
+    """A core as ``/cores`` shows it."""
+
+    name: str
+    description: str
+    essential: bool
+    enabled: bool
+    running: bool
+    symbols: list[str]
+    realized: float
+    unrealized: float
+    pnl: float
+    crashes: int
+    crashing: bool = False  # the last tick crashed; the supervisor is backing off
+    last_error: str | None
+    last_run_at: datetime | None
+    last_signal_at: datetime | None = None
+    ticks_per_minute: float = 0.0
+    signals_per_minute: float = 0.0
+
+
+class EngineState(BaseModel):
+    """Whether the engine may trade, and why not."""
+
+    halted: bool
+    halted_by: str | None = None
+    halted_at: datetime | None = None
+    halt_reason: str = ""
+    read_only: bool
+    read_only_reason: str = ""
+    active_venue: str
+
+
+class HaltReport(BaseModel):
+    """What a halt did: the engine state and the orders it canceled (or could not)."""
+
+    state: EngineState
+    canceled: list[OrderRecord]
+    failed: list[str]
+
+
+class PnlReport(BaseModel):
+    """PnL now per core, and its history over a window (for charts)."""
+
+    window: str
+    since: datetime
+    total: float
+    cores: list[CorePnl]
+    points: list[PnlPoint]
+
+
+def _as_record(order: Order, core: str, mode: VenueMode) -> OrderRecord:
+    """The engine's record of a venue's order."""
+    fields = order.model_dump(exclude={"core", "mode", "error"})
+    return OrderRecord(**fields, core=core, mode=mode)
+
+
+@dataclass
+class _Runtime:
+    crashes: int = 0
+    consecutive: int = 0
+    last_error: str | None = None
+    last_run_at: datetime | None = None
+    last_signal_at: datetime | None = None
+    # Times of recent completed ticks and emitted signals (intents), for per-minute rates.
+    ticks: deque[datetime] = field(default_factory=deque)
+    signals: deque[datetime] = field(default_factory=deque)
+    since: datetime = field(default_factory=utcnow)
+
+    def note(self, times: deque[datetime], at: datetime) -> None:
+        """Record an event at ``at`` and forget those older than the rate window."""
+        times.append(at)
+        horizon = at - RATE_WINDOW
+        while times and times[0] < horizon:
+            times.popleft()
+
+    def per_minute(self, times: deque[datetime], now: datetime) -> float:
+        """Events per minute over the rate window ending ``now`` (since start, if shorter, but
+        never over less than a minute: a core's first signal is 1/min, not 120/min)."""
+        span = max(min(RATE_WINDOW, now - self.since).total_seconds(), 60.0)
+        recent = sum(1 for t in times if t >= now - RATE_WINDOW)
+        return round(recent * 60 / span, 2)
+
+
+class TradingEngine:
+    """Cores, orders, portfolio, risk, halt and read-only mode."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        venues: VenueService,
+        incidents: IncidentService,
+        metrics: Metrics,
+        cores: Sequence[Core] = (),
+    ) -> None:
+        self._settings = settings
+        self._store = store
+        self._venues = venues
+        self._incidents = incidents
+        self._metrics = metrics
+        self._guard = Guard(AuditLog(store), metrics)
+        self.portfolio = Portfolio()
+        self.risk = RiskManager(
+            self.portfolio,
+            max_symbol_exposure=settings.risk_max_symbol_exposure,
+            max_total_exposure=settings.risk_max_total_exposure,
+        )
+        self._cores: dict[str, Core] = {}
+        self._runtime: dict[str, _Runtime] = {}
+        self._enabled: dict[str, bool] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._halt: dict[str, Any] | None = None
+        self._read_only: str | None = None
+        self._started = False
+        self._order_lock = asyncio.Lock()
+        # Raises (an OperationError) when this process must not trade now: the worker lease's
+        # local check, so a leader that was paused past its lease cannot tick or order once more.
+        self._fence: Callable[[], object] | None = None
+        for core in cores:
+            self.register(core)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def register(self, core: Core) -> None:
+        """Add a core (enabled unless a persisted switch says otherwise)."""
+        if core.name in self._cores:
+            raise Conflict(f"a core named {core.name!r} is already registered")
+        self._cores[core.name] = core
+        self._runtime[core.name] = _Runtime()
+        self._enabled.setdefault(core.name, True)
+        self._metrics.core_pnl.labels(core.name).set(0)
+        if self._started:
+            self._spawn(core)
+
+    async def start(self) -> None:
+        """Restore core switches and the halt, then start each core's supervised loop."""
+        await self.reload()
+        self._started = True
+        for core in self._cores.values():
+            self._spawn(core)
+        if self._halt:
+            logger.warning("trading is HALTED (since %s); resume to trade", self._halt.get("at"))
+
+    async def reload(self) -> None:
+        """Adopt core switches and the halt from the store (another replica may have changed
+        them: a halt through any API replica stops the worker's loops at their next tick)."""
+        state = await self._store.engine_state()
+        for key, value in state.items():
+            if key.startswith("core.") and isinstance(value, dict):
+                self._enabled[key.removeprefix("core.")] = bool(value.get("enabled", True))
+        halt = state.get(HALT_KEY)
+        halted = halt if isinstance(halt, dict) and halt.get("halted") else None
+        if (halted is None) != (self._halt is None) and self._started:
+            logger.warning("trading %s by another replica", "HALTED" if halted else "resumed")
+        self._halt = halted
+
+    async def close(self) -> None:
+        """Stop every core loop."""
+        self._started = False
+        tasks, self._tasks = list(self._tasks.values()), {}
+        await cancel_and_wait(*tasks)
+
+    def _spawn(self, core: Core) -> None:
+        self._tasks[core.name] = asyncio.create_task(
+            self._supervise(core.name), name=f"core:{core.name}"
+        )
+
+    async def _supervise(self, name: str) -> None:
+        """Tick the core forever; after a crash, wait with exponential backoff."""
+        delay = self._settings.core_tick_seconds
+        while True:
+            await asyncio.sleep(delay)
+            delay = self._settings.core_tick_seconds
+            if not self.core_running(name):
+                continue
+            if not await self.run_core(name):
+                streak = self._runtime[name].consecutive
+                delay = min(
+                    self._settings.core_restart_backoff_seconds * 2 ** (streak - 1),
+                    self._settings.core_restart_backoff_max_seconds,
+                )
+                logger.warning("core %s restarts in %.3gs (crash %d in a row)", name, delay, streak)
+
+    # -- running cores ----------------------------------------------------------------------
+
+    def core_running(self, name: str) -> bool:
+        """True when the core is enabled and trading is not halted."""
+        return self._enabled.get(name, False) and self._halt is None
+
+    async def tick(self) -> None:
+        """Run every running core once (what each core's loop does on its tick)."""
+        for name in list(self._cores):
+            if self.core_running(name):
+                await self.run_core(name)
+
+    def set_fence(self, check: Callable[[], object]) -> None:
+        """Call ``check`` before every tick and order; it raises when this process may not trade."""
+        self._fence = check
+
+    async def run_core(self, name: str) -> bool:
+        """One tick of one core; False if it crashed (incident raised, engine unharmed)."""
+        core, runtime = self._cores[name], self._runtime[name]
+        runtime.last_run_at = utcnow()
+        try:
+            if self._fence is not None:
+                self._fence()
+            await self._run_once(core)
+        except asyncio.CancelledError:
+            raise
+        except OperationError as exc:  # the venue or a rule said no: not the core's fault
+            runtime.last_error = exc.message
+            logger.warning("core %s could not trade: %s", name, exc.message)
+            return True
+        except Exception as exc:
+            runtime.crashes += 1
+            runtime.consecutive += 1
+            runtime.last_error = f"{type(exc).__name__}: {exc}"
+            logger.exception("core %s crashed", name)
+            await self._incidents.raise_engine(
+                f"core:{name}",
+                f"Core {name} crashed",
+                Severity.CRITICAL if core.essential else Severity.WARNING,
+                f"{runtime.last_error}; restarting with backoff",
+                labels={"core": name},
+            )
+            return False
+        if runtime.consecutive:
+            runtime.consecutive = 0
+            await self._incidents.clear_engine(
+                f"core:{name}", f"Core {name} crashed", "the core runs again"
+            )
+        runtime.last_error = None
+        runtime.note(runtime.ticks, utcnow())
+        self._metrics.core_ticks.labels(name).inc()
+        return True
+
+    async def _run_once(self, core: Core) -> None:
+        prices = {}
+        for symbol in core.symbols:
+            ticker = await self._venues.ticker(symbol)
+            self.portfolio.mark(symbol, ticker.last)
+            prices[symbol] = ticker.last
+        self._venues.record_success(self._venues.active_name)
+        intents = await core.decide(
+            CoreContext(prices=prices, positions=self.portfolio.quantities(core.name))
+        )
+        runtime = self._runtime[core.name]
+        for _ in intents:
+            runtime.last_signal_at = utcnow()
+            runtime.note(runtime.signals, runtime.last_signal_at)
+        for intent in intents:
+            if not self.core_running(core.name):
+                break  # switched off or halted meanwhile
+            try:
+                await self.place_order(core.name, intent)
+            except OrderRejected as exc:
+                logger.info("order of core %s refused: %s", core.name, exc.message)
+        self._export_metrics()
+
+    # -- orders -----------------------------------------------------------------------------
+
+    def _refusal(self) -> str | None:
+        if self._read_only is not None:
+            return f"the engine is in read-only mode ({self._read_only}): no new orders"
+        if self._halt is not None:
+            return (
+                f"trading is halted (by {self._halt.get('by')} at {self._halt.get('at')}): "
+                "resume before placing orders"
+            )
+        return None
+
+    async def place_order(self, core: str, intent: Intent) -> OrderRecord:
+        """Place one order for ``core`` on the active venue, through every gate."""
+        # One order at a time: the risk check must see the fills of the order before it.
+        async with self._order_lock:
+            return await self._place(core, intent)
+
+    async def _place(self, core: str, intent: Intent) -> OrderRecord:
+        venue_name = self._venues.active_name
+        if self._fence is not None:
+            self._fence()
+        refusal = self._refusal()
+        if refusal is not None:
+            self._metrics.orders.labels(venue_name, intent.side.value, "rejected").inc()
+            raise OrderRejected(refusal)
+        venue = self._venues.venue(venue_name)
+        price = intent.price or self.portfolio.price(intent.symbol)
+        if price is None:
+            price = (await self._venues.ticker(intent.symbol)).last
+            self.portfolio.mark(intent.symbol, price)
+        try:
+            self.risk.check(intent.symbol, intent.side, intent.amount, price)
+        except OrderRejected:
+            self._metrics.orders.labels(venue_name, intent.side.value, "rejected").inc()
+            raise
+        request = OrderRequest(
+            symbol=intent.symbol,
+            side=intent.side,
+            amount=intent.amount,
+            type=intent.type,
+            price=intent.price,
+        )
+        record = OrderRecord(
+            client_order_id=request.client_order_id,
+            venue=venue_name,
+            symbol=request.symbol,
+            side=request.side,
+            type=request.type,
+            amount=request.amount,
+            price=request.price,
+            status=OrderStatus.NEW,
+            core=core,
+            mode=venue.mode,
+        )
+        await self._store.save_order(record)  # before sending: a lost answer can be looked up
+        try:
+            self._venues.check_fault(venue_name)
+            order = await venue.place(request)
+        except VenueError as exc:
+            await self._finish(record, OrderStatus.FAILED, exc.message)
+            await self._venues.record_failure(venue_name, exc)
+            raise
+        except OperationError as exc:
+            await self._finish(record, OrderStatus.REJECTED, exc.message)
+            raise
+        self._venues.record_success(venue_name)
+        record = _as_record(order, core, venue.mode)
+        await self._store.save_order(record)
+        self._metrics.orders.labels(venue_name, record.side.value, record.status.value).inc()
+        self.portfolio.apply_fill(core, record)
+        self._export_metrics()
+        logger.info(
+            "order %s %s %s %.8g %s on %s: %s",
+            record.client_order_id,
+            core,
+            record.side.value,
+            record.amount,
+            record.symbol,
+            venue_name,
+            record.status.value,
+        )
+        return record
+
+    async def _finish(self, record: OrderRecord, status: OrderStatus, error: str) -> None:
+        self._metrics.orders.labels(record.venue, record.side.value, status.value).inc()
+        await self._store.save_order(
+            record.model_copy(update={"status": status, "error": error, "updated_at": utcnow()})
+        )
+
+    async def sync_open_orders(self) -> list[OrderRecord]:
+        """Ask the venues about our open orders; book the fills that happened meanwhile."""
+        changed = []
+        for record in await self._store.list_orders(limit=500, statuses=[OrderStatus.OPEN]):
+            try:
+                order = await self._venues.venue(record.venue).fetch_order(
+                    record.symbol, record.client_order_id
+                )
+            except VenueError as exc:
+                logger.warning("cannot sync order %s: %s", record.client_order_id, exc.message)
+                continue
+            if order is None or order.status is OrderStatus.OPEN:
+                continue
+            updated = _as_record(order, record.core, record.mode)
+            await self._store.save_order(updated)
+            self._metrics.orders.labels(
+                updated.venue, updated.side.value, updated.status.value
+            ).inc()
+            self.portfolio.apply_fill(record.core, updated)
+            changed.append(updated)
+        self._export_metrics()
+        return changed
+
+    async def orders(
+        self, *, limit: int = 50, status: OrderStatus | None = None, core: str | None = None
+    ) -> list[OrderRecord]:
+        """Recent orders, newest first."""
+        if not 1 <= limit <= 500:
+            raise InvalidInput("limit must be between 1 and 500")
+        return await self._store.list_orders(
+            limit=limit, statuses=[status] if status else None, core=core
+        )
+
+    # -- operator actions -------------------------------------------------------------------
+
+    async def _authorize(self, actor: Actor, role: Role, action: str, target: str) -> None:
+        await self._guard.require(actor, role, action, action=action, target=target)
+
+    def _core(self, name: str) -> Core:
+        core = self._cores.get(name)
+        if core is None:
+            known = ", ".join(sorted(self._cores)) or "none"
+            raise NotFound(f"no core {name!r}; cores are: {known}")
+        return core
+
+    async def toggle_core(
+        self, name: str, actor: Actor, *, enabled: bool | None = None, confirm: bool = False
+    ) -> CoreInfo:
+        """Switch a core on or off (flip when ``enabled`` is None); persisted and audited."""
+        await self._authorize(actor, Role.OPERATOR, "core.toggle", name)
+        core = self._core(name)
+        before = self._enabled.get(name, True)
+        after = (not before) if enabled is None else enabled
+        if core.essential and before and not after and not confirm:
+            raise ConfirmationRequired(
+                f"core {name} is essential; switching it off stops its trading. "
+                "Repeat with confirm to proceed"
+            )
+        if before != after:
+            await self._store.put_engine_state(
+                f"core.{name}",
+                {"enabled": after},
+                AuditRecord(
+                    actor=actor,
+                    action="core.toggle",
+                    target=name,
+                    before={"enabled": before},
+                    after={"enabled": after},
+                ),
+            )
+            self._enabled[name] = after
+            logger.warning(
+                "core %s %s by %s", name, "enabled" if after else "disabled", actor.describe()
+            )
+        return self.core(name)
+
+    async def halt(self, actor: Actor, *, confirm: bool = False, reason: str = "") -> HaltReport:
+        """Kill switch: stop every core and cancel open orders (admin, confirmed, audited)."""
+        await self._authorize(actor, Role.ADMIN, "engine.halt", "engine")
+        open_orders = await self._store.list_orders(limit=500, statuses=list(_OPEN))
+        if not confirm:
+            raise ConfirmationRequired(
+                f"halting stops every core and cancels {len(open_orders)} open order(s); "
+                "repeat with confirm to halt"
+            )
+        if self._halt is None:
+            halt = {
+                "halted": True,
+                "by": actor.describe(),
+                "at": utcnow().isoformat(),
+                "reason": reason,
+            }
+            await self._store.put_engine_state(
+                HALT_KEY,
+                halt,
+                AuditRecord(
+                    actor=actor,
+                    action="engine.halt",
+                    target="engine",
+                    before={"halted": False},
+                    after={"halted": True, "open_orders": len(open_orders)},
+                    detail=reason,
+                ),
+            )
+            self._halt = halt
+            logger.warning(
+                "trading HALTED by %s: %s", actor.describe(), reason or "no reason given"
+            )
+        canceled, failed = await self._cancel_all(open_orders)
+        return HaltReport(state=self.state(), canceled=canceled, failed=failed)
+
+    async def _cancel_all(self, records: list[OrderRecord]) -> tuple[list[OrderRecord], list[str]]:
+        canceled, failed = [], []
+        for record in records:
+            try:
+                if record.status is OrderStatus.NEW:
+                    # never acknowledged: look it up; only a resting order needs canceling
+                    found = await self._venues.venue(record.venue).fetch_order(
+                        record.symbol, record.client_order_id
+                    )
+                    if found is None or found.status is not OrderStatus.OPEN:
+                        status = found.status if found else OrderStatus.FAILED
+                        await self._store.save_order(record.model_copy(update={"status": status}))
+                        continue
+                    record = _as_record(found, record.core, record.mode)
+                order = await self._venues.venue(record.venue).cancel(record)
+            except OperationError as exc:
+                failed.append(f"{record.client_order_id} on {record.venue}: {exc.message}")
+                continue
+            done = _as_record(order, record.core, record.mode)
+            await self._store.save_order(done)
+            self._metrics.orders.labels(done.venue, done.side.value, done.status.value).inc()
+            canceled.append(done)
+        return canceled, failed
+
+    async def resume(self, actor: Actor, *, confirm: bool = False) -> EngineState:
+        """Undo a halt: cores that are enabled trade again (admin, confirmed, audited)."""
+        await self._authorize(actor, Role.ADMIN, "engine.resume", "engine")
+        if self._halt is None:
+            raise Conflict("trading is not halted")
+        if not confirm:
+            raise ConfirmationRequired(
+                "resuming lets every enabled core trade again; repeat with confirm"
+            )
+        await self._store.put_engine_state(
+            HALT_KEY,
+            {"halted": False, "by": actor.describe(), "at": utcnow().isoformat()},
+            AuditRecord(
+                actor=actor,
+                action="engine.resume",
+                target="engine",
+                before={"halted": True, "since": self._halt.get("at")},
+                after={"halted": False},
+            ),
+        )
+        self._halt = None
+        logger.warning("trading resumed by %s", actor.describe())
+        return self.state()
+
+    async def enter_read_only(self, reason: str, actor: Actor) -> EngineState:
+        """Refuse new orders until ``leave_read_only`` (used when the shared store is lost)."""
+        await self._switch_read_only(actor, reason or "no reason given")
+        return self.state()
+
+    async def leave_read_only(self, actor: Actor) -> EngineState:
+        """Accept orders again."""
+        await self._switch_read_only(actor, None)
+        return self.state()
+
+    async def _switch_read_only(self, actor: Actor, reason: str | None) -> None:
+        require(actor, Role.OPERATOR, "switching read-only mode")
+        before, self._read_only = self._read_only, reason
+        if before == reason:
+            return
+        logger.warning("read-only mode %s by %s", "ON" if reason else "OFF", actor.describe())
+        try:  # the switch must work even when the store is what failed
+            await self._store.append_audit(
+                AuditRecord(
+                    actor=actor,
+                    action="engine.read_only",
+                    target="engine",
+                    before={"read_only": before is not None},
+                    after={"read_only": reason is not None},
+                    detail=reason or "",
+                )
+            )
+        except StoreError as exc:
+            logger.error("read-only switch not audited (store failed): %s", exc)
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def state(self) -> EngineState:
+        """Halt, read-only mode and the active venue."""
+        halt = self._halt or {}
+        at = halt.get("at")
+        return EngineState(
+            halted=self._halt is not None,
+            halted_by=halt.get("by"),
+            halted_at=datetime.fromisoformat(at) if isinstance(at, str) else None,
+            halt_reason=str(halt.get("reason", "")),
+            read_only=self._read_only is not None,
+            read_only_reason=self._read_only or "",
+            active_venue=self._venues.active_name,
+        )
+
+    def core(self, name: str) -> CoreInfo:
+        """One core with its switch, health and PnL."""
+        core, runtime = self._core(name), self._runtime[name]
+        pnl = self.portfolio.pnl(name)
+        now = utcnow()
+        return CoreInfo(
+            name=name,
+            description=core.description,
+            essential=core.essential,
+            enabled=self._enabled.get(name, True),
+            running=self.core_running(name),
+            symbols=list(core.symbols),
+            realized=pnl.realized,
+            unrealized=pnl.unrealized,
+            pnl=pnl.total,
+            crashes=runtime.crashes,
+            crashing=runtime.consecutive > 0,
+            last_error=runtime.last_error,
+            last_run_at=runtime.last_run_at,
+            last_signal_at=runtime.last_signal_at,
+            ticks_per_minute=runtime.per_minute(runtime.ticks, now),
+            signals_per_minute=runtime.per_minute(runtime.signals, now),
+        )
+
+    def cores(self) -> list[CoreInfo]:
+        """Every registered core."""
+        return [self.core(n) for n in sorted(self._cores)]
+
+    def positions(self, core: str | None = None) -> list[Position]:
+        """Open positions (optionally of one core)."""
+        return [p for p in self.portfolio.positions(core) if abs(p.quantity) > 1e-12]
+
+    def exposure(self) -> ExposureReport:
+        """Total and per-symbol exposure against the risk limits."""
+        return self.risk.report()
+
+    async def pnl(self, window: str = "24h") -> PnlReport:
+        """PnL per core now, and its recorded history over ``window`` (24h or 7d)."""
+        span = PNL_WINDOWS.get(window.strip().lower())
+        if span is None:
+            raise InvalidInput(f"window must be one of {', '.join(PNL_WINDOWS)}, not {window!r}")
+        since = utcnow() - span
+        cores = [self.portfolio.pnl(n) for n in sorted(self._cores)]
+        return PnlReport(
+            window=window,
+            since=since,
+            total=sum(c.total for c in cores),
+            cores=cores,
+            points=await self._store.pnl_points(since=since),
+        )
+
+    async def record_pnl(self) -> list[PnlPoint]:
+        """Persist one PnL point per core (the scheduler's snapshot job); prune old ones."""
+        now = utcnow()
+        points = []
+        for name in sorted(self._cores):
+            pnl = self.portfolio.pnl(name)
+            points.append(
+                PnlPoint(core=name, ts=now, realized=pnl.realized, unrealized=pnl.unrealized)
+            )
+        await self._store.add_pnl_points(points)
+        with contextlib.suppress(StoreError):
+            await self._store.prune_pnl_points(now - PNL_RETENTION)
+        self._export_metrics()
+        return points
+
+    def _export_metrics(self) -> None:
+        for name in self._cores:
+            self._metrics.core_pnl.labels(name).set(self.portfolio.pnl(name).total)
+        self._metrics.risk_exposure.set(self.portfolio.total_exposure())
