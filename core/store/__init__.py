@@ -9,9 +9,9 @@ both in one transaction, so no change is ever left unaudited.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel
 
@@ -78,6 +78,34 @@ class StoreSnapshot(BaseModel):
     schema_version: int
     files: list[str]
     counts: dict[str, int]
+
+
+# -- security state (rate limits, throttles, confirmations: shared by every replica) -------------
+
+
+class RateLimitHit(BaseModel):
+    """The answer to one hit on a rate limit: allowed, or how long until a slot frees up."""
+
+    allowed: bool
+    retry_after: float = 0.0
+
+
+class Confirmation(BaseModel):
+    """A dangerous action waiting for its asker to confirm: single use, bound to ``owner``."""
+
+    token: str
+    owner: str
+    description: str
+    payload: dict[str, Any]
+    expires_at: datetime
+
+
+class ConfirmationTake(BaseModel):
+    """What consuming a confirmation found: ``taken`` (it is yours and now gone), ``missing``
+    (never asked, used or long gone), ``not_owner`` (kept for its owner) or ``expired`` (gone)."""
+
+    outcome: Literal["taken", "missing", "not_owner", "expired"]
+    confirmation: Confirmation | None = None
 
 
 class Store(Protocol):
@@ -237,3 +265,18 @@ class Store(Protocol):
 
     def trial_store(self, workdir: Path) -> Store:
         """A new, empty store of the same kind, isolated under ``workdir``, for trial restores."""
+
+    # -- security state (core/security: rate limits, refusal throttle, confirmations) --------------
+
+    async def hit_rate_limit(
+        self, key: str, *, limit: int, window: timedelta, now: datetime
+    ) -> RateLimitHit:
+        """Count one hit on ``key`` unless ``limit`` hits already fell within the sliding
+        ``window`` before ``now``; atomic across every process sharing the store."""
+
+    async def put_confirmation(self, confirmation: Confirmation) -> None:
+        """Keep a pending confirmation until it is taken or expires."""
+
+    async def take_confirmation(self, token: str, owner: str, now: datetime) -> ConfirmationTake:
+        """Consume the confirmation ``token`` if ``owner`` asked for it and it has not expired,
+        atomically: of concurrent takes by any processes, exactly one gets it."""

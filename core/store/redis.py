@@ -104,10 +104,13 @@ from core.models.incidents import Change, Incident, IncidentEvent, IncidentState
 from core.models.venues import OrderRecord, OrderStatus
 from core.store import (
     AlertPlanner,
+    Confirmation,
+    ConfirmationTake,
     FlagOverride,
     IncidentMutation,
     IngestOutcome,
     PnlPoint,
+    RateLimitHit,
     Store,
     StoredAlert,
     StoreSnapshot,
@@ -225,6 +228,22 @@ for i = 5, 4 + n do redis.call('RENAME', staging .. ':' .. ARGV[i], root .. ':' 
 return counts(root, 5 + n)
 """
 )
+
+
+# KEYS[1]: a caller's sorted set of hit times; ARGV: now, window (both in milliseconds: Lua turns
+# numbers into 14-digit strings when it hands them to Redis), limit, a unique member. Returns
+# {1, 0} for a counted hit, {0, milliseconds until a slot frees}.
+_RATE_LIMIT_LUA = """
+local key, now, window, limit = KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
+if redis.call('ZCARD', key) < limit then
+  redis.call('ZADD', key, now, ARGV[1] .. ':' .. ARGV[4])
+  redis.call('PEXPIRE', key, window)
+  return {1, 0}
+end
+local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+return {0, math.max(0, tonumber(oldest[2]) + window - now)}
+"""
 
 
 def _dump(value: Any) -> str:
@@ -1599,6 +1618,64 @@ class RedisStore:
         not needed); closing it deletes its keys."""
         scratch = f"{self.prefix}:trial:{secrets.token_hex(6)}"
         return RedisStore(self._url, prefix=scratch, scratch=True)
+
+    # -- security state --------------------------------------------------------------------
+    # Short-lived keys beside the store's root (``{prefix}:security:*``), like the bus and the
+    # leases: snapshots, restores and the integrity check leave them alone, and each carries a
+    # TTL so nothing outlives its use.
+
+    async def hit_rate_limit(
+        self, key: str, *, limit: int, window: timedelta, now: datetime
+    ) -> RateLimitHit:
+        """A sliding log per key (a sorted set of hit times) checked and appended by one Lua
+        script, so concurrent replicas never both take the last slot."""
+        span = window // timedelta(milliseconds=1)
+        with _translated("counting a rate limit hit"):
+            allowed, wait = await self._client().eval(  # type: ignore[misc]
+                _RATE_LIMIT_LUA,
+                1,
+                f"{self.prefix}:security:rate:{key}",
+                _micros(now) // 1000,
+                span,
+                limit,
+                secrets.token_hex(6),
+            )
+        return RateLimitHit(allowed=bool(allowed), retry_after=int(wait) / 1000)
+
+    def _confirmation_key(self, token: str) -> str:
+        return f"{self.prefix}:security:confirm:{token}"
+
+    async def put_confirmation(self, confirmation: Confirmation) -> None:
+        """Keep a pending confirmation under a key that Redis drops a little after expiry."""
+        ttl = confirmation.expires_at - utcnow() + timedelta(seconds=60)
+        with _translated("saving a confirmation"):
+            await _reply(
+                self._client().set(
+                    self._confirmation_key(confirmation.token),
+                    confirmation.model_dump_json(),
+                    px=max(1, ttl // timedelta(milliseconds=1)),
+                )
+            )
+
+    async def take_confirmation(self, token: str, owner: str, now: datetime) -> ConfirmationTake:
+        """WATCH the key, read and check it, delete it in MULTI: a concurrent take anywhere
+        fails the EXEC, retries and finds it gone."""
+        key = self._confirmation_key(token)
+
+        async def body(tx: _Tx) -> ConfirmationTake:
+            await tx.watch(key)
+            raw = await _reply(tx.pipe.get(key))
+            if raw is None:
+                return ConfirmationTake(outcome="missing")
+            found = Confirmation.model_validate_json(raw)
+            if found.owner != owner:
+                return ConfirmationTake(outcome="not_owner")
+            tx.send("DEL", key)
+            if found.expires_at <= now:
+                return ConfirmationTake(outcome="expired")
+            return ConfirmationTake(outcome="taken", confirmation=found)
+
+        return await self._transaction("taking a confirmation", body)
 
 
 def _audit_head_problems(head: bytes | None, last: list[Any]) -> list[str]:

@@ -15,7 +15,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -37,10 +37,13 @@ from core.models.incidents import Change, EventKind, Incident, IncidentEvent, In
 from core.models.venues import OrderRecord, OrderStatus
 from core.store import (
     AlertPlanner,
+    Confirmation,
+    ConfirmationTake,
     FlagOverride,
     IncidentMutation,
     IngestOutcome,
     PnlPoint,
+    RateLimitHit,
     Store,
     StoredAlert,
     StoreSnapshot,
@@ -145,7 +148,23 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX pnl_points_by_ts ON pnl_points (ts);
     """,
+    # -- security state: short-lived, so neither counted nor worth restoring (EPHEMERAL_TABLES)
+    """
+    CREATE TABLE rate_limit_hits (key TEXT NOT NULL, at REAL NOT NULL, expires REAL NOT NULL);
+    CREATE INDEX rate_limit_hits_by_key ON rate_limit_hits (key, at);
+    CREATE INDEX rate_limit_hits_by_expiry ON rate_limit_hits (expires);
+    CREATE TABLE confirmations (
+        token TEXT PRIMARY KEY,
+        owner TEXT NOT NULL,
+        expires_at TEXT NOT NULL,
+        doc TEXT NOT NULL
+    );
+    """,
 ]
+
+# Tables of short-lived security state: left out of ``counts`` (a backup's figures describe the
+# durable state; these come and go with every API request).
+EPHEMERAL_TABLES = ("rate_limit_hits", "confirmations")
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -967,6 +986,64 @@ class SqliteStore:
         """An empty SQLite store under ``workdir`` (restores are tried there first)."""
         return SqliteStore(workdir / "trial.db", readers=1)
 
+    # -- security state --------------------------------------------------------------------
+
+    async def hit_rate_limit(
+        self, key: str, *, limit: int, window: timedelta, now: datetime
+    ) -> RateLimitHit:
+        """A sliding log of hit times per key, checked and appended in one write transaction."""
+        at, span = now.timestamp(), window.total_seconds()
+
+        def tx(conn: sqlite3.Connection) -> RateLimitHit:
+            # Every key's expired hits go, so callers that never come back leave nothing behind.
+            conn.execute("DELETE FROM rate_limit_hits WHERE expires <= ?", (at,))
+            row = conn.execute(
+                "SELECT COUNT(*), MIN(at) FROM rate_limit_hits WHERE key = ?", (key,)
+            ).fetchone()
+            if int(row[0]) >= limit:
+                return RateLimitHit(allowed=False, retry_after=max(0.0, row[1] + span - at))
+            conn.execute(
+                "INSERT INTO rate_limit_hits (key, at, expires) VALUES (?, ?, ?)",
+                (key, at, at + span),
+            )
+            return RateLimitHit(allowed=True)
+
+        return await self._write(lambda: self._transaction(tx))
+
+    async def put_confirmation(self, confirmation: Confirmation) -> None:
+        """Keep a pending confirmation (and drop the ones that expired)."""
+
+        def tx(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM confirmations WHERE expires_at <= ?", (_ts(utcnow()),))
+            conn.execute(
+                "INSERT INTO confirmations (token, owner, expires_at, doc) VALUES (?, ?, ?, ?)",
+                (
+                    confirmation.token,
+                    confirmation.owner,
+                    _ts(confirmation.expires_at),
+                    confirmation.model_dump_json(),
+                ),
+            )
+
+        await self._write(lambda: self._transaction(tx))
+
+    async def take_confirmation(self, token: str, owner: str, now: datetime) -> ConfirmationTake:
+        """Read, check and delete in one write transaction (writes are serialised)."""
+
+        def tx(conn: sqlite3.Connection) -> ConfirmationTake:
+            row = conn.execute("SELECT doc FROM confirmations WHERE token = ?", (token,)).fetchone()
+            if row is None:
+                return ConfirmationTake(outcome="missing")
+            found = Confirmation.model_validate_json(row["doc"])
+            if found.owner != owner:
+                return ConfirmationTake(outcome="not_owner")
+            conn.execute("DELETE FROM confirmations WHERE token = ?", (token,))
+            if found.expires_at <= now:
+                return ConfirmationTake(outcome="expired")
+            return ConfirmationTake(outcome="taken", confirmation=found)
+
+        return await self._write(lambda: self._transaction(tx))
+
 
 def _count_rows(conn: sqlite3.Connection) -> dict[str, int]:
     tables = [
@@ -975,6 +1052,7 @@ def _count_rows(conn: sqlite3.Connection) -> dict[str, int]:
             "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
             " ORDER BY name"
         )
+        if r[0] not in EPHEMERAL_TABLES
     ]
     # Table names come from sqlite_master itself, quoted: nothing user-supplied reaches the SQL.
     return {

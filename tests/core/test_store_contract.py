@@ -28,7 +28,14 @@ from core.models.incidents import (
     acknowledge,
     plan_alert,
 )
-from core.store import AlertPlanner, FlagOverride, IngestOutcome, Store
+from core.store import (
+    AlertPlanner,
+    Confirmation,
+    FlagOverride,
+    IngestOutcome,
+    RateLimitHit,
+    Store,
+)
 from core.store import redis as redis_store
 from core.store import sqlite as sqlite_store
 from core.store.redis import RedisStore
@@ -584,3 +591,86 @@ async def test_two_replicas_finishing_outbox_messages_keep_each_key_in_order(
     for item_id, key, done_before in deliveries:
         earlier = {i for i, k in key_of.items() if k == key and i < item_id}
         assert earlier <= done_before, f"#{item_id} overtook an earlier message of {key}"
+
+
+# -- security state: rate limits, refusal throttle, confirmations --------------------------------
+
+
+def confirmation(token: str, owner: str = "42", *, ttl: float = 120) -> Confirmation:
+    return Confirmation(
+        token=token,
+        owner=owner,
+        description="halt trading",
+        payload={"update": {"update_id": 7}},
+        expires_at=utcnow() + timedelta(seconds=ttl),
+    )
+
+
+async def test_rate_limit_allows_limit_hits_per_sliding_window(store: Store) -> None:
+    start, window = utcnow(), timedelta(seconds=60)
+
+    async def hit(key: str, after: float) -> RateLimitHit:
+        now = start + timedelta(seconds=after)
+        return await store.hit_rate_limit(key, limit=3, window=window, now=now)
+
+    assert [(await hit("a", t)).allowed for t in (0, 10, 20)] == [True, True, True]
+    refused = await hit("a", 30)
+    assert not refused.allowed
+    assert refused.retry_after == pytest.approx(30, abs=0.01)  # the hit at 0 leaves at 60
+    assert (await hit("b", 30)).allowed  # keys are counted apart
+    assert (await hit("a", 60.5)).allowed  # the first hit slid out of the window
+    assert not (await hit("a", 61)).allowed  # refused hits were not counted, the 4th one is
+
+
+async def test_security_state_is_not_part_of_the_counted_state(store: Store) -> None:
+    before = await store.counts()
+    await store.hit_rate_limit("k", limit=5, window=timedelta(seconds=60), now=utcnow())
+    await store.put_confirmation(confirmation("tok"))
+    assert await store.counts() == before
+
+
+async def test_confirmation_is_taken_once_and_only_by_its_owner(store: Store) -> None:
+    asked = confirmation("tok-1")
+    await store.put_confirmation(asked)
+    assert (await store.take_confirmation("tok-1", "99", utcnow())).outcome == "not_owner"
+    taken = await store.take_confirmation("tok-1", "42", utcnow())
+    assert (taken.outcome, taken.confirmation) == ("taken", asked)
+    assert (await store.take_confirmation("tok-1", "42", utcnow())).outcome == "missing"
+    assert (await store.take_confirmation("never", "42", utcnow())).outcome == "missing"
+
+
+async def test_expired_confirmation_is_refused_and_consumed(store: Store) -> None:
+    await store.put_confirmation(confirmation("tok-2", ttl=5))
+    later = utcnow() + timedelta(seconds=6)
+    expired = await store.take_confirmation("tok-2", "42", later)
+    assert (expired.outcome, expired.confirmation) == ("expired", None)
+    assert (await store.take_confirmation("tok-2", "42", utcnow())).outcome == "missing"
+
+
+async def test_two_replicas_share_one_rate_limit(open_store: StoreFactory) -> None:
+    one, two = await open_store(), await open_store()
+    now, window = utcnow(), timedelta(seconds=60)
+    hits = await asyncio.gather(
+        *(
+            (one, two)[n % 2].hit_rate_limit("caller", limit=7, window=window, now=now)
+            for n in range(30)
+        )
+    )
+    assert sum(h.allowed for h in hits) == 7
+
+
+async def test_two_replicas_taking_one_confirmation_get_it_exactly_once(
+    open_store: StoreFactory,
+) -> None:
+    one, two = await open_store(), await open_store()
+    for n in range(10):
+        await one.put_confirmation(confirmation(f"race-{n}"))
+    takes = await asyncio.gather(
+        *(
+            store.take_confirmation(f"race-{n}", "42", utcnow())
+            for n in range(10)
+            for store in (one, two, one, two)
+        )
+    )
+    assert sorted(t.outcome for t in takes).count("taken") == 10
+    assert {t.outcome for t in takes} == {"taken", "missing"}
