@@ -1,19 +1,26 @@
-"""Request and response bodies of the HTTP API, kept apart from core models."""
+"""The HTTP API's own wire shapes: request bodies, errors, lists, and the few response views
+whose shape differs from a core model.
+
+Routes answer with core models directly wherever the wire shape is the core model's; a view
+lives here only when the API hides, renames or combines fields, and it is built from the core
+model in one classmethod, never by copying fields by hand.
+"""
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, Self, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from core.backups.service import BackupInfo, RestoreReport, Verification
-from core.flags import FlagState
-from core.incidents.service import IncidentDetail, IngestResult
-from core.models.incidents import Incident
-from core.platform.scheduler import JobInfo
+from core.models import Actor, AuditEntry, Role
+from core.models.assistant import Answer, AnswerSection, ProposedAction, Source, ToolResult
+from core.security.tokens import IssuedToken, TemporaryToken
 
 T = TypeVar("T")
+
+
+# -- envelopes ------------------------------------------------------------------------------
 
 
 class ErrorDetail(BaseModel):
@@ -35,8 +42,27 @@ class Items(BaseModel, Generic[T]):
     items: list[T]
 
 
-class FlagOut(FlagState):
-    """A flag as the API shows it."""
+class Ready(BaseModel):
+    """Readiness probe answer."""
+
+    ready: bool
+
+
+class WebhookAck(BaseModel):
+    """The answer Telegram gets once an update is accepted."""
+
+    ok: bool
+
+
+# -- request bodies -------------------------------------------------------------------------
+
+
+class ConfirmIn(BaseModel):
+    """A body that only confirms a dangerous action."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    confirm: bool = False
 
 
 class FlagUpdate(BaseModel):
@@ -48,65 +74,12 @@ class FlagUpdate(BaseModel):
     confirm: bool = Field(default=False, description="required for dangerous changes")
 
 
-class FlagClear(BaseModel):
-    """Optional body of ``DELETE /api/v1/flags/{name}``."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    confirm: bool = False
-
-
-class AuditEntryOut(BaseModel):
-    """One audit entry."""
-
-    seq: int
-    ts: datetime
-    actor: dict[str, Any]
-    action: str
-    target: str
-    before: Any
-    after: Any
-    outcome: str
-    detail: str
-    hash: str
-
-
-class Ready(BaseModel):
-    """Readiness probe answer."""
-
-    ready: bool
-
-
-class IngestOut(IngestResult):
-    """What a webhook delivery did: new alerts, re-deliveries, incidents touched."""
-
-
-class IncidentOut(Incident):
-    """An incident as the API shows it."""
-
-
-class IncidentDetailOut(IncidentDetail):
-    """An incident with its newest alerts and timeline."""
-
-
-class JobOut(JobInfo):
-    """A scheduled job as the API shows it."""
-
-
-class BackupOut(BackupInfo):
-    """A backup with its age and verification status."""
-
-
 class BackupCreate(BaseModel):
     """Optional body of ``POST /api/v1/backups``."""
 
     model_config = ConfigDict(extra="forbid")
 
     reason: Literal["manual", "emergency"] = "manual"
-
-
-class VerificationOut(Verification):
-    """The verdict of a backup verification (checksums, then a trial restore)."""
 
 
 class RestoreBody(BaseModel):
@@ -117,5 +90,126 @@ class RestoreBody(BaseModel):
     confirm: bool = Field(default=False, description="required: restoring replaces all state")
 
 
-class RestoreOut(RestoreReport):
-    """What a restore changed."""
+class SilenceBody(BaseModel):
+    """Body of ``POST /api/v1/incidents/{id}/silence``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    duration: str = Field(examples=["1h"], description="e.g. 30m, 1h, 4h, 1d (max 7d)")
+
+
+class AskIn(BaseModel):
+    """Body of ``POST /api/v1/assistant/ask``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    question: str = Field(min_length=1, max_length=2000, examples=["what's our PnL?"])
+
+
+class TokenIssue(BaseModel):
+    """What to issue: a name, a role and a lifetime."""
+
+    name: str = Field(description="who or what the token is for, e.g. ci-deploy")
+    role: Role = Role.VIEWER
+    ttl: str = Field(default="8h", description="lifetime: 30m, 8h, 7d (at most 90d)")
+
+
+class FailoverIn(BaseModel):
+    """Body of ``POST /api/v1/failover``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    to: str | None = Field(default=None, description="ccxt id; default: the EXCHANGE_FAILOVER flag")
+    confirm: bool = Field(default=False, description="required; without it, 409 with the pre-check")
+    reason: str = Field(default="", max_length=500)
+
+
+class HaltIn(ConfirmIn):
+    """Body of ``POST /api/v1/halt``."""
+
+    reason: str = Field(default="", max_length=500)
+
+
+class ToggleIn(BaseModel):
+    """Optional body of ``POST /api/v1/cores/{name}/toggle``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool | None = Field(default=None, description="set this state; omitted: flip")
+    confirm: bool = Field(default=False, description="needed to switch off an essential core")
+
+
+# -- response views that differ from a core model -------------------------------------------
+
+
+class AuditEntryOut(BaseModel):
+    """One audit entry; the chain link to the previous entry (``prev_hash``) stays inside."""
+
+    seq: int
+    ts: datetime
+    actor: Actor
+    action: str
+    target: str
+    before: Any
+    after: Any
+    outcome: str
+    detail: str
+    hash: str
+
+    @classmethod
+    def of(cls, entry: AuditEntry) -> Self:
+        """The API view of a sealed audit entry."""
+        return cls.model_validate(entry, from_attributes=True)
+
+
+class AnswerOut(BaseModel):
+    """An answer: plain text (``#`` headings, ``-`` items), where it came from, and why.
+    The question is not echoed back."""
+
+    answer: str = Field(validation_alias="text", description="the answer as plain text")
+    source: Source
+    fallback_reason: str | None
+    intent: str | None
+    inference: str
+    facts: list[ToolResult]
+    tools_failed: list[str]
+    proposals: list[ProposedAction]
+    sections: list[AnswerSection]
+    latency_seconds: float
+    steps: int
+    tokens: int
+
+    @classmethod
+    def of(cls, answer: Answer) -> Self:
+        """The API view of a core answer (``text`` is sent as ``answer``)."""
+        return cls.model_validate(answer, from_attributes=True)
+
+
+class TokenOut(BaseModel):
+    """A temporary token without its value, with its state now."""
+
+    id: str
+    name: str
+    role: Role
+    state: str = Field(description="live, expired or revoked")
+    issued_at: datetime
+    expires_at: datetime
+    issued_by: str
+    revoked_at: datetime | None = None
+    revoked_by: str | None = None
+
+    @classmethod
+    def of(cls, record: TemporaryToken, **extra: str) -> Self:
+        """The API view of a core token; ``extra`` fills the fields a subclass adds."""
+        return cls.model_validate({**record.model_dump(), "state": record.state(), **extra})
+
+
+class IssuedTokenOut(TokenOut):
+    """A freshly issued token: ``token`` is shown this once and never again."""
+
+    token: str
+
+    @classmethod
+    def issued(cls, issued: IssuedToken) -> Self:
+        """The API view of a token just issued, its value included."""
+        return cls.of(issued.token, token=issued.value.get_secret_value())

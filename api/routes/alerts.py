@@ -14,8 +14,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException, Request
 
 from api.deps import Credentials, PlaneDep
-from api.schemas import ErrorBody, IngestOut
+from api.schemas import ErrorBody
 from core.incidents.receivers import parse_alertmanager, parse_falco, parse_grafana
+from core.incidents.service import IngestResult
 from core.models.alerts import Alert
 
 router = APIRouter(prefix="/api/v1/alerts", tags=["alerts"])
@@ -58,25 +59,23 @@ async def json_body(request: Request) -> Any:
 
 async def _ingest(
     plane: PlaneDep, request: Request, parse: Callable[[Any], list[Alert]]
-) -> IngestOut:
-    alerts = parse(await json_body(request))
-    result = await plane.incidents.ingest(alerts)
-    return IngestOut(**result.model_dump())
+) -> IngestResult:
+    return await plane.incidents.ingest(parse(await json_body(request)))
 
 
-@router.post("/alertmanager", response_model=IngestOut, responses=_RESPONSES)
-async def alertmanager_webhook(request: Request, plane: PlaneDep, _: WebhookAuth) -> IngestOut:
+@router.post("/alertmanager", response_model=IngestResult, responses=_RESPONSES)
+async def alertmanager_webhook(request: Request, plane: PlaneDep, _: WebhookAuth) -> IngestResult:
     """Receive an Alertmanager webhook (version 4) notification."""
     return await _ingest(plane, request, parse_alertmanager)
 
 
-@router.post("/grafana", response_model=IngestOut, responses=_RESPONSES)
-async def grafana_webhook(request: Request, plane: PlaneDep, _: WebhookAuth) -> IngestOut:
+@router.post("/grafana", response_model=IngestResult, responses=_RESPONSES)
+async def grafana_webhook(request: Request, plane: PlaneDep, _: WebhookAuth) -> IngestResult:
     """Receive a Grafana unified-alerting webhook notification."""
     return await _ingest(plane, request, parse_grafana)
 
 
-@router.post("/falco", response_model=IngestOut, responses=_RESPONSES)
-async def falco_webhook(request: Request, plane: PlaneDep, _: WebhookAuth) -> IngestOut:
+@router.post("/falco", response_model=IngestResult, responses=_RESPONSES)
+async def falco_webhook(request: Request, plane: PlaneDep, _: WebhookAuth) -> IngestResult:
     """Receive a Falco event from falcosidekick's webhook output."""
     return await _ingest(plane, request, parse_falco)

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from fastapi import APIRouter
-from pydantic import BaseModel, ConfigDict, Field
 
 from api.deps import PlaneDep, ViewerDep
-from api.schemas import ErrorBody
+from api.schemas import AnswerOut, AskIn, ErrorBody
 from core.assistant.service import AssistantStatus
-from core.models.assistant import Answer, AnswerSection, ProposedAction, ToolResult
 
 router = APIRouter(tags=["assistant"])
 
@@ -20,36 +18,6 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorBody},
     422: {"model": ErrorBody},
 }
-
-
-class AskIn(BaseModel):
-    """Body of ``POST /api/v1/assistant/ask``."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    question: str = Field(min_length=1, max_length=2000, examples=["what's our PnL?"])
-
-
-class AnswerOut(BaseModel):
-    """An answer: plain text (``#`` headings, ``-`` items), where it came from, and why."""
-
-    answer: str
-    source: Literal["llm", "fallback"]
-    fallback_reason: str | None
-    intent: str | None
-    inference: str
-    facts: list[ToolResult]
-    tools_failed: list[str]
-    proposals: list[ProposedAction]
-    sections: list[AnswerSection]
-    latency_seconds: float
-    steps: int
-    tokens: int
-
-    @classmethod
-    def of(cls, answer: Answer) -> AnswerOut:
-        """The API form of a core answer."""
-        return cls(answer=answer.text, **answer.model_dump(exclude={"text", "question"}))
 
 
 @router.post("/api/v1/assistant/ask", response_model=AnswerOut, responses=_ERRORS)

@@ -23,15 +23,7 @@ async def audit_tail(
 ) -> Items[AuditEntryOut]:
     """The newest audit entries, newest first."""
     entries = await plane.audit.tail(limit)
-    return Items[AuditEntryOut](
-        items=[
-            AuditEntryOut(
-                **e.model_dump(exclude={"actor", "prev_hash"}),
-                actor=e.actor.model_dump(mode="json"),
-            )
-            for e in entries
-        ]
-    )
+    return Items[AuditEntryOut](items=[AuditEntryOut.of(e) for e in entries])
 
 
 @router.get(

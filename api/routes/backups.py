@@ -7,16 +7,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Query
 
 from api.deps import ActorDep, PlaneDep, ViewerDep
-from api.schemas import (
-    BackupCreate,
-    BackupOut,
-    ErrorBody,
-    Items,
-    RestoreBody,
-    RestoreOut,
-    VerificationOut,
-)
-from core.backups.service import BackupReason
+from api.schemas import BackupCreate, ErrorBody, Items, RestoreBody
+from core.backups.service import BackupInfo, BackupReason, RestoreReport, Verification
 
 router = APIRouter(prefix="/api/v1/backups", tags=["backups"])
 
@@ -28,42 +20,39 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-@router.get("", response_model=Items[BackupOut], responses=_ERRORS)
+@router.get("", response_model=Items[BackupInfo], responses=_ERRORS)
 async def list_backups(
     plane: PlaneDep,
     _: ViewerDep,
     remote: Annotated[bool, Query(description="include off-site-only backups")] = False,
-) -> Items[BackupOut]:
+) -> Items[BackupInfo]:
     """Every backup, newest first, with age, size and verification status."""
-    found = await plane.backups.list(remote=remote)
-    return Items[BackupOut](items=[BackupOut(**b.model_dump()) for b in found])
+    return Items[BackupInfo](items=await plane.backups.list(remote=remote))
 
 
 @router.post(
     "",
-    response_model=BackupOut,
+    response_model=BackupInfo,
     status_code=201,
     responses={**_ERRORS, 400: {"model": ErrorBody, "description": "the backup failed"}},
 )
 async def create_backup(
     plane: PlaneDep, actor: ActorDep, body: Annotated[BackupCreate | None, Body()] = None
-) -> BackupOut:
+) -> BackupInfo:
     """Take a backup now (operator)."""
     reason = BackupReason(body.reason) if body else BackupReason.MANUAL
-    info = await plane.backups.create(actor, reason=reason)
-    return BackupOut(**info.model_dump())
+    return await plane.backups.create(actor, reason=reason)
 
 
-@router.post("/{backup_id}/verify", response_model=VerificationOut, responses=_ERRORS)
-async def verify_backup(backup_id: str, plane: PlaneDep, actor: ActorDep) -> VerificationOut:
+@router.post("/{backup_id}/verify", response_model=Verification, responses=_ERRORS)
+async def verify_backup(backup_id: str, plane: PlaneDep, actor: ActorDep) -> Verification:
     """Check checksums, then trial-restore into a scratch store (operator); ``ok`` says."""
-    verification = await plane.backups.verify(backup_id, actor)
-    return VerificationOut(**verification.model_dump())
+    return await plane.backups.verify(backup_id, actor)
 
 
 @router.post(
     "/{backup_id}/restore",
-    response_model=RestoreOut,
+    response_model=RestoreReport,
     responses={
         **_ERRORS,
         400: {"model": ErrorBody, "description": "restore failed; the previous state was kept"},
@@ -72,8 +61,7 @@ async def verify_backup(backup_id: str, plane: PlaneDep, actor: ActorDep) -> Ver
 )
 async def restore_backup(
     backup_id: str, plane: PlaneDep, actor: ActorDep, body: RestoreBody | None = None
-) -> RestoreOut:
+) -> RestoreReport:
     """Replace all state with a backup (admin, ``"confirm": true``); a safety backup is taken
     first and put back if the restored state fails its checks."""
-    report = await plane.backups.restore(backup_id, actor, confirm=body.confirm if body else False)
-    return RestoreOut(**report.model_dump())
+    return await plane.backups.restore(backup_id, actor, confirm=body.confirm if body else False)

@@ -7,8 +7,8 @@ from typing import Annotated
 from fastapi import APIRouter, Body
 
 from api.deps import ActorDep, PlaneDep, ViewerDep
-from api.engine_schemas import CoreOut, ToggleIn
-from api.schemas import ErrorBody, Items
+from api.schemas import ErrorBody, Items, ToggleIn
+from core.trading.engine import CoreInfo
 
 router = APIRouter(prefix="/api/v1/cores", tags=["cores"])
 
@@ -21,19 +21,18 @@ _ERRORS: dict[int | str, dict[str, object]] = {
 }
 
 
-@router.get("", response_model=Items[CoreOut], responses=_ERRORS)
-async def list_cores(plane: PlaneDep, _: ViewerDep) -> Items[CoreOut]:
+@router.get("", response_model=Items[CoreInfo], responses=_ERRORS)
+async def list_cores(plane: PlaneDep, _: ViewerDep) -> Items[CoreInfo]:
     """Every core: enabled, running, essential, PnL and crashes."""
-    return Items[CoreOut](items=[CoreOut(**c.model_dump()) for c in plane.trading.cores()])
+    return Items[CoreInfo](items=plane.trading.cores())
 
 
-@router.post("/{name}/toggle", response_model=CoreOut, responses=_ERRORS)
+@router.post("/{name}/toggle", response_model=CoreInfo, responses=_ERRORS)
 async def toggle_core(
     name: str, plane: PlaneDep, actor: ActorDep, body: Annotated[ToggleIn | None, Body()] = None
-) -> CoreOut:
+) -> CoreInfo:
     """Switch a core off or on (operator; audited); flips it when ``enabled`` is omitted."""
     toggle = body or ToggleIn()
-    core = await plane.trading.toggle_core(
+    return await plane.trading.toggle_core(
         name, actor, enabled=toggle.enabled, confirm=toggle.confirm
     )
-    return CoreOut(**core.model_dump())

@@ -7,7 +7,8 @@ from typing import Annotated
 from fastapi import APIRouter, Body
 
 from api.deps import ActorDep, PlaneDep, ViewerDep
-from api.schemas import ErrorBody, FlagClear, FlagOut, FlagUpdate, Items
+from api.schemas import ConfirmIn, ErrorBody, FlagUpdate, Items
+from core.flags import FlagState
 
 router = APIRouter(prefix="/api/v1/flags", tags=["flags"])
 
@@ -20,30 +21,27 @@ _ERRORS: dict[int | str, dict[str, object]] = {
 }
 
 
-@router.get("", response_model=Items[FlagOut], responses=_ERRORS)
-async def list_flags(plane: PlaneDep, _: ViewerDep) -> Items[FlagOut]:
+@router.get("", response_model=Items[FlagState], responses=_ERRORS)
+async def list_flags(plane: PlaneDep, _: ViewerDep) -> Items[FlagState]:
     """Every flag with its effective value and source."""
-    return Items[FlagOut](items=[FlagOut(**f.model_dump()) for f in plane.flags.states()])
+    return Items[FlagState](items=plane.flags.states())
 
 
-@router.get("/{name}", response_model=FlagOut, responses=_ERRORS)
-async def get_flag(name: str, plane: PlaneDep, _: ViewerDep) -> FlagOut:
+@router.get("/{name}", response_model=FlagState, responses=_ERRORS)
+async def get_flag(name: str, plane: PlaneDep, _: ViewerDep) -> FlagState:
     """One flag with its effective value and source."""
-    return FlagOut(**plane.flags.get(name).model_dump())
+    return plane.flags.get(name)
 
 
-@router.put("/{name}", response_model=FlagOut, responses=_ERRORS)
-async def set_flag(name: str, body: FlagUpdate, plane: PlaneDep, actor: ActorDep) -> FlagOut:
+@router.put("/{name}", response_model=FlagState, responses=_ERRORS)
+async def set_flag(name: str, body: FlagUpdate, plane: PlaneDep, actor: ActorDep) -> FlagState:
     """Override a flag at runtime (operator; admin and ``confirm`` for dangerous values)."""
-    state = await plane.flags.set(name, body.value, actor, confirm=body.confirm)
-    return FlagOut(**state.model_dump())
+    return await plane.flags.set(name, body.value, actor, confirm=body.confirm)
 
 
-@router.delete("/{name}", response_model=FlagOut, responses=_ERRORS)
+@router.delete("/{name}", response_model=FlagState, responses=_ERRORS)
 async def clear_flag(
-    name: str, plane: PlaneDep, actor: ActorDep, body: Annotated[FlagClear | None, Body()] = None
-) -> FlagOut:
+    name: str, plane: PlaneDep, actor: ActorDep, body: Annotated[ConfirmIn | None, Body()] = None
+) -> FlagState:
     """Clear a runtime override; the flag returns to its env value or default."""
-    confirm = body.confirm if body else False
-    state = await plane.flags.unset(name, actor, confirm=confirm)
-    return FlagOut(**state.model_dump())
+    return await plane.flags.unset(name, actor, confirm=body.confirm if body else False)

@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
-from pydantic import BaseModel, ConfigDict, Field
 
 from api.deps import ActorDep, PlaneDep, ViewerDep
-from api.schemas import ErrorBody, IncidentDetailOut, IncidentOut, Items
+from api.schemas import ErrorBody, Items, SilenceBody
+from core.incidents.service import IncidentDetail
 from core.models.alerts import Severity
-from core.models.incidents import IncidentState
+from core.models.incidents import Incident, IncidentState
 
 router = APIRouter(prefix="/api/v1/incidents", tags=["incidents"])
 
@@ -23,15 +23,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-class SilenceBody(BaseModel):
-    """Body of ``POST /api/v1/incidents/{id}/silence``."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    duration: str = Field(examples=["1h"], description="e.g. 30m, 1h, 4h, 1d (max 7d)")
-
-
-@router.get("", response_model=Items[IncidentOut], responses=_ERRORS)
+@router.get("", response_model=Items[Incident], responses=_ERRORS)
 async def list_incidents(
     plane: PlaneDep,
     _: ViewerDep,
@@ -39,49 +31,47 @@ async def list_incidents(
     severity: Severity | None = None,
     open_only: Annotated[bool, Query(alias="open")] = False,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-) -> Items[IncidentOut]:
+) -> Items[Incident]:
     """Incidents newest first, filtered by state, severity, or open (not resolved)."""
     found = await plane.incidents.list(
         state=state, severity=severity, open_only=open_only, limit=limit
     )
-    return Items[IncidentOut](items=[IncidentOut(**i.model_dump()) for i in found])
+    return Items[Incident](items=found)
 
 
-@router.get("/{incident_id}", response_model=IncidentDetailOut, responses=_ERRORS)
-async def get_incident(incident_id: int, plane: PlaneDep, _: ViewerDep) -> IncidentDetailOut:
+@router.get("/{incident_id}", response_model=IncidentDetail, responses=_ERRORS)
+async def get_incident(incident_id: int, plane: PlaneDep, _: ViewerDep) -> IncidentDetail:
     """One incident with its newest alerts and its timeline."""
-    detail = await plane.incidents.detail(incident_id)
-    return IncidentDetailOut(**detail.model_dump())
+    return await plane.incidents.detail(incident_id)
 
 
-@router.post("/{incident_id}/ack", response_model=IncidentOut, responses=_ERRORS)
-async def acknowledge(incident_id: int, plane: PlaneDep, actor: ActorDep) -> IncidentOut:
+@router.post("/{incident_id}/ack", response_model=Incident, responses=_ERRORS)
+async def acknowledge(incident_id: int, plane: PlaneDep, actor: ActorDep) -> Incident:
     """Acknowledge: you are on it, escalation stops (operator)."""
-    return IncidentOut(**(await plane.incidents.acknowledge(incident_id, actor)).model_dump())
+    return await plane.incidents.acknowledge(incident_id, actor)
 
 
-@router.post("/{incident_id}/unack", response_model=IncidentOut, responses=_ERRORS)
-async def unacknowledge(incident_id: int, plane: PlaneDep, actor: ActorDep) -> IncidentOut:
+@router.post("/{incident_id}/unack", response_model=Incident, responses=_ERRORS)
+async def unacknowledge(incident_id: int, plane: PlaneDep, actor: ActorDep) -> Incident:
     """Hand it back: triggered again, escalation restarts (operator)."""
-    return IncidentOut(**(await plane.incidents.unacknowledge(incident_id, actor)).model_dump())
+    return await plane.incidents.unacknowledge(incident_id, actor)
 
 
-@router.post("/{incident_id}/resolve", response_model=IncidentOut, responses=_ERRORS)
-async def resolve(incident_id: int, plane: PlaneDep, actor: ActorDep) -> IncidentOut:
+@router.post("/{incident_id}/resolve", response_model=Incident, responses=_ERRORS)
+async def resolve(incident_id: int, plane: PlaneDep, actor: ActorDep) -> Incident:
     """Resolve by hand (operator)."""
-    return IncidentOut(**(await plane.incidents.resolve(incident_id, actor)).model_dump())
+    return await plane.incidents.resolve(incident_id, actor)
 
 
-@router.post("/{incident_id}/silence", response_model=IncidentOut, responses=_ERRORS)
+@router.post("/{incident_id}/silence", response_model=Incident, responses=_ERRORS)
 async def silence(
     incident_id: int, body: SilenceBody, plane: PlaneDep, actor: ActorDep
-) -> IncidentOut:
+) -> Incident:
     """Silence for a duration; Alertmanager incidents get a real silence (operator)."""
-    incident = await plane.incidents.silence(incident_id, actor, body.duration)
-    return IncidentOut(**incident.model_dump())
+    return await plane.incidents.silence(incident_id, actor, body.duration)
 
 
-@router.post("/{incident_id}/unsilence", response_model=IncidentOut, responses=_ERRORS)
-async def unsilence(incident_id: int, plane: PlaneDep, actor: ActorDep) -> IncidentOut:
+@router.post("/{incident_id}/unsilence", response_model=Incident, responses=_ERRORS)
+async def unsilence(incident_id: int, plane: PlaneDep, actor: ActorDep) -> Incident:
     """Lift a silence early (operator)."""
-    return IncidentOut(**(await plane.incidents.unsilence(incident_id, actor)).model_dump())
+    return await plane.incidents.unsilence(incident_id, actor)

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, Header, HTTPException, Request
 
-from api.schemas import ErrorBody
+from api.schemas import ErrorBody, WebhookAck
 
 if TYPE_CHECKING:
     from bot.app import TelegramBot
@@ -18,12 +18,13 @@ router = APIRouter(tags=["telegram"])
 
 @router.post(
     "/telegram/webhook",
+    response_model=WebhookAck,
     responses={401: {"model": ErrorBody}, 404: {"model": ErrorBody}, 400: {"model": ErrorBody}},
 )
 async def telegram_webhook(
     request: Request,
     secret: Annotated[str | None, Header(alias="X-Telegram-Bot-Api-Secret-Token")] = None,
-) -> dict[str, bool]:
+) -> WebhookAck:
     """Accept one update from Telegram after checking its secret header in constant time."""
     bot: TelegramBot | None = getattr(request.app.state, "telegram", None)
     settings = request.app.state.plane.settings
@@ -40,4 +41,4 @@ async def telegram_webhook(
     if not isinstance(update, dict) or "update_id" not in update:
         raise HTTPException(400, "body is not a Telegram Update (no update_id)")
     await bot.feed_webhook(update)
-    return {"ok": True}
+    return WebhookAck(ok=True)

@@ -7,17 +7,10 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from api.deps import ActorDep, PlaneDep, ViewerDep
-from api.engine_schemas import (
-    ConfirmIn,
-    EngineStateOut,
-    ExposureOut,
-    HaltIn,
-    HaltOut,
-    OrderOut,
-    PnlOut,
-)
-from api.schemas import ErrorBody, Items
-from core.models.venues import OrderStatus
+from api.schemas import ConfirmIn, ErrorBody, HaltIn, Items
+from core.models.venues import OrderRecord, OrderStatus
+from core.trading.engine import EngineState, HaltReport, PnlReport
+from core.trading.risk import ExposureReport
 
 router = APIRouter(prefix="/api/v1", tags=["trading"])
 
@@ -29,49 +22,48 @@ _ERRORS: dict[int | str, dict[str, object]] = {
 }
 
 
-@router.get("/pnl", response_model=PnlOut, responses=_ERRORS)
+@router.get("/pnl", response_model=PnlReport, responses=_ERRORS)
 async def pnl(
     plane: PlaneDep,
     _: ViewerDep,
     window: Annotated[str, Query(pattern="^(24h|7d)$", description="24h or 7d")] = "24h",
-) -> PnlOut:
+) -> PnlReport:
     """PnL per core now, and its recorded history over the window."""
-    return PnlOut(**(await plane.trading.pnl(window)).model_dump())
+    return await plane.trading.pnl(window)
 
 
-@router.get("/exposure", response_model=ExposureOut, responses=_ERRORS)
-async def exposure(plane: PlaneDep, _: ViewerDep) -> ExposureOut:
+@router.get("/exposure", response_model=ExposureReport, responses=_ERRORS)
+async def exposure(plane: PlaneDep, _: ViewerDep) -> ExposureReport:
     """Total and per-symbol exposure against the risk limits."""
-    return ExposureOut(**plane.trading.exposure().model_dump())
+    return plane.trading.exposure()
 
 
-@router.get("/orders", response_model=Items[OrderOut], responses=_ERRORS)
+@router.get("/orders", response_model=Items[OrderRecord], responses=_ERRORS)
 async def orders(
     plane: PlaneDep,
     _: ViewerDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     status: OrderStatus | None = None,
     core: str | None = None,
-) -> Items[OrderOut]:
+) -> Items[OrderRecord]:
     """Recent orders, newest first."""
     found = await plane.trading.orders(limit=limit, status=status, core=core)
-    return Items[OrderOut](items=[OrderOut(**o.model_dump()) for o in found])
+    return Items[OrderRecord](items=found)
 
 
-@router.get("/engine", response_model=EngineStateOut, responses=_ERRORS)
-async def engine_state(plane: PlaneDep, _: ViewerDep) -> EngineStateOut:
+@router.get("/engine", response_model=EngineState, responses=_ERRORS)
+async def engine_state(plane: PlaneDep, _: ViewerDep) -> EngineState:
     """Whether the engine may trade: halt, read-only mode, active venue."""
-    return EngineStateOut(**plane.trading.state().model_dump())
+    return plane.trading.state()
 
 
-@router.post("/halt", response_model=HaltOut, responses=_ERRORS)
-async def halt(body: HaltIn, plane: PlaneDep, actor: ActorDep) -> HaltOut:
+@router.post("/halt", response_model=HaltReport, responses=_ERRORS)
+async def halt(body: HaltIn, plane: PlaneDep, actor: ActorDep) -> HaltReport:
     """Kill switch (admin, confirmed): stop every core and cancel open orders."""
-    report = await plane.trading.halt(actor, confirm=body.confirm, reason=body.reason)
-    return HaltOut(**report.model_dump())
+    return await plane.trading.halt(actor, confirm=body.confirm, reason=body.reason)
 
 
-@router.post("/resume", response_model=EngineStateOut, responses=_ERRORS)
-async def resume(body: ConfirmIn, plane: PlaneDep, actor: ActorDep) -> EngineStateOut:
+@router.post("/resume", response_model=EngineState, responses=_ERRORS)
+async def resume(body: ConfirmIn, plane: PlaneDep, actor: ActorDep) -> EngineState:
     """Undo a halt (admin, confirmed)."""
-    return EngineStateOut(**(await plane.trading.resume(actor, confirm=body.confirm)).model_dump())
+    return await plane.trading.resume(actor, confirm=body.confirm)

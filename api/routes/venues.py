@@ -7,8 +7,8 @@ from typing import Annotated
 from fastapi import APIRouter, Body
 
 from api.deps import ActorDep, PlaneDep, ViewerDep
-from api.engine_schemas import ConfirmIn, FailoverIn, VenuesOut
-from api.schemas import ErrorBody
+from api.schemas import ConfirmIn, ErrorBody, FailoverIn
+from core.trading.venues.service import VenuesStatus
 
 router = APIRouter(prefix="/api/v1", tags=["venues"])
 
@@ -20,31 +20,27 @@ _ERRORS: dict[int | str, dict[str, object]] = {
 }
 
 
-@router.get("/venues", response_model=VenuesOut, responses=_ERRORS)
-async def list_venues(plane: PlaneDep, _: ViewerDep) -> VenuesOut:
+@router.get("/venues", response_model=VenuesStatus, responses=_ERRORS)
+async def list_venues(plane: PlaneDep, _: ViewerDep) -> VenuesStatus:
     """Primary, standby and active venue, with each venue's mode and health."""
-    return VenuesOut(**plane.venues.status().model_dump())
+    return plane.venues.status()
 
 
-@router.post("/failover", response_model=VenuesOut, responses=_ERRORS)
-async def failover(body: FailoverIn, plane: PlaneDep, actor: ActorDep) -> VenuesOut:
+@router.post("/failover", response_model=VenuesStatus, responses=_ERRORS)
+async def failover(body: FailoverIn, plane: PlaneDep, actor: ActorDep) -> VenuesStatus:
     """Fail over to the standby (operator); 409 with the pre-check result until confirmed."""
-    status = await plane.venues.failover(
-        actor, to=body.to, confirm=body.confirm, reason=body.reason
-    )
-    return VenuesOut(**status.model_dump())
+    return await plane.venues.failover(actor, to=body.to, confirm=body.confirm, reason=body.reason)
 
 
-@router.post("/failback", response_model=VenuesOut, responses=_ERRORS)
-async def failback(plane: PlaneDep, actor: ActorDep) -> VenuesOut:
+@router.post("/failback", response_model=VenuesStatus, responses=_ERRORS)
+async def failback(plane: PlaneDep, actor: ActorDep) -> VenuesStatus:
     """Return trading to the primary after a pre-check (operator); resolves the incident."""
-    return VenuesOut(**(await plane.venues.failback(actor)).model_dump())
+    return await plane.venues.failback(actor)
 
 
-@router.post("/chaos/exchange-failover", response_model=VenuesOut, responses=_ERRORS)
+@router.post("/chaos/exchange-failover", response_model=VenuesStatus, responses=_ERRORS)
 async def chaos_exchange_failover(
     plane: PlaneDep, actor: ActorDep, body: Annotated[ConfirmIn | None, Body()] = None
-) -> VenuesOut:
+) -> VenuesStatus:
     """Drill (admin, confirmed): inject a primary outage and let automatic failover act."""
-    status = await plane.venues.chaos_exchange_outage(actor, confirm=bool(body and body.confirm))
-    return VenuesOut(**status.model_dump())
+    return await plane.venues.chaos_exchange_outage(actor, confirm=bool(body and body.confirm))
