@@ -20,6 +20,7 @@ from pydantic import BaseModel
 from core.config.settings import Settings
 from core.errors import (
     ConfirmationRequired,
+    Conflict,
     InvalidInput,
     LuniaError,
     NotFound,
@@ -245,6 +246,13 @@ class FlagService:
     def enabled(self, name: str) -> bool:
         """The effective value of a boolean flag."""
         return bool(self.value(name))
+
+    def check_chaos_allowed(self) -> None:
+        """Raise ``Conflict`` while INFRA_PROD_ENABLED is on: no chaos drills in production."""
+        # The effective value, so a runtime override refuses as surely as the environment does;
+        # the CLI asks before it contacts an instance, the venue service before it injects a fault.
+        if self.enabled("INFRA_PROD_ENABLED"):
+            raise Conflict("chaos drills are refused while INFRA_PROD_ENABLED is on")
 
     def states(self) -> list[FlagState]:
         """Every flag, in catalogue order."""

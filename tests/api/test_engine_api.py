@@ -18,7 +18,15 @@ from api.cli import app as cli_app
 from core.control_plane import ControlPlane
 from core.models.venues import OrderSide, OrderType
 from core.trading.strategies import CoreContext, Intent
-from tests.conftest import ADMIN_TOKEN, OPERATOR_TOKEN, TOKENS, VIEWER_TOKEN, PlaneFactory, auth
+from tests.conftest import (
+    ADMIN_TOKEN,
+    OPERATOR_TOKEN,
+    TOKENS,
+    VIEWER_TOKEN,
+    WEBHOOK_TOKEN,
+    PlaneFactory,
+    auth,
+)
 from tests.support.services import free_port
 
 QUIET = {"core_tick_seconds": 3600, "venue_probe_seconds": 3600}
@@ -188,10 +196,32 @@ def test_cli_chaos_drill_fails_over_a_running_instance_and_failback_ends_it(
         proc.communicate(timeout=20)
 
 
+def production_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Secrets that pass the INFRA_PROD_ENABLED start checks (the CLI opens the local state)."""
+    monkeypatch.setenv("API_TOKENS", TOKENS)
+    monkeypatch.setenv("ALERT_WEBHOOK_TOKEN", WEBHOOK_TOKEN)
+
+
 def test_cli_chaos_is_refused_while_infra_prod_is_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    production_secrets(monkeypatch)
     monkeypatch.setenv("INFRA_PROD_ENABLED", "true")
     result = CliRunner().invoke(
         cli_app, ["chaos", "exchange-failover", "--yes", "--url", "http://127.0.0.1:9"]
     )
     assert result.exit_code == 1
     assert "refused while INFRA_PROD_ENABLED is on" in result.stderr
+
+
+def test_cli_chaos_is_refused_while_infra_prod_is_on_at_runtime(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    production_secrets(monkeypatch)
+    runner = CliRunner()
+    flipped = runner.invoke(cli_app, ["flags", "set", "INFRA_PROD_ENABLED", "true"])
+    assert flipped.exit_code == 0, flipped.stderr
+    result = runner.invoke(
+        cli_app, ["chaos", "exchange-failover", "--yes", "--url", "http://127.0.0.1:9"]
+    )
+    assert result.exit_code == 1
+    # Refused by the local rule: nothing listens on port 9, and the instance was not contacted.
+    assert result.stderr.strip() == "lunia: chaos drills are refused while INFRA_PROD_ENABLED is on"

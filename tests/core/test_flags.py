@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from core.errors import ConfirmationRequired, InvalidInput, NotFound, PermissionDenied
+from core.errors import ConfirmationRequired, Conflict, InvalidInput, NotFound, PermissionDenied
 from core.flags import CATALOGUE, Source
 from core.models import Actor, ActorKind, Role
 from tests.conftest import PlaneFactory, SettingsFactory
@@ -177,3 +177,32 @@ async def test_enable_redis_is_only_read_from_the_environment(make_plane: PlaneF
             await change
     state = plane.flags.get("ENABLE_REDIS")
     assert (state.value, state.source) == (False, Source.DEFAULT)
+
+
+CHAOS_REFUSED = "chaos drills are refused while INFRA_PROD_ENABLED is on"
+
+
+async def test_chaos_drills_are_refused_while_infra_prod_is_on_in_the_environment(
+    make_plane: PlaneFactory,
+) -> None:
+    plane = await make_plane(infra_prod_enabled=True, core_tick_seconds=3600)
+    with pytest.raises(Conflict, match=CHAOS_REFUSED):
+        plane.flags.check_chaos_allowed()
+    # A runtime override wins over the environment, for the rule as for every flag read.
+    await plane.flags.set("INFRA_PROD_ENABLED", False, ADMIN, confirm=True)
+    plane.flags.check_chaos_allowed()
+
+
+async def test_chaos_drills_are_refused_while_infra_prod_is_on_at_runtime(
+    make_plane: PlaneFactory,
+) -> None:
+    plane = await make_plane(venue_probe_seconds=3600, core_tick_seconds=3600)
+    plane.flags.check_chaos_allowed()  # off by default: drills allowed
+    await plane.flags.set("INFRA_PROD_ENABLED", True, ADMIN)
+    with pytest.raises(Conflict, match=CHAOS_REFUSED):
+        plane.flags.check_chaos_allowed()
+    with pytest.raises(Conflict, match=CHAOS_REFUSED):  # the venue service applies the same rule
+        await plane.venues.chaos_exchange_outage(ADMIN, confirm=True)
+    assert not plane.venues.failed_over
+    await plane.flags.unset("INFRA_PROD_ENABLED", ADMIN, confirm=True)
+    plane.flags.check_chaos_allowed()

@@ -218,7 +218,7 @@ MAKE_RECIPES: dict[str, str] = {
     "down": "docker compose -f docker-compose.prod.yml down",
 }
 
-# `lunia` commands that act on the running instance over its API (api/cli_venues.py, smoke).
+# `lunia` commands that act on the running instance over its API (api/cli/venues.py, smoke).
 REMOTE = frozenset({"venues", "failover", "failback", "chaos"})
 
 # Exit codes the runbook promises other than 0.

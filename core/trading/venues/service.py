@@ -444,8 +444,7 @@ class VenueService:
     async def chaos_exchange_outage(self, actor: Actor, *, confirm: bool = False) -> VenuesStatus:
         """Drill (admin, confirmed): inject a primary outage; automatic failover must act."""
         await self._authorize(actor, Role.ADMIN, "chaos.exchange-failover", self.primary)
-        if self._flags.enabled("INFRA_PROD_ENABLED"):
-            raise Conflict("chaos drills are refused while INFRA_PROD_ENABLED is on")
+        self._flags.check_chaos_allowed()
         if self.failed_over:
             raise Conflict(f"already failed over to {self._active}; fail back first")
         if not confirm:

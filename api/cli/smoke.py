@@ -12,8 +12,8 @@ from collections.abc import Callable
 import httpx
 import typer
 
-from api.cli import fail, load_settings
-from api.cli_venues import TokenOption, UrlOption, _base_url, _token
+from api.cli.base import fail, load_settings
+from api.cli.instance import TokenOption, UrlOption, api_token, base_url
 from core.config.settings import Settings
 from core.security.secrets import WEBHOOK_TOKEN_FILE
 
@@ -65,8 +65,8 @@ def _test_alert(fingerprint: str, status: str) -> dict[str, object]:
 def smoke(url: UrlOption = None, token: TokenOption = None) -> None:
     """Drive the running instance end to end; exit 1 if any check fails."""
     settings = load_settings()
-    base = _base_url(settings, url)
-    api = {"Authorization": f"Bearer {_token(settings, token)}"}
+    base = base_url(settings, url)
+    api = {"Authorization": f"Bearer {api_token(settings, token)}"}
     hook = {"Authorization": f"Bearer {_webhook_token(settings)}"}
     failures = 0
 

@@ -1,7 +1,7 @@
-"""``lunia backup create|list|verify|restore`` and ``lunia report`` (runbook §3, §4).
+"""``lunia backup create|list|verify|restore`` (runbook §3).
 
-Registered on the ``lunia`` app by ``api.cli``; every command is one core call through
-``with_plane``, so exit codes and one-line errors are the CLI's usual ones.
+Assembled into ``lunia`` by ``api.cli``; every command is one core call through ``with_plane``,
+so exit codes and one-line errors are the CLI's usual ones.
 """
 
 from __future__ import annotations
@@ -12,17 +12,13 @@ from typing import Annotated
 
 import typer
 
-from api.cli import cli_actor, fail, with_plane
+from api.cli.base import JsonOption, cli_actor, fail, with_plane
 from core.backups.service import BackupInfo, BackupReason, RestoreReport, Verification
 from core.control_plane import ControlPlane
-from core.ops.access_review import render_markdown
-from core.platform.files import write_atomically
 
 backup_app = typer.Typer(
     help="Backups, verification and restore (runbook §3).", no_args_is_help=True
 )
-
-JsonOption = Annotated[bool, typer.Option("--json", help="machine-readable output")]
 
 
 def _age(seconds: float) -> str:
@@ -138,19 +134,3 @@ def backup_restore(
             typer.echo(f"  {table}: {before} -> {after}")
     for flag in report.flags_changed:
         typer.echo(f"  flag {flag.name}: {json.dumps(flag.before)} -> {json.dumps(flag.after)}")
-
-
-def report(
-    out: Annotated[
-        Path, typer.Option("--out", help="where to write the Markdown report", dir_okay=False)
-    ] = Path("docs/RELEASE_REPORT.md"),
-) -> None:
-    """Write the access review (roles, last actions, flags, backups, incidents) as Markdown."""
-
-    async def go(plane: ControlPlane) -> str:
-        return render_markdown(await plane.access_review.review(cli_actor()))
-
-    text = with_plane(go)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_atomically(out, text.encode())
-    typer.echo(f"access review written to {out}")

@@ -1,6 +1,6 @@
 """``lunia token issue|list|revoke``: temporary API tokens from the host (admin).
 
-Registered on the ``lunia`` app by ``api.cli``; a running server sees changes within seconds.
+Assembled into ``lunia`` by ``api.cli``; a running server sees changes within seconds.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from api.cli import cli_actor, with_plane
+from api.cli.base import JsonOption, cli_actor, with_plane
 from core.control_plane import ControlPlane
 from core.models import Role
 from core.security.tokens import IssuedToken, TemporaryToken
@@ -42,9 +42,7 @@ def token_issue(
 
 
 @token_app.command("list")
-def token_list(
-    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
-) -> None:
+def token_list(as_json: JsonOption = False) -> None:
     """Every temporary token: id, name, role, state, expiry, issuer (never values)."""
 
     async def go(plane: ControlPlane) -> list[TemporaryToken]:

@@ -1,87 +1,27 @@
 """``lunia venues|failover|failback`` and ``lunia chaos exchange-failover`` (runbook §2.1).
 
 These act on the RUNNING instance through its HTTP API (the engine's state lives in that
-process), with a token from ``--token``, ``LUNIA_API_TOKEN``, an admin entry of ``API_TOKENS``
-or the admin token generated into the state dir. Registered on the ``lunia`` app by ``api.cli``.
+process); see ``api.cli.instance`` for the address and token. Assembled into ``lunia`` by
+``api.cli``.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from typing import Annotated, Any
 
-import httpx
 import typer
 
-from api.cli import fail, load_settings
-from core.config.settings import Settings
-from core.models import Role
-from core.security.secrets import ADMIN_TOKEN_FILE
+from api.cli.base import JsonOption, fail, with_plane
+from api.cli.instance import TokenOption, UrlOption, remote
+from core.control_plane import ControlPlane
 
 chaos_app = typer.Typer(
     help="Chaos drills against a running instance (refused while INFRA_PROD_ENABLED is on).",
     no_args_is_help=True,
 )
 
-UrlOption = Annotated[
-    str | None, typer.Option("--url", help="base URL of the running instance (default from API_*)")
-]
-TokenOption = Annotated[
-    str | None, typer.Option("--token", help="API token (default: LUNIA_API_TOKEN, then admin)")
-]
 YesOption = Annotated[bool, typer.Option("--yes", help="confirm the action")]
-JsonOption = Annotated[bool, typer.Option("--json", help="machine-readable output")]
-
-
-def _base_url(settings: Settings, url: str | None) -> str:
-    if url:
-        return url.rstrip("/")
-    host = "127.0.0.1" if settings.api_host in ("0.0.0.0", "::") else settings.api_host  # noqa: S104
-    return f"http://{host}:{settings.api_port}"
-
-
-def _token(settings: Settings, token: str | None) -> str:
-    if token:
-        return token
-    if os.environ.get("LUNIA_API_TOKEN"):
-        return os.environ["LUNIA_API_TOKEN"]
-    for configured in settings.configured_api_tokens():
-        if configured.role is Role.ADMIN:
-            return configured.token
-    path = settings.lunia_state_dir / "secrets" / ADMIN_TOKEN_FILE
-    if path.is_file():
-        return path.read_text().strip()
-    raise fail("no API token: pass --token or set LUNIA_API_TOKEN", 2)
-
-
-def remote(
-    method: str, path: str, *, url: str | None, token: str | None, body: Any = None
-) -> dict[str, Any]:
-    """Call the running instance; exit 1 (or 2 for a missing confirmation) on an error."""
-    settings = load_settings()
-    base = _base_url(settings, url)
-    try:
-        response = httpx.request(
-            method,
-            base + path,
-            json=body,
-            headers={"Authorization": f"Bearer {_token(settings, token)}"},
-            timeout=60,
-        )
-    except httpx.HTTPError as exc:
-        raise fail(f"no running instance answers at {base}: {type(exc).__name__}", 1) from None
-    try:
-        payload: dict[str, Any] = response.json()
-    except ValueError:
-        payload = {}
-    if response.is_success:
-        return payload
-    error = payload.get("error", {}) if isinstance(payload, dict) else {}
-    message = error.get("message") or f"HTTP {response.status_code}"
-    if error.get("code") == "confirmation_required":
-        raise fail(f"{message} (add --yes)", 2)
-    raise fail(message, 1)
 
 
 def _show(status: dict[str, Any], as_json: bool) -> None:
@@ -133,9 +73,11 @@ def chaos_exchange_failover(
     as_json: JsonOption = False,
 ) -> None:
     """Inject a primary-venue outage into the running instance; automatic failover must act."""
-    settings = load_settings()
-    if settings.infra_prod_enabled:
-        raise fail("chaos drills are refused while INFRA_PROD_ENABLED is on", 1)
+
+    async def check(plane: ControlPlane) -> None:
+        plane.flags.check_chaos_allowed()
+
+    with_plane(check)  # refused here, before the instance is contacted, if production is on
     status = remote(
         "POST", "/api/v1/chaos/exchange-failover", url=url, token=token, body={"confirm": yes}
     )

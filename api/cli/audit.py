@@ -1,0 +1,70 @@
+"""``lunia audit verify|export``: the hash-chained audit log from the host (runbook §4).
+
+Assembled into ``lunia`` by ``api.cli``; ``verify --file`` checks exports offline, no state needed.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from api.cli.base import cli_actor, fail, with_plane
+from core.errors import InvalidInput
+from core.security.exports import parse_destination, verify_exports
+
+audit_app = typer.Typer(help="The hash-chained audit log (runbook §4).", no_args_is_help=True)
+
+
+@audit_app.command("verify")
+def audit_verify(
+    file: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--file",
+            help="verify an exported JSONL offline (repeat, oldest first, to check they join)",
+            exists=True,
+            dir_okay=False,
+        ),
+    ] = None,
+) -> None:
+    """Check the hash chain; exit 1 naming the first bad entry."""
+    report = verify_exports(file) if file else with_plane(lambda plane: plane.audit.verify())
+    if not report.ok:
+        raise fail(
+            f"audit log FAILED verification after {report.checked} good entries: {report.problem}",
+            1,
+        )
+    typer.echo(f"audit log OK: {report.checked} entries, chain intact")
+
+
+@audit_app.command("export")
+def audit_export(
+    dest: Annotated[
+        str | None,
+        typer.Option(
+            "--dest",
+            help="directory, file://PATH or s3://bucket/prefix (default AUDIT_EXPORT_DEST)",
+        ),
+    ] = None,
+    since: Annotated[
+        datetime | None, typer.Option("--since", help="first instant included (UTC)")
+    ] = None,
+    until: Annotated[
+        datetime | None, typer.Option("--until", help="first instant excluded (UTC)")
+    ] = None,
+) -> None:
+    """Export the audit log (a time range of it) as JSONL plus a manifest with its sha256."""
+    if dest is not None:
+        try:
+            parse_destination(dest)
+        except InvalidInput as exc:
+            raise fail(exc.message, 2) from None
+
+    result = with_plane(
+        lambda plane: plane.exports.export(cli_actor(), dest, since=since, until=until)
+    )
+    manifest = result.manifest
+    typer.echo(f"exported {manifest.count} entries to {result.files[0]} (sha256 {manifest.sha256})")
