@@ -17,7 +17,7 @@ from core import __version__
 from core.assistant.runbook import Runbook
 from core.assistant.service import AssistantService
 from core.assistant.tools import Redactor, Toolbox
-from core.backups.service import (
+from core.backups import (
     JOB_BACKUP,
     JOB_OVERDUE,
     JOB_VERIFY,

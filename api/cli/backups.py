@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from api.cli.base import JsonOption, cli_actor, fail, with_plane
-from core.backups.service import BackupInfo, BackupReason, RestoreReport, Verification
+from core.backups import BackupInfo, BackupReason, RestoreReport, Verification
 from core.control_plane import ControlPlane
 
 backup_app = typer.Typer(

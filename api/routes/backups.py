@@ -8,7 +8,7 @@ from fastapi import APIRouter, Body, Query
 
 from api.deps import ActorDep, PlaneDep, ViewerDep
 from api.schemas import BackupCreate, ErrorBody, Items, RestoreBody
-from core.backups.service import BackupInfo, BackupReason, RestoreReport, Verification
+from core.backups import BackupInfo, BackupReason, RestoreReport, Verification
 
 router = APIRouter(prefix="/api/v1/backups", tags=["backups"])
 

@@ -22,7 +22,7 @@ from typing import Any
 from pydantic import SecretStr
 
 from core.assistant.runbook import Runbook
-from core.backups.service import BackupService
+from core.backups import BackupService
 from core.config.settings import Settings
 from core.errors import InvalidInput, NotFound, OperationError, PermissionDenied
 from core.flags import FlagService

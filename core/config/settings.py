@@ -202,7 +202,7 @@ class Settings(BaseSettings):
     frontend_signal_health_enabled: bool = True
 
     # Backups (runbook §3) and audit exports (§4);
-    # see core/backups/service.py and core/security/exports.py.
+    # see core/backups/ and core/security/exports.py.
     backup_dir: Path | None = None
     backup_interval_minutes: float = Field(default=60.0, gt=0, le=7 * 24 * 60)
     backup_keep_last: int = Field(default=24, ge=1)

@@ -11,7 +11,7 @@ from datetime import datetime
 
 from pydantic import BaseModel
 
-from core.backups.service import BackupInfo, BackupService, newest
+from core.backups import BackupInfo, BackupService, newest
 from core.config.settings import Settings
 from core.flags import FlagService, FlagState
 from core.incidents.service import IncidentService

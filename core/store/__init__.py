@@ -246,7 +246,7 @@ class Store(Protocol):
     async def prune_pnl_points(self, before: datetime) -> int:
         """Delete PnL points older than ``before``; return how many went."""
 
-    # -- backups (core/backups/service.py) ---------------------------------------------------------
+    # -- backups (core/backups/) -------------------------------------------------------------------
 
     async def snapshot(self, dest_dir: Path) -> StoreSnapshot:
         """Write a consistent copy of all state into the empty ``dest_dir`` (files mode 0600)

@@ -16,7 +16,7 @@ from pydantic import BaseModel
 
 import api.routes
 import api.schemas
-from core.backups.service import BackupInfo
+from core.backups import BackupInfo
 from core.flags import FlagState
 from core.incidents.service import IncidentDetail, IngestResult
 from core.models.incidents import Incident

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from core.backups.service import BackupReason, select_kept
+from core.backups import BackupReason, select_kept
 from core.control_plane import ControlPlane
 from core.errors import (
     ConfirmationRequired,
@@ -283,7 +283,9 @@ async def test_restore_refuses_a_backup_failing_its_checksums_without_touching_s
     info = await plane.backups.create(OPERATOR)
     await change_state(plane)
     path = plane.backups.root / info.id / "state.db"
-    path.write_bytes(path.read_bytes()[:-1] + b"\x00")
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0x01  # flip a bit: overwriting with 0x00 changed nothing when it already was
+    path.write_bytes(bytes(data))
     before = flag_values(plane)
     with pytest.raises(OperationError, match=r"cannot be restored: state.db: sha256.*nothing"):
         await plane.backups.restore(info.id, ADMIN, confirm=True)

@@ -1,0 +1,127 @@
+"""What a backup is on disk and what backup operations report (the lowest layer of backups).
+
+A backup is one directory under ``BACKUP_DIR`` named by its UTC creation time::
+
+    20261128T093000Z/
+        state.db            the store's snapshot (SQLite online backup API), mode 0600
+        manifest.json       format, versions, reason, who, counts per table, sha256 of each file
+        verification.json   the last verification's verdict (written by ``verify``)
+        remote.json         where the off-site copy went (when BACKUP_S3_URL is set)
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel
+
+FORMAT = "lunia-backup/1"
+MANIFEST = "manifest.json"
+VERIFICATION = "verification.json"
+REMOTE = "remote.json"
+ID_FORMAT = "%Y%m%dT%H%M%SZ"
+
+
+class BackupReason(enum.StrEnum):
+    """Why a backup was taken."""
+
+    SCHEDULED = "scheduled"
+    MANUAL = "manual"
+    EMERGENCY = "emergency"
+    SAFETY = "safety"  # taken by a restore just before it replaces the state
+
+
+class BackupFile(BaseModel):
+    """One file of a backup and its checksum."""
+
+    name: str
+    size: int
+    sha256: str
+
+
+class BackupManifest(BaseModel):
+    """Everything needed to check a backup offline and to restore it."""
+
+    format: str = FORMAT
+    id: str
+    app_version: str
+    created_at: datetime
+    reason: BackupReason
+    created_by: str
+    store: str
+    schema_version: int
+    counts: dict[str, int]
+    files: list[BackupFile]
+    duration_seconds: float
+
+    @property
+    def size_bytes(self) -> int:
+        """Total size of the backup's files."""
+        return sum(f.size for f in self.files)
+
+
+class Verification(BaseModel):
+    """The verdict of checking one backup: checksums, then a trial restore."""
+
+    backup_id: str
+    ok: bool
+    checked_at: datetime
+    problems: list[str]
+    counts: dict[str, int] = {}
+    audit_entries_checked: int = 0
+    duration_seconds: float = 0.0
+
+
+class BackupInfo(BaseModel):
+    """A backup as ``/backups`` lists it."""
+
+    id: str
+    created_at: datetime
+    age_seconds: float
+    reason: BackupReason | None
+    created_by: str
+    size_bytes: int
+    counts: dict[str, int]
+    app_version: str
+    schema_version: int
+    status: str  # verified | unverified | failed | broken
+    verification: Verification | None = None
+    local: bool = True
+    offsite: str | None = None
+    problem: str = ""
+
+
+class FlagChange(BaseModel):
+    """A flag whose effective value a restore changed."""
+
+    name: str
+    before: Any
+    after: Any
+
+
+class RestoreReport(BaseModel):
+    """What a restore did, for the operator and the bot to show."""
+
+    backup_id: str
+    backup_created_at: datetime
+    safety_backup_id: str
+    restored_by: str
+    started_at: datetime
+    duration_seconds: float
+    counts_before: dict[str, int]
+    counts_after: dict[str, int]
+    flags_changed: list[FlagChange]
+    audit_entries_verified: int
+
+
+class BackupStatus(BaseModel):
+    """The backup schedule's health, for ``/status`` and the bot."""
+
+    auto_enabled: bool
+    interval_seconds: float
+    last_success_at: datetime | None
+    last_success_id: str | None
+    overdue: bool
+    last_error: str | None
