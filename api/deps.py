@@ -1,4 +1,8 @@
-"""Request dependencies: the control plane and the caller, as ``Annotated`` aliases."""
+"""Request dependencies: the control plane and the caller, as ``Annotated`` aliases.
+
+Who a token belongs to, and who may call what, is decided in core (``Authenticator``,
+``require``); this module only turns core's refusals into 401 / 403 and has them recorded.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from core.control_plane import ControlPlane
-from core.errors import PermissionDenied
+from core.errors import PermissionDenied, Unauthenticated
 from core.models import Actor, Role
 from core.security.access import require
 
@@ -25,42 +29,41 @@ PlaneDep = Annotated[ControlPlane, Depends(get_plane)]
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 
 
-async def actor_for_token(plane: ControlPlane, token: str) -> Actor:
-    """The API actor for a token (configured or temporary), or 401 saying why not."""
-    actor = plane.tokens.resolve(token)
-    if actor is None:
-        check = await plane.temporary_tokens.resolve(token)
-        if check is not None and check.refusal is not None:
-            plane.metrics.auth_denied.labels("api", "expired_token").inc()
-            raise HTTPException(401, check.refusal, headers={"WWW-Authenticate": "Bearer"})
-        actor = check.actor if check is not None else None
-    if actor is None:
-        plane.metrics.auth_denied.labels("api", "bad_token").inc()
-        raise HTTPException(401, "invalid bearer token", headers={"WWW-Authenticate": "Bearer"})
-    return actor
+def caller_of(request: Request) -> str:
+    """Who is calling, for the audit entry of a refused request: the client address."""
+    return f"client:{request.client.host if request.client else 'unknown'}"
 
 
-async def current_actor(plane: PlaneDep, credentials: Credentials) -> Actor:
+def unauthorized(exc: Unauthenticated) -> HTTPException:
+    """Core's refusal as the HTTP answer: 401 with a bearer challenge."""
+    return HTTPException(401, exc.message, headers={"WWW-Authenticate": "Bearer"})
+
+
+async def current_actor(plane: PlaneDep, request: Request, credentials: Credentials) -> Actor:
     """The API actor for the bearer token (configured or temporary), or 401."""
-    if credentials is None:
-        plane.metrics.auth_denied.labels("api", "missing_token").inc()
-        raise HTTPException(
-            401,
-            "missing bearer token (Authorization: Bearer <token>)",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
-    return await actor_for_token(plane, credentials.credentials)
+    presented = credentials.credentials if credentials is not None else None
+    try:
+        return await plane.authenticator.authenticate(presented, caller=caller_of(request))
+    except Unauthenticated as exc:
+        raise unauthorized(exc) from None
 
 
 ActorDep = Annotated[Actor, Depends(current_actor)]
 
 
 def _role(needed: Role) -> object:
-    def check(plane: PlaneDep, actor: ActorDep) -> Actor:
+    async def check(plane: PlaneDep, request: Request, actor: ActorDep) -> Actor:
         try:
             require(actor, needed, "this endpoint")
-        except PermissionDenied:
-            plane.metrics.auth_denied.labels("api", "role").inc()
+        except PermissionDenied as exc:
+            await plane.refusals.record(
+                actor,
+                "api.forbidden",
+                "role",
+                channel="api",
+                target=f"{request.method} {request.url.path}",
+                detail=exc.message,
+            )
             raise
         return actor
 

@@ -1,13 +1,13 @@
 """The one access check for every update: deny by default, then who the actor is.
 
-Unknown users get one polite refusal per hour (audited, counted), never data. Being in the ops
+Unknown users get one polite refusal per hour (counted, audited and throttled by core's
+``RefusalRecorder``, so the hour holds across replicas), never data. Being in the ops
 group grants nothing: only ``TELEGRAM_ADMINS/OPERATORS/VIEWERS`` do (``core.security.access``).
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -17,7 +17,7 @@ from aiogram.types import CallbackQuery, Message, TelegramObject, User
 from bot.ui import Ui
 from core.control_plane import ControlPlane
 from core.errors import OperationError
-from core.models import Actor, ActorKind, AuditRecord
+from core.models import Actor, ActorKind
 from core.security.access import telegram_role
 
 logger = logging.getLogger(__name__)
@@ -26,7 +26,6 @@ REFUSAL = (
     "Sorry, you are not authorised to use this bot. Ask an admin to add your Telegram "
     "id ({user_id}) to TELEGRAM_VIEWERS, TELEGRAM_OPERATORS or TELEGRAM_ADMINS."
 )
-REFUSAL_EVERY = 3600.0
 
 Handler = Callable[[TelegramObject, dict[str, Any]], Awaitable[Any]]
 
@@ -70,7 +69,6 @@ class AccessMiddleware(BaseMiddleware):
         name = command_name(event)
         metrics = self._plane.metrics
         if actor.role is None:
-            metrics.auth_denied.labels("telegram", "unknown_user").inc()
             metrics.telegram_commands.labels(name, "unauthorized").inc()
             await self._refuse(event, user, actor, name)
             return None
@@ -87,23 +85,21 @@ class AccessMiddleware(BaseMiddleware):
         return result
 
     async def _refuse(self, event: TelegramObject, user: User, actor: Actor, name: str) -> None:
-        now = time.monotonic()
-        last = self._ui.health.refused_users.get(user.id)
-        if last is not None and now - last < REFUSAL_EVERY:
+        """Tell an unknown user once per throttle period (shared by every replica) how to get
+        access; the refusal is counted and audited by core's recorder."""
+        audited = await self._plane.refusals.record(
+            actor,
+            "telegram.refused",
+            "unknown_user",
+            channel="telegram",
+            target=name,
+            detail="user not in TELEGRAM_ADMINS/OPERATORS/VIEWERS",
+        )
+        if not audited:
             if isinstance(event, CallbackQuery):
                 await event.answer("Not authorised.", show_alert=True)
             return
-        self._ui.health.refused_users[user.id] = now
         logger.warning("refused Telegram user %d (%s) for %s", user.id, actor.name, name)
-        await self._plane.audit.record(
-            AuditRecord(
-                actor=actor,
-                action="telegram.refused",
-                target=name,
-                outcome="denied",
-                detail="user not in TELEGRAM_ADMINS/OPERATORS/VIEWERS",
-            )
-        )
         text = REFUSAL.format(user_id=user.id)
         if isinstance(event, CallbackQuery):
             await event.answer(text, show_alert=True)

@@ -55,9 +55,12 @@ from core.platform.s3 import S3Client
 from core.platform.scheduler import Scheduler
 from core.platform.spool import LocalSpool
 from core.platform.tasks import cancel_and_wait
-from core.security.access import TokenAuthority
+from core.security.access import Authenticator, TokenAuthority
 from core.security.audit import AuditLog
+from core.security.confirmations import ConfirmationService
 from core.security.exports import JOB_EXPORT, AuditExportService
+from core.security.ratelimit import RateLimiter
+from core.security.refusals import RefusalRecorder
 from core.security.secrets import RuntimeSecrets, resolve_secrets
 from core.security.tokens import TokenService
 from core.store import Store
@@ -102,7 +105,12 @@ class ControlPlane:
         self.secrets: RuntimeSecrets = resolve_secrets(settings)
         self.tokens = TokenAuthority(self.secrets.api_tokens)
         self.store: Store = store or open_store(settings)
-        self.audit = AuditLog(self.store)
+        self.audit = AuditLog(self.store, self.metrics)
+        # Security state every replica shares through the store: refusal throttle, rate limits,
+        # pending confirmations.
+        self.refusals = RefusalRecorder(self.audit, self.metrics)
+        self.rate_limiter = RateLimiter(self.store)
+        self.confirmations = ConfirmationService(self.store)
         self.flags = FlagService(settings, self.store, self.metrics)
         self.bus: Bus = (
             RedisStreamsBus(settings.redis_url.get_secret_value(), prefix=REDIS_PREFIX)
@@ -220,6 +228,7 @@ class ControlPlane:
         self.checklist.register("backups", self.backups.checklist_items)
         # Temporary API tokens (issue #9): issued, listed, revoked; rotation on the checklist.
         self.temporary_tokens = TokenService(self.store, self.audit, self.metrics)
+        self.authenticator = Authenticator(self.tokens, self.temporary_tokens, self.refusals)
         self.checklist.register("tokens", self.temporary_tokens.checklist_items)
         self.access_review = AccessReviewService(
             settings,

@@ -11,6 +11,7 @@ exception handler, the bot in one error handler, the CLI in ``main``)::
         ├── InvalidInput            the request itself is wrong (400/422)
         ├── NotFound                no such flag / incident / backup (404)
         ├── PermissionDenied        the actor's role does not allow this (403)
+        ├── Unauthenticated         no, unknown, expired or revoked credentials (401)
         ├── ConfirmationRequired    dangerous action asked without confirmation (409)
         ├── Conflict                impossible state transition (409)
         │   └── OrderRejected       the engine or the venue refused an order (halted, read-only)
@@ -83,6 +84,17 @@ class PermissionDenied(OperationError):
     """The actor's role does not allow the operation."""
 
     code = "forbidden"
+
+
+class Unauthenticated(OperationError):
+    """The caller presented no credentials, or ones that are unknown, expired or revoked;
+    ``reason`` (missing_token, bad_token, expired_token) is what metrics and audit record."""
+
+    code = "unauthenticated"
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class ConfirmationRequired(OperationError):

@@ -166,7 +166,7 @@ class FlagService:
                 self._env[name] = getattr(settings, field)
         self._store = store
         self._metrics = metrics
-        self._guard = Guard(AuditLog(store), metrics)
+        self._guard = Guard(AuditLog(store, metrics), metrics)
         self._overrides: dict[str, FlagOverride] = {}
         self._listeners: list[ChangeListener] = []
         self._loaded = False

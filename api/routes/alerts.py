@@ -6,15 +6,15 @@ the bad field and nothing is stored; a store outage answers 503 so the sender re
 
 from __future__ import annotations
 
-import hmac
 import json
 from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request
 
-from api.deps import Credentials, PlaneDep
+from api.deps import Credentials, PlaneDep, caller_of, unauthorized
 from api.schemas import ErrorBody
+from core.errors import Unauthenticated
 from core.incidents.receivers import parse_alertmanager, parse_falco, parse_grafana
 from core.incidents.service import IngestResult
 from core.models.alerts import Alert
@@ -30,17 +30,18 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-def webhook_auth(plane: PlaneDep, credentials: Credentials) -> None:
+async def webhook_auth(plane: PlaneDep, request: Request, credentials: Credentials) -> None:
     """Require ``Authorization: Bearer <ALERT_WEBHOOK_TOKEN>``, compared in constant time."""
-    expected = plane.secrets.alert_webhook_token.get_secret_value().encode()
-    presented = credentials.credentials.encode() if credentials else b""
-    if not hmac.compare_digest(presented, expected):
-        plane.metrics.auth_denied.labels("webhook", "bad_token").inc()
-        raise HTTPException(
-            401,
-            "missing or invalid webhook bearer token (ALERT_WEBHOOK_TOKEN)",
-            headers={"WWW-Authenticate": "Bearer"},
+    try:
+        await plane.authenticator.check_secret(
+            credentials.credentials if credentials else None,
+            plane.secrets.alert_webhook_token.get_secret_value(),
+            channel="webhook",
+            caller=caller_of(request),
+            message="missing or invalid webhook bearer token (ALERT_WEBHOOK_TOKEN)",
         )
+    except Unauthenticated as exc:
+        raise unauthorized(exc) from None
 
 
 WebhookAuth = Annotated[None, Depends(webhook_auth)]

@@ -6,9 +6,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from api.deps import OperatorDep, PlaneDep
+from api.deps import ActorDep, PlaneDep
 from api.schemas import AuditEntryOut, ErrorBody, Items
-from core.security.audit import VerifyReport
+from core.security.audit import AUDIT_LIST_MAX, VerifyReport
 
 router = APIRouter(prefix="/api/v1/audit", tags=["audit"])
 
@@ -19,10 +19,10 @@ router = APIRouter(prefix="/api/v1/audit", tags=["audit"])
     responses={401: {"model": ErrorBody}, 403: {"model": ErrorBody}},
 )
 async def audit_tail(
-    plane: PlaneDep, _: OperatorDep, limit: Annotated[int, Query(ge=1, le=1000)] = 50
+    plane: PlaneDep, actor: ActorDep, limit: Annotated[int, Query(ge=1, le=AUDIT_LIST_MAX)] = 50
 ) -> Items[AuditEntryOut]:
-    """The newest audit entries, newest first."""
-    entries = await plane.audit.tail(limit)
+    """The newest audit entries, newest first (operator; core decides)."""
+    entries = await plane.audit.read(actor, limit)
     return Items[AuditEntryOut](items=[AuditEntryOut.of(e) for e in entries])
 
 
@@ -31,6 +31,6 @@ async def audit_tail(
     response_model=VerifyReport,
     responses={401: {"model": ErrorBody}, 403: {"model": ErrorBody}},
 )
-async def audit_verify(plane: PlaneDep, _: OperatorDep) -> VerifyReport:
-    """Walk the hash chain and report the first bad entry, if any."""
-    return await plane.audit.verify()
+async def audit_verify(plane: PlaneDep, actor: ActorDep) -> VerifyReport:
+    """Walk the hash chain and report the first bad entry, if any (operator)."""
+    return await plane.audit.verify_for(actor)

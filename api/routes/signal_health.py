@@ -19,10 +19,10 @@ from typing import Annotated
 from fastapi import APIRouter, Cookie, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from api.deps import ActorDep, PlaneDep, actor_for_token
+from api.deps import ActorDep, PlaneDep, caller_of
 from api.schemas import ErrorBody
 from core.control_plane import ControlPlane
-from core.errors import PermissionDenied
+from core.errors import PermissionDenied, Unauthenticated
 from core.flags import FlagService
 from core.models import Role
 from core.ops.signal_health import Freshness, SignalHealth
@@ -74,10 +74,10 @@ async def signal_health_page(
     if not presented:
         return _page_error(401, "Sign in", _SIGN_IN)
     try:
-        actor = await actor_for_token(plane, presented)
+        actor = await plane.authenticator.authenticate(presented, caller=caller_of(request))
         require(actor, Role.VIEWER, "the signal health page")
-    except HTTPException as exc:
-        response = _page_error(401, "Sign in", f"{exc.detail}. {_SIGN_IN}")
+    except Unauthenticated as exc:
+        response = _page_error(401, "Sign in", f"{exc.message}. {_SIGN_IN}")
         response.delete_cookie(COOKIE, path=PAGE)
         return response
     except PermissionDenied as exc:

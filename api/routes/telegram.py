@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import hmac
 import json
 from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, Header, HTTPException, Request
 
+from api.deps import caller_of
 from api.schemas import ErrorBody, WebhookAck
+from core.errors import Unauthenticated
 
 if TYPE_CHECKING:
     from bot.app import TelegramBot
@@ -30,10 +31,17 @@ async def telegram_webhook(
     settings = request.app.state.plane.settings
     if bot is None or settings.telegram_mode != "webhook" or not settings.telegram_webhook_secret:
         raise HTTPException(404, "webhook mode is not enabled (TELEGRAM_MODE=webhook)")
-    expected = settings.telegram_webhook_secret.get_secret_value().encode()
-    if not hmac.compare_digest((secret or "").encode(), expected):
-        request.app.state.plane.metrics.auth_denied.labels("telegram", "webhook_secret").inc()
-        raise HTTPException(401, "wrong or missing X-Telegram-Bot-Api-Secret-Token")
+    try:
+        await request.app.state.plane.authenticator.check_secret(
+            secret,
+            settings.telegram_webhook_secret.get_secret_value(),
+            channel="telegram",
+            reason="webhook_secret",
+            caller=caller_of(request),
+            message="wrong or missing X-Telegram-Bot-Api-Secret-Token",
+        )
+    except Unauthenticated as exc:
+        raise HTTPException(401, exc.message) from None
     try:
         update: Any = json.loads(await request.body())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

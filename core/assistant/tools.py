@@ -33,6 +33,7 @@ from core.models.incidents import IncidentState
 from core.platform.health import HealthService, Status
 from core.platform.metrics import Metrics
 from core.security.access import require
+from core.security.audit import READ_ROLE as AUDIT_READ_ROLE
 from core.security.audit import AuditLog
 from core.security.secrets import RuntimeSecrets
 from core.trading.engine import TradingEngine
@@ -229,7 +230,7 @@ class Toolbox:
                 "The newest audit log entries (who did what).",
                 _schema({"limit": {"type": "integer", "minimum": 1, "maximum": 20}}),
                 self._audit_tool,
-                Role.OPERATOR,
+                AUDIT_READ_ROLE,  # the audit log's own rule (core.security.audit)
             )
         )
         self._add(

@@ -86,7 +86,7 @@ class IncidentService:
         self._spool = spool
         self._bus = bus
         self._metrics = metrics
-        self._guard = Guard(AuditLog(store), metrics)
+        self._guard = Guard(AuditLog(store, metrics), metrics)
         self.rules = rules
         self._alertmanager = alertmanager
         self._pagerduty = pagerduty_outbox

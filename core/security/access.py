@@ -1,4 +1,4 @@
-"""Who may do what: roles, API token resolution and the single permission check.
+"""Who may do what: roles, the one bearer-token authenticator and the single permission check.
 
 Deny by default: an actor with no role can do nothing, and every refusal names the role needed.
 """
@@ -10,12 +10,14 @@ import hmac
 from typing import TYPE_CHECKING, Any
 
 from core.config.settings import ApiToken, Settings
-from core.errors import PermissionDenied
-from core.models import Actor, ActorKind, AuditRecord, Role
+from core.errors import PermissionDenied, Unauthenticated
+from core.models import Actor, ActorKind, Role
+from core.security.refusals import RefusalRecorder
 
 if TYPE_CHECKING:
     from core.platform.metrics import Metrics
     from core.security.audit import AuditLog
+    from core.security.tokens import TokenService
 
 
 def require(actor: Actor, needed: Role, action: str) -> None:
@@ -30,8 +32,7 @@ class Guard:
     attempts show in the audit log whichever adapter they came through."""
 
     def __init__(self, audit: AuditLog, metrics: Metrics) -> None:
-        self._audit = audit
-        self._metrics = metrics
+        self._refusals = RefusalRecorder(audit, metrics)
 
     async def require(
         self,
@@ -48,18 +49,14 @@ class Guard:
         try:
             require(actor, needed, what)
         except PermissionDenied as exc:
-            self._metrics.auth_denied.labels(actor.kind.value, "role").inc()
-            self._metrics.audit_entries.labels("denied").inc()
-            await self._audit.record(
-                AuditRecord(
-                    actor=actor,
-                    action=action,
-                    target=target,
-                    before=before,
-                    after=after,
-                    outcome="denied",
-                    detail=exc.message,
-                )
+            await self._refusals.record(
+                actor,
+                action,
+                "role",
+                target=target,
+                before=before,
+                after=after,
+                detail=exc.message,
             )
             raise
 
@@ -100,3 +97,55 @@ class TokenAuthority:
             if hmac.compare_digest(known, digest):
                 found = Actor(kind=ActorKind.API, id=name, name=name, role=role)
         return found
+
+
+class Authenticator:
+    """The one bearer-token policy of every HTTP entry point: configured tokens, then live
+    temporary ones; a missing, unknown, expired or revoked token is refused (and recorded)."""
+
+    def __init__(
+        self, tokens: TokenAuthority, temporary: TokenService, refusals: RefusalRecorder
+    ) -> None:
+        self._tokens = tokens
+        self._temporary = temporary
+        self._refusals = refusals
+
+    async def authenticate(self, presented: str | None, *, caller: str) -> Actor:
+        """The API actor for ``presented``, or ``Unauthenticated`` saying why not; ``caller``
+        (e.g. the client address) names who is refused in the audit log."""
+        if not presented:
+            raise await self._refuse(
+                "missing_token", "missing bearer token (Authorization: Bearer <token>)", caller
+            )
+        actor = self._tokens.resolve(presented)
+        if actor is not None:
+            return actor
+        check = await self._temporary.resolve(presented)
+        if check is not None and check.refusal is not None:
+            raise await self._refuse("expired_token", check.refusal, caller)
+        if check is None or check.actor is None:
+            raise await self._refuse("bad_token", "invalid bearer token", caller)
+        return check.actor
+
+    async def check_secret(
+        self,
+        presented: str | None,
+        expected: str,
+        *,
+        channel: str,
+        caller: str,
+        message: str,
+        reason: str = "bad_token",
+    ) -> None:
+        """Compare a webhook's shared secret in constant time; refuse (and record) a mismatch."""
+        if not hmac.compare_digest((presented or "").encode(), expected.encode()):
+            raise await self._refuse(reason, message, caller, channel=channel)
+
+    async def _refuse(
+        self, reason: str, message: str, caller: str, *, channel: str = "api"
+    ) -> Unauthenticated:
+        principal = Actor(kind=ActorKind.API, id=caller, name=caller, role=None)
+        await self._refusals.record(
+            principal, f"{channel}.unauthenticated", reason, channel=channel, detail=message
+        )
+        return Unauthenticated(message, reason=reason)

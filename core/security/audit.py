@@ -9,19 +9,27 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from datetime import datetime
+from collections.abc import Mapping
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
 
-from core.errors import InvalidInput
-from core.models import AuditEntry, AuditRecord, utcnow
+from core.errors import InvalidInput, PermissionDenied
+from core.models import Actor, AuditEntry, AuditRecord, Role, utcnow
 from core.models.audit import GENESIS_HASH, entry_digest
 from core.platform.files import AtomicFile, write_atomically
+from core.platform.metrics import Metrics
+from core.security.access import require
+from core.security.refusals import RefusalRecorder
 from core.store import Store
 
 EXPORT_FORMAT = "lunia-audit-export/1"
+# The most entries one read returns, whichever adapter asks (API, chat, assistant).
+AUDIT_LIST_MAX = 1000
+# Who may read the audit log: it names people, tokens and every refused attempt.
+READ_ROLE = Role.OPERATOR
 
 
 class VerifyReport(BaseModel):
@@ -96,18 +104,50 @@ class AuditLog:
 
     PAGE = 1000
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, metrics: Metrics) -> None:
         self._store = store
+        self._refusals = RefusalRecorder(self, metrics)
 
     async def record(self, record: AuditRecord) -> AuditEntry:
         """Append one entry."""
         return await self._store.append_audit(record)
 
+    async def record_throttled(
+        self, record: AuditRecord, limits: Mapping[str, int], *, every: timedelta
+    ) -> AuditEntry | None:
+        """Append ``record`` unless one of ``limits`` (throttle key -> entries allowed per
+        ``every``, shared by every replica) is used up; keys are checked in order."""
+        for key, limit in limits.items():
+            hit = await self._store.hit_rate_limit(
+                f"audit-throttle:{key}", limit=limit, window=every, now=utcnow()
+            )
+            if not hit.allowed:
+                return None
+        return await self.record(record)
+
     async def tail(self, limit: int = 20) -> list[AuditEntry]:
-        """The newest entries, newest first."""
-        if not 1 <= limit <= 1000:
-            raise InvalidInput("limit must be between 1 and 1000")
+        """The newest entries, newest first (for core's own use: no permission check)."""
+        if not 1 <= limit <= AUDIT_LIST_MAX:
+            raise InvalidInput(f"limit must be between 1 and {AUDIT_LIST_MAX}")
         return await self._store.audit_tail(limit)
+
+    async def read(self, actor: Actor, limit: int = 20) -> list[AuditEntry]:
+        """The newest entries for ``actor`` (operator or admin), newest first."""
+        await self._check_reader(actor, "audit.read")
+        return await self.tail(limit)
+
+    async def verify_for(self, actor: Actor) -> VerifyReport:
+        """``verify`` on behalf of ``actor`` (operator or admin)."""
+        await self._check_reader(actor, "audit.verify")
+        return await self.verify()
+
+    async def _check_reader(self, actor: Actor, action: str) -> None:
+        """The one rule for who may read the audit log; a refusal is counted and audited."""
+        try:
+            require(actor, READ_ROLE, "reading the audit log")
+        except PermissionDenied as exc:
+            await self._refusals.record(actor, action, "role", detail=exc.message)
+            raise
 
     async def verify(self) -> VerifyReport:
         """Walk the whole chain and the recorded head; name the first bad entry."""

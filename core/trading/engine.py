@@ -154,7 +154,7 @@ class TradingEngine:
         self._venues = venues
         self._incidents = incidents
         self._metrics = metrics
-        self._guard = Guard(AuditLog(store), metrics)
+        self._guard = Guard(AuditLog(store, metrics), metrics)
         self.portfolio = Portfolio()
         self.risk = RiskManager(
             self.portfolio,

@@ -121,7 +121,7 @@ class VenueService:
         self._store = store
         self._incidents = incidents
         self._metrics = metrics
-        self._guard = Guard(AuditLog(store), metrics)
+        self._guard = Guard(AuditLog(store, metrics), metrics)
         self._live: dict[tuple[str, bool], CcxtVenue] = {}
         self._paper: dict[str, PaperVenue] = {}
         self._credentials: dict[str, VenueCredentials] = {}
