@@ -13,6 +13,7 @@ import pytest
 from api.app import create_app
 from core.config.settings import Settings
 from core.control_plane import ControlPlane
+from tests.support.services import RedisServer, start_redis, stop_all
 
 # Long enough for the INFRA_PROD_ENABLED start checks (24+ characters, core/config/hardening.py).
 ADMIN_TOKEN = "admin-token-for-tests-4f9c2a71"
@@ -25,6 +26,15 @@ TOKENS = f"admin:{ADMIN_TOKEN},operator:{OPERATOR_TOKEN},viewer:{VIEWER_TOKEN}"
 def auth(token: str) -> dict[str, str]:
     """Authorization header for a bearer token."""
     return {"Authorization": f"Bearer {token}"}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Register the markers the suite uses (``--strict-markers`` refuses unknown ones)."""
+    config.addinivalue_line(
+        "markers",
+        "slow: starts processes (lunia, Prometheus, Alertmanager, uvicorn), runs end to end or "
+        'waits out real timeouts; `pytest -m "not slow"` is the fast lane',
+    )
 
 
 @pytest.fixture(autouse=True)
@@ -99,3 +109,35 @@ async def client(plane: ControlPlane) -> AsyncIterator[httpx.AsyncClient]:
     transport = httpx.ASGITransport(app=create_app(plane))
     async with httpx.AsyncClient(transport=transport, base_url="http://lunia.test") as c:
         yield c
+
+
+RedisFactory = Callable[..., RedisServer]
+
+
+@pytest.fixture
+def make_redis(tmp_path: Path) -> Iterator[RedisFactory]:
+    """Start redis-servers of the test's own (it may stop, kill or restart them); all are
+    stopped at teardown. ``make_redis(durable=True)`` fsyncs an append-only file on every write."""
+    started: list[RedisServer] = []
+
+    def make(*, durable: bool = False) -> RedisServer:
+        server = start_redis(tmp_path, durable=durable)
+        started.append(server)
+        return server
+
+    yield make
+    stop_all(started)
+
+
+@pytest.fixture
+def redis_server(make_redis: RedisFactory) -> RedisServer:
+    """A redis-server of the test's own, without persistence."""
+    return make_redis()
+
+
+@pytest.fixture(scope="module")
+def shared_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One redis-server for a whole test module: its tests keep apart by key prefix (or empty
+    the database first) and never stop it."""
+    with start_redis(tmp_path_factory.mktemp("redis")) as server:
+        yield server

@@ -91,7 +91,7 @@ class Verifier:
             problems += [f"integrity check: {p}" for p in await trial.integrity_problems()]
             counts = await trial.counts()
             problems += count_problems(manifest.counts, counts)
-            report = await AuditLog(trial).verify()
+            report = await AuditLog(trial, self._metrics).verify()
             checked = report.checked
             if not report.ok:
                 problems.append(f"audit chain: {report.problem}")

@@ -11,7 +11,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,7 @@ from core.models.alerts import AlertSource, Severity
 from core.models.incidents import EventKind, Incident, IncidentEvent
 from core.platform.bus_redis import RedisStreamsBus
 from core.platform.metrics import Metrics
-from tests.support.services import RedisServer, start_redis
+from tests.support.services import RedisServer
 
 WAIT = 20.0  # generous: every wait below ends as soon as its condition holds
 ROOT = Path(__file__).resolve().parents[2]
@@ -53,13 +53,6 @@ async def until(condition: Callable[[], bool], timeout: float = WAIT) -> None:
     async with asyncio.timeout(timeout):
         while not condition():
             await asyncio.sleep(0.02)
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    """A real redis-server on a free loopback port."""
-    with start_redis(tmp_path) as server:
-        yield server
 
 
 @pytest.fixture
@@ -290,6 +283,7 @@ asyncio.run(main())
 """
 
 
+@pytest.mark.slow
 async def test_broadcast_group_of_a_killed_process_is_pruned(
     make_bus: BusFactory, redis_server: RedisServer
 ) -> None:

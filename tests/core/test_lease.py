@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from core.platform.lease import Lease, NotLeader
-from tests.support.services import RedisServer, start_redis
+from tests.support.services import RedisServer
 
 WAIT = 20.0  # generous: every wait below ends as soon as its condition holds
 ROOT = Path(__file__).resolve().parents[2]
@@ -62,13 +62,6 @@ async def until(condition: Callable[[], bool]) -> None:
     async with asyncio.timeout(WAIT):
         while not condition():
             await asyncio.sleep(0.02)
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    """A real redis-server on a free loopback port."""
-    with start_redis(tmp_path) as server:
-        yield server
 
 
 LeaseFactory = Callable[..., tuple[Lease, Recorder]]
@@ -138,6 +131,7 @@ async def test_release_hands_the_lease_over_at_once(make_lease: LeaseFactory) ->
     assert second.term > first_term
 
 
+@pytest.mark.slow
 async def test_leader_stops_acting_before_its_ttl_when_redis_goes_away(
     make_lease: LeaseFactory, redis_server: RedisServer
 ) -> None:
@@ -210,6 +204,7 @@ asyncio.run(main())
 """
 
 
+@pytest.mark.slow
 async def test_standby_takes_over_from_a_killed_leader_within_ttl_plus_renew_interval(
     make_lease: LeaseFactory, redis_server: RedisServer
 ) -> None:

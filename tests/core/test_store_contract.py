@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -40,7 +40,7 @@ from core.store import redis as redis_store
 from core.store import sqlite as sqlite_store
 from core.store.redis import RedisStore
 from core.store.sqlite import SqliteStore
-from tests.support.services import RedisServer, start_redis
+from tests.support.services import RedisServer
 
 StoreFactory = Callable[[], Awaitable[Store]]
 
@@ -58,20 +58,13 @@ LATEST_SCHEMA = {
 }
 
 
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    """One real redis-server for the module; tests keep apart by key prefix."""
-    with start_redis(tmp_path_factory.mktemp("redis")) as server:
-        yield server
-
-
 @pytest.fixture(params=["sqlite", "redis"])
 async def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StoreFactory]:
     """Open (and reopen) a store of each implementation on the same backing state."""
     opened: list[Store] = []
     server: RedisServer | None = None
     if request.param == "redis":
-        server = request.getfixturevalue("redis_server")
+        server = request.getfixturevalue("shared_redis")
     prefix = f"test-{secrets.token_hex(4)}"  # the same for every reopening within one test
 
     async def factory() -> Store:

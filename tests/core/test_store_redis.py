@@ -7,7 +7,7 @@ from __future__ import annotations
 import base64
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,16 +19,9 @@ from core.models import OutboxMessage, utcnow
 from core.store import FlagOverride, Store
 from core.store.redis import MIGRATIONS, SNAPSHOT_FILE, RedisStore
 from tests.core.test_store_contract import ALICE, record
-from tests.support.services import RedisServer, start_redis
+from tests.support.services import RedisServer
 
 PREFIX = "lunia"
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    """A redis-server of this test's own (some tests stop it)."""
-    with start_redis(tmp_path) as server:
-        yield server
 
 
 @pytest.fixture
@@ -89,10 +82,9 @@ async def test_store_calls_fail_fast_as_unavailable_while_redis_is_down(
     assert entry.seq == 1
 
 
-async def test_opening_against_a_stopped_redis_is_unavailable(tmp_path: Path) -> None:
-    with start_redis(tmp_path) as server:
-        url = server.url
-    store = RedisStore(url)
+async def test_opening_against_a_stopped_redis_is_unavailable(redis_server: RedisServer) -> None:
+    redis_server.stop()
+    store = RedisStore(redis_server.url)
     with pytest.raises(StoreUnavailable):
         await store.open()
     with pytest.raises(StoreUnavailable, match="closed"):

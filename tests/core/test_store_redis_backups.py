@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 import stat
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
@@ -26,22 +26,15 @@ from tests.core.test_backups import (
     lie_about_counts,
     make_state,
 )
-from tests.support.services import RedisServer, start_redis
+from tests.support.services import RedisServer
 
 PREFIX = "lunia"
 
 
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    """One real redis-server for the module."""
-    with start_redis(tmp_path_factory.mktemp("redis")) as server:
-        yield server
-
-
 @pytest.fixture
-async def raw(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
+async def raw(shared_redis: RedisServer) -> AsyncIterator[aioredis.Redis]:
     """A plain client; the database is emptied before each test."""
-    client = aioredis.Redis.from_url(redis_server.url)
+    client = aioredis.Redis.from_url(shared_redis.url)
     await client.flushdb()
     yield client
     await client.aclose()
@@ -49,10 +42,10 @@ async def raw(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
 
 @pytest.fixture
 async def plane(
-    make_settings: SettingsFactory, redis_server: RedisServer, raw: aioredis.Redis
+    make_settings: SettingsFactory, shared_redis: RedisServer, raw: aioredis.Redis
 ) -> AsyncIterator[ControlPlane]:
     """A started control plane whose store is Redis (under the production prefix)."""
-    started = ControlPlane(make_settings(), store=RedisStore(redis_server.url, prefix=PREFIX))
+    started = ControlPlane(make_settings(), store=RedisStore(shared_redis.url, prefix=PREFIX))
     await started.start()
     yield started
     await started.close()

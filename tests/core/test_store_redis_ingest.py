@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -19,28 +19,21 @@ from core.models.alerts import Alert, AlertStatus, Severity
 from core.models.incidents import acknowledge
 from core.store.redis import MIGRATIONS, RedisStore
 from tests.core.test_store_contract import ALICE, alert, planner
-from tests.support.services import RedisServer, start_redis
+from tests.support.services import RedisServer
 
 FIRING, RESOLVED = AlertStatus.FIRING, AlertStatus.RESOLVED
 
 
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    """One real redis-server for the module; tests keep apart by key prefix."""
-    with start_redis(tmp_path_factory.mktemp("redis")) as server:
-        yield server
-
-
 @pytest.fixture
-async def raw(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
+async def raw(shared_redis: RedisServer) -> AsyncIterator[aioredis.Redis]:
     """A plain client to look at (and damage) what the store wrote."""
-    client = aioredis.Redis.from_url(redis_server.url)
+    client = aioredis.Redis.from_url(shared_redis.url)
     yield client
     await client.aclose()
 
 
 @pytest.fixture
-async def stores(redis_server: RedisServer) -> AsyncIterator[list[RedisStore]]:
+async def stores(shared_redis: RedisServer) -> AsyncIterator[list[RedisStore]]:
     """Open stores (closed at the end); append more with ``open_on``."""
     opened: list[RedisStore] = []
     yield opened
@@ -91,11 +84,11 @@ async def state_of(store: RedisStore) -> dict[str, Any]:
 
 
 async def test_one_batch_ends_as_if_its_alerts_came_one_at_a_time(
-    stores: list[RedisStore], redis_server: RedisServer
+    stores: list[RedisStore], shared_redis: RedisServer
 ) -> None:
     batched, single = (
-        await open_on(stores, redis_server.url),
-        await open_on(stores, redis_server.url),
+        await open_on(stores, shared_redis.url),
+        await open_on(stores, shared_redis.url),
     )
     for store in (batched, single):
         await store.ingest_alerts(EARLIER, planner(page=True), utcnow())
@@ -117,10 +110,10 @@ async def test_one_batch_ends_as_if_its_alerts_came_one_at_a_time(
 
 @pytest.mark.parametrize("page", [False, True], ids=["alone", "with-outbox"])
 async def test_replicas_ingesting_overlapping_batches_store_each_alert_once(
-    stores: list[RedisStore], redis_server: RedisServer, page: bool
+    stores: list[RedisStore], shared_redis: RedisServer, page: bool
 ) -> None:
-    one = await open_on(stores, redis_server.url)
-    two = await open_on(stores, redis_server.url, one.prefix)
+    one = await open_on(stores, shared_redis.url)
+    two = await open_on(stores, shared_redis.url, one.prefix)
     alerts = [alert(f"d{n}", f"key{n % 4}") for n in range(40)]
     batches = [alerts[start : start + 10] for start in range(0, 40, 5)]  # overlapping by half
 
@@ -152,9 +145,9 @@ async def test_replicas_ingesting_overlapping_batches_store_each_alert_once(
 
 
 async def test_open_incidents_are_counted_by_severity_as_they_change(
-    stores: list[RedisStore], redis_server: RedisServer
+    stores: list[RedisStore], shared_redis: RedisServer
 ) -> None:
-    store = await open_on(stores, redis_server.url)
+    store = await open_on(stores, shared_redis.url)
     await store.ingest_alerts([alert("a1", "disk", severity=Severity.INFO)], planner(), utcnow())
     await store.ingest_alerts([alert("a2", "disk", severity=Severity.WARNING)], planner(), utcnow())
     await store.change_incident(1, lambda i: acknowledge(i, ALICE, utcnow()))
@@ -169,9 +162,9 @@ async def test_open_incidents_are_counted_by_severity_as_they_change(
 
 
 async def test_upgrading_to_schema_2_indexes_the_open_incidents_by_severity(
-    stores: list[RedisStore], redis_server: RedisServer, raw: aioredis.Redis, tmp_path: Path
+    stores: list[RedisStore], shared_redis: RedisServer, raw: aioredis.Redis, tmp_path: Path
 ) -> None:
-    store = await open_on(stores, redis_server.url)
+    store = await open_on(stores, shared_redis.url)
     await store.ingest_alerts(
         [
             alert("a1", "disk"),
@@ -193,8 +186,8 @@ async def test_upgrading_to_schema_2_indexes_the_open_incidents_by_severity(
     (tmp_path / "schema-1").mkdir()
     await store.snapshot(tmp_path / "schema-1")
 
-    upgraded = await open_on(stores, redis_server.url, store.prefix)
-    restored = await open_on(stores, redis_server.url)
+    upgraded = await open_on(stores, shared_redis.url, store.prefix)
+    restored = await open_on(stores, shared_redis.url)
     await restored.restore(tmp_path / "schema-1")
     for migrated in (upgraded, restored):
         assert await migrated.schema_version() == len(MIGRATIONS) == 2
@@ -208,11 +201,11 @@ async def test_upgrading_to_schema_2_indexes_the_open_incidents_by_severity(
 
 async def test_a_count_out_of_step_with_the_open_incidents_rebuilds_the_index(
     stores: list[RedisStore],
-    redis_server: RedisServer,
+    shared_redis: RedisServer,
     raw: aioredis.Redis,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    store = await open_on(stores, redis_server.url)
+    store = await open_on(stores, shared_redis.url)
     await store.ingest_alerts(
         [alert("a1", "disk"), alert("a2", "cpu", severity=Severity.INFO)], planner(), utcnow()
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +24,19 @@ from core.models.incidents import IncidentState
 from core.models.venues import OrderSide
 from core.platform.roles import ProcessRole
 from core.trading.strategies import Intent
-from tests.conftest import ADMIN_TOKEN, OPERATOR_TOKEN, WEBHOOK_TOKEN, SettingsFactory, auth
+from tests.conftest import (
+    ADMIN_TOKEN,
+    OPERATOR_TOKEN,
+    WEBHOOK_TOKEN,
+    RedisFactory,
+    SettingsFactory,
+    auth,
+)
 from tests.fakes.telegram import FakeTelegram
 from tests.support.payloads import am_alert, am_payload
-from tests.support.services import RedisServer, start_redis
+from tests.support.services import RedisServer
+
+pytestmark = pytest.mark.slow  # end to end across replicas on a real Redis
 
 OPS = -1001000000001
 QUIET = {"core_tick_seconds": 3600, "venue_probe_seconds": 3600}
@@ -48,9 +57,9 @@ async def eventually(check: Callable[[], Any], timeout: float = 10.0) -> Any:
 
 
 @pytest.fixture
-def redis(tmp_path: Path) -> Iterator[RedisServer]:
-    with start_redis(tmp_path, durable=True) as server:
-        yield server
+def redis(make_redis: RedisFactory) -> RedisServer:
+    """A durable Redis, as docs/DEPLOY.md asks for a multi-process install."""
+    return make_redis(durable=True)
 
 
 class Replicas:

@@ -25,7 +25,9 @@ from core.platform.lease import NotLeader
 from core.platform.roles import ProcessRole
 from core.trading.strategies import Intent
 from tests.conftest import TOKENS, WEBHOOK_TOKEN, SettingsFactory
-from tests.support.services import RedisServer, free_port, start_redis
+from tests.support.services import RedisServer, free_port
+
+pytestmark = pytest.mark.slow  # real lunia worker processes
 
 LUNIA = str(Path(sys.executable).with_name("lunia"))
 TTL = 2.0  # LEASE_TTL_SECONDS: renewals every TTL/3, local deadline TTL - TTL/5
@@ -94,13 +96,7 @@ def wait(check: object, timeout: float, what: str) -> float:
 
 
 @pytest.fixture
-def redis(tmp_path: Path) -> Iterator[RedisServer]:
-    with start_redis(tmp_path) as server:
-        yield server
-
-
-@pytest.fixture
-def workers(tmp_path: Path, redis: RedisServer) -> Iterator[list[Worker]]:
+def workers(tmp_path: Path, redis_server: RedisServer) -> Iterator[list[Worker]]:
     started: list[Worker] = []
     yield started
     for worker in started:
@@ -108,12 +104,12 @@ def workers(tmp_path: Path, redis: RedisServer) -> Iterator[list[Worker]]:
 
 
 def test_a_killed_leader_is_replaced_and_a_frozen_one_stands_down(
-    tmp_path: Path, redis: RedisServer, workers: list[Worker]
+    tmp_path: Path, redis_server: RedisServer, workers: list[Worker]
 ) -> None:
-    first = Worker(tmp_path, "w1", redis)
+    first = Worker(tmp_path, "w1", redis_server)
     workers.append(first)
     wait(first.leads, 30, "the first worker leads")
-    second = Worker(tmp_path, "w2", redis)
+    second = Worker(tmp_path, "w2", redis_server)
     workers.append(second)
     wait(lambda: "worker lease:" in second.lease_detail(), 30, "the second worker is up")
     assert not second.leads()
@@ -146,13 +142,13 @@ def test_a_killed_leader_is_replaced_and_a_frozen_one_stands_down(
 
 
 async def test_a_leader_paused_past_its_lease_cannot_tick_or_order(
-    make_settings: SettingsFactory, tmp_path: Path, redis: RedisServer
+    make_settings: SettingsFactory, tmp_path: Path, redis_server: RedisServer
 ) -> None:
     from core.control_plane import ControlPlane
 
     settings = make_settings(
         enable_redis=True,
-        redis_url=redis.url,
+        redis_url=redis_server.url,
         lease_ttl_seconds=TTL,
         core_tick_seconds=3600,
         venue_probe_seconds=3600,
