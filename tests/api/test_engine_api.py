@@ -152,6 +152,7 @@ async def test_pnl_exposure_and_orders_read_for_viewers(
     assert 'orders_total{side="buy",status="filled",venue="binance"} 1.0' in metrics
 
 
+@pytest.mark.slow
 def test_cli_chaos_drill_fails_over_a_running_instance_and_failback_ends_it(
     tmp_path: Path,
 ) -> None:

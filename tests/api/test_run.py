@@ -14,6 +14,8 @@ import pytest
 
 from tests.support.services import free_port
 
+pytestmark = pytest.mark.slow  # lunia run as a real process
+
 LUNIA = str(Path(sys.executable).with_name("lunia"))
 
 

@@ -186,6 +186,7 @@ def _chromium_dom(url: str, profile: Path) -> str:
     return done.stdout
 
 
+@pytest.mark.slow
 async def test_page_renders_real_data_in_headless_chromium(
     plane: ControlPlane, client: httpx.AsyncClient, tmp_path: Path
 ) -> None:

@@ -10,12 +10,15 @@ import sys
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.bot.conftest import ADMIN, OPS
 from tests.conftest import WEBHOOK_TOKEN
 from tests.fakes.telegram import FakeTelegram
 from tests.support.payloads import am_alert, am_payload
 from tests.support.services import free_port
+
+pytestmark = pytest.mark.slow  # lunia run processes, killed and restarted
 
 LUNIA = str(Path(sys.executable).with_name("lunia"))
 

@@ -135,6 +135,7 @@ async def test_outside_prod_generated_secrets_still_start(make_plane: PlaneFacto
     assert "api-admin-token" in plane.secrets.generated
 
 
+@pytest.mark.slow
 def test_lunia_run_in_prod_with_a_generated_secret_exits_2_with_one_line(tmp_path: Path) -> None:
     tokens = secret_file(tmp_path, "tokens", f"admin:{STRONG}\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("API_", "ALERT_"))}

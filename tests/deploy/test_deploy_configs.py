@@ -81,6 +81,7 @@ def test_rule_file_passes_promtool_check_rules() -> None:
     assert f"{len(ALERTS)} rules found" in output
 
 
+@pytest.mark.slow
 def test_each_rule_fires_on_its_fault_and_stays_quiet_when_healthy() -> None:
     output = run_tool("promtool", "test", "rules", str(RULES_TEST))
     assert "SUCCESS" in output
@@ -103,6 +104,7 @@ def test_every_alert_routes_to_the_control_plane_webhook() -> None:
 # Shipped files at runtime ---------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_shipped_rules_load_into_prometheus_with_severity_and_runbook(tmp_path: Path) -> None:
     config = "global:\n  evaluation_interval: 1s\nrule_files:\n  - rules/*.yml\n"
     files = {"rules/lunia.rules.yml": RULES.read_text()}
@@ -121,6 +123,7 @@ def test_shipped_rules_load_into_prometheus_with_severity_and_runbook(tmp_path: 
         assert rule["annotations"]["runbook"].startswith("RUNBOOK.md#"), rule["name"]
 
 
+@pytest.mark.slow
 def test_control_plane_down_inhibits_the_other_alerts(tmp_path: Path) -> None:
     token = tmp_path / "alert_webhook_token"
     token.write_text("test-token\n")
@@ -189,6 +192,7 @@ def test_redis_can_be_killed_and_restarted_on_the_same_port(tmp_path: Path) -> N
         server.stop()
 
 
+@pytest.mark.slow
 def test_alertmanager_starts_without_gossip_and_stops_cleanly(tmp_path: Path) -> None:
     alertmanager = start_alertmanager(tmp_path, MINIMAL_ALERTMANAGER)
     try:
@@ -201,6 +205,7 @@ def test_alertmanager_starts_without_gossip_and_stops_cleanly(tmp_path: Path) ->
     assert not alertmanager.ready()
 
 
+@pytest.mark.slow
 def test_prometheus_starts_and_stops_cleanly(tmp_path: Path) -> None:
     prometheus = start_prometheus(tmp_path, "global:\n  scrape_interval: 1s\n")
     try:

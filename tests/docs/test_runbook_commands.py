@@ -52,6 +52,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import pytest
 import typer
 import typer.core
 from fastapi import FastAPI
@@ -611,6 +612,7 @@ def _path_is_run(command: Command) -> bool:
 # exercise
 
 
+@pytest.mark.slow
 async def test_http_lines_of_the_runbook_succeed_against_a_served_instance(
     make_plane: PlaneFactory, tmp_path: Path
 ) -> None:
@@ -648,6 +650,7 @@ async def test_http_lines_of_the_runbook_succeed_against_a_served_instance(
     assert not failures, "\n\n".join(failures)
 
 
+@pytest.mark.slow
 async def test_lunia_lines_of_the_runbook_run_on_a_served_instance(
     make_plane: PlaneFactory, tmp_path: Path
 ) -> None:
@@ -685,6 +688,7 @@ async def _reply(fake: FakeTelegram, chat: int, count: int) -> StoredMessage:
     return await fake.wait_for(nth, timeout=10)
 
 
+@pytest.mark.slow
 async def test_telegram_commands_of_the_runbook_work_through_the_bot(
     make_bot: BotFactory, fake_telegram: FakeTelegram
 ) -> None:

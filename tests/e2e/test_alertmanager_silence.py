@@ -18,6 +18,8 @@ from tests.conftest import PlaneFactory
 from tests.support.payloads import am_alert, am_payload
 from tests.support.services import Alertmanager, start_alertmanager
 
+pytestmark = pytest.mark.slow  # a real Alertmanager
+
 OTTO = Actor(kind=ActorKind.TELEGRAM, id="2", name="otto", role=Role.OPERATOR)
 CONFIG = """\
 route:

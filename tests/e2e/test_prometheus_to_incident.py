@@ -9,12 +9,15 @@ import re
 from pathlib import Path
 
 import httpx
+import pytest
 
 from core.control_plane import ControlPlane
 from core.models.incidents import Incident, IncidentState
 from tests.conftest import OPERATOR_TOKEN, WEBHOOK_TOKEN, PlaneFactory, auth
 from tests.support.http import serve
 from tests.support.services import start_alertmanager, start_prometheus
+
+pytestmark = pytest.mark.slow  # real Prometheus and Alertmanager
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = (ROOT / "deploy/prometheus/rules/lunia.rules.yml").read_text()
