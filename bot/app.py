@@ -27,12 +27,11 @@ from bot.handlers import all_commands, build_routers
 from bot.middlewares import AccessMiddleware
 from bot.notifier import Notifier
 from bot.render import checklist_text, e
-from bot.sender import CHANNEL, TelegramSender
+from bot.sender import TelegramSender
 from bot.ui import BotHealth, Ui
 from core.control_plane import ControlPlane
 from core.errors import OperationError
 from core.platform.health import ComponentHealth, Status
-from core.platform.outbox import OutboxWorker
 from core.platform.tasks import cancel_and_wait
 
 logger = logging.getLogger(__name__)
@@ -87,9 +86,14 @@ class TelegramBot:
         self.sender = TelegramSender(
             self.bot, plane, self.signer, plane.metrics, diagnose_button=diagnose
         )
-        self.outbox = OutboxWorker(plane.store, CHANNEL, self.sender.deliver, plane.metrics)
+        self.outbox = plane.telegram_delivery.outbox_worker(self.sender.deliver)
         self.ui = Ui(
-            plane.store, self.outbox, self.signer, Confirmations(), self.health, diagnose=diagnose
+            plane.telegram_delivery,
+            self.outbox,
+            self.signer,
+            Confirmations(),
+            self.health,
+            diagnose=diagnose,
         )
         self.notifier = Notifier(plane, self.outbox)
         self.dispatcher = Dispatcher(plane=plane, ui=self.ui)
@@ -236,7 +240,7 @@ class TelegramBot:
         sent = self.sender.last_success
         detail = (
             f"last update {_age(h.last_update)} ago, last send {_age(sent)} ago, "
-            f"outbox {(await self.plane.store.outbox_stats(CHANNEL)).depth} queued"
+            f"outbox {(await self.plane.telegram_delivery.outbox_stats()).depth} queued"
         )
         if h.conflict:
             return ComponentHealth(

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from aiogram.filters.callback_data import CallbackData
 from aiogram.types import InlineKeyboardButton, InlineKeyboardMarkup
 
-from core.models.incidents import Incident, IncidentState
+from core.models.incidents import Incident, IncidentAction
 
 MAX_DATA = 64
 
@@ -83,27 +83,30 @@ class Signer:
 def incident_keyboard(
     signer: Signer, incident: Incident, *, diagnose: bool = False
 ) -> InlineKeyboardMarkup | None:
-    """The buttons an incident's state allows (none once resolved)."""
-    if incident.state is IncidentState.RESOLVED:
+    """Buttons for the actions the incident's state allows (core's rule; none once resolved)."""
+    allowed = incident.allowed_actions
+    if not allowed:
         return None
 
     def b(text: str, action: str, arg: str = "") -> InlineKeyboardButton:
         return signer.button(text, IncidentButton(action=action, incident=incident.id, arg=arg))
 
-    first = (
-        [b("👀 Acknowledge", "a")]
-        if incident.acknowledged_by is None
-        else [b("↩️ Unacknowledge", "u")]
-    )
-    first.append(b("✅ Resolve", "r"))
+    first = []
+    if IncidentAction.ACKNOWLEDGE in allowed:
+        first.append(b("👀 Acknowledge", "a"))
+    if IncidentAction.UNACKNOWLEDGE in allowed:
+        first.append(b("↩️ Unacknowledge", "u"))
+    if IncidentAction.RESOLVE in allowed:
+        first.append(b("✅ Resolve", "r"))
     rows = [first]
-    if incident.state is IncidentState.SILENCED:
+    # One row for the silence: lift it while silenced (extending it stays a /silence command).
+    if IncidentAction.UNSILENCE in allowed:
         rows.append([b("🔔 Unsilence", "l")])
-    else:
+    elif IncidentAction.SILENCE in allowed:
         rows.append([b(f"🔕 {d}", "s", d) for d in ("1h", "4h", "24h")])
-    if diagnose:
+    if diagnose and IncidentAction.DIAGNOSE in allowed:
         rows.append([b("🩺 Diagnose", "d")])
-    return InlineKeyboardMarkup(inline_keyboard=rows)
+    return InlineKeyboardMarkup(inline_keyboard=[row for row in rows if row])
 
 
 Action = Callable[[], Awaitable[str]]

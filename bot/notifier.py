@@ -1,23 +1,25 @@
 """Turns incident events into Telegram messages, exactly once, in order, storms coalesced.
 
 The incident event log in the store is the source of truth and the bus is only a doorbell: the
-notifier reads events after its saved cursor and writes the resulting outbox messages *with* the
-new cursor in one transaction, so a crash or restart neither loses nor repeats a message.
+notifier reads events after its saved cursor and queues the resulting outbox messages *with* the
+new cursor in one transaction (``ChatDeliveryState.enqueue``), so a crash or restart neither loses
+nor repeats a message.
 
-Alert storms: when more than ``storm_threshold`` incidents open in one chat within
-``storm_window`` seconds, the rest of the burst becomes one digest message instead of a flood.
+Which chat an incident goes to (``core.incidents.routing``) and when incidents come too fast for
+one message each (``core.incidents.storm``) are core rules; this module renders what they decide.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
-from datetime import datetime, timedelta
+from datetime import timedelta
 
-from bot.render import e
-from bot.sender import CHANNEL
+from bot.render import e, storm_digest
 from core.control_plane import ControlPlane
+from core.incidents.delivery import CHANNEL
+from core.incidents.routing import ChatRouting
+from core.incidents.storm import StormDetector, Verdict
 from core.models import OutboxMessage
 from core.models.incidents import EventKind, Incident, IncidentEvent
 from core.platform.outbox import OutboxWorker
@@ -25,8 +27,7 @@ from core.platform.tasks import cancel_and_wait
 
 logger = logging.getLogger(__name__)
 
-CURSOR = "telegram-notifier"
-_DIGEST_SHOWN = 25
+BATCH = 200  # events read per store call while catching up
 
 
 class Notifier:
@@ -40,18 +41,12 @@ class Notifier:
         storm_threshold: int = 5,
         storm_window: float = 10.0,
     ) -> None:
-        s = plane.settings
         self._plane = plane
+        self._delivery = plane.telegram_delivery
         self._outbox = outbox
-        self.ops_chat = s.telegram_ops_chat_id
-        self.security_chat = s.telegram_security_chat_id or s.telegram_ops_chat_id
-        self.escalation_chat = s.telegram_escalation_chat_id or s.telegram_ops_chat_id
-        self._threshold = storm_threshold
-        self._window = timedelta(seconds=storm_window)
+        self.routing = ChatRouting.from_settings(plane.settings)
+        self._storms = StormDetector(storm_threshold, timedelta(seconds=storm_window))
         self._lock = asyncio.Lock()
-        self._opened: dict[int, deque[datetime]] = {}
-        self._digest: dict[int, list[Incident]] = {}
-        self._digested: set[int] = set()
         self._processed = 0
         self._flush_task: asyncio.Task[None] | None = None
         self._subscribed = False
@@ -60,9 +55,9 @@ class Notifier:
     async def start(self) -> None:
         """Catch up with what happened while we were away, then follow the bus (again after a
         ``close``, when this replica leads again: the stored cursor says where to go on)."""
-        self._processed = await self._plane.store.get_cursor(CURSOR)
+        self._processed = await self._delivery.cursor()
         if not self._subscribed:
-            self._plane.bus.subscribe(CURSOR, self._doorbell)
+            self._plane.bus.subscribe(self._delivery.cursor_name, self._doorbell)
             self._subscribed = True
         self._running = True
         await self.catch_up()
@@ -77,94 +72,68 @@ class Notifier:
         if self._running:
             await self.catch_up()
 
-    def chat_for(self, incident: Incident) -> int | None:
-        """Where an incident's message lives."""
-        return self.security_chat if incident.security else self.ops_chat
-
     async def catch_up(self) -> None:
         """Handle every stored event after the cursor, in order."""
         async with self._lock:
             while True:
-                events = await self._plane.store.incident_events(
-                    after_seq=self._processed, limit=200
-                )
+                events = await self._delivery.events_since(self._processed, BATCH)
                 for event in events:
                     await self._handle(event)
-                if len(events) < 200:
+                if len(events) < BATCH:
                     return
 
     async def _handle(self, event: IncidentEvent) -> None:
         self._processed = event.seq
         incident = event.incident
-        chat = self.chat_for(incident)
+        chat = self.routing.chat_for(incident)
         messages: list[OutboxMessage] = []
         if chat is not None:
-            if event.kind is EventKind.OPENED and self._storming(chat, event.ts):
-                self._digest.setdefault(chat, []).append(incident)
-                self._digested.add(incident.id)
+            if self._storms.observe(event, chat) is Verdict.STORM:
                 self._schedule_flush()
-            elif incident.id not in self._digested:
+            else:
                 messages.append(_message(chat, {"op": "incident", "incident_id": incident.id}))
-        if event.kind is EventKind.ESCALATED and self.escalation_chat is not None:
-            messages.append(
-                _message(
-                    self.escalation_chat,
-                    {
-                        "op": "text",
-                        "text": f"⏫ <b>Not acknowledged</b> ({e(event.detail)}): "
-                        f"<b>#{incident.id}</b> {e(incident.title)} · {incident.severity.value}"
-                        f"\n{e(incident.summary[:300])}\nAct on it: /ack {incident.id}",
-                        "reply_to_incident": incident.id,
-                        "link_incident": incident.id,
-                    },
-                )
-            )
-        holding = any(self._digest.values())
-        cursor = None if holding else (CURSOR, event.seq)
+        escalation = self.routing.escalation
+        if event.kind is EventKind.ESCALATED and escalation is not None:
+            messages.append(_message(escalation, _escalation_notice(event)))
+        # While a storm is held back its events are not yet delivered: the cursor waits for the
+        # digest, so a crash before it replays them rather than losing them.
+        cursor = None if self._storms.holding else event.seq
         if messages or cursor:
-            await self._plane.store.outbox_add(messages, cursor=cursor)
+            await self._delivery.enqueue(messages, cursor)
         if messages:
             self._outbox.wake()
-
-    def _storming(self, chat: int, at: datetime) -> bool:
-        recent = self._opened.setdefault(chat, deque())
-        while recent and recent[0] < at - self._window:
-            recent.popleft()
-        recent.append(at)
-        return len(recent) > self._threshold
 
     def _schedule_flush(self) -> None:
         if self._flush_task is None or self._flush_task.done():
             self._flush_task = asyncio.create_task(self._flush_later(), name="digest")
 
     async def _flush_later(self) -> None:
-        await asyncio.sleep(self._window.total_seconds())
+        await asyncio.sleep(self._storms.window.total_seconds())
         await self.flush_digest()
 
     async def flush_digest(self) -> None:
         """Post one digest per chat for the incidents a storm held back."""
         async with self._lock:
-            messages = []
-            for chat, incidents in self._digest.items():
-                if not incidents:
-                    continue
-                lines = [
-                    f"🌪 <b>Alert storm</b>: {len(incidents)} more incidents opened in "
-                    f"{int(self._window.total_seconds())}s"
-                ]
-                lines += [
-                    f"• <b>#{i.id}</b> {e(i.title)} · {i.severity.value}"
-                    for i in incidents[:_DIGEST_SHOWN]
-                ]
-                if len(incidents) > _DIGEST_SHOWN:
-                    lines.append(f"… and {len(incidents) - _DIGEST_SHOWN} more")
-                lines.append("See them all with /incidents; act with /ack ID")
-                messages.append(_message(chat, {"op": "text", "text": "\n".join(lines)}))
-            self._digest = {}
+            messages = [
+                _message(int(storm.destination), {"op": "text", "text": storm_digest(storm)})
+                for storm in self._storms.take_storms()
+            ]
             if messages or self._processed:
-                await self._plane.store.outbox_add(messages, cursor=(CURSOR, self._processed))
+                await self._delivery.enqueue(messages, self._processed)
             if messages:
                 self._outbox.wake()
+
+
+def _escalation_notice(event: IncidentEvent) -> dict[str, object]:
+    incident: Incident = event.incident
+    return {
+        "op": "text",
+        "text": f"⏫ <b>Not acknowledged</b> ({e(event.detail)}): "
+        f"<b>#{incident.id}</b> {e(incident.title)} · {incident.severity.value}"
+        f"\n{e(incident.summary[:300])}\nAct on it: /ack {incident.id}",
+        "reply_to_incident": incident.id,
+        "link_incident": incident.id,
+    }
 
 
 def _message(chat_id: int, payload: dict[str, object]) -> OutboxMessage:

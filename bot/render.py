@@ -8,6 +8,7 @@ from datetime import datetime
 from html import escape
 
 from core.flags import FlagState
+from core.incidents.storm import Storm
 from core.models import AuditEntry, utcnow
 from core.models.alerts import Severity
 from core.models.incidents import Incident, IncidentState
@@ -23,6 +24,7 @@ _STATE = {
     IncidentState.SILENCED: "🔕 SILENCED",
     IncidentState.RESOLVED: "✅ RESOLVED",
 }
+_DIGEST_SHOWN = 25  # incidents named one by one in a storm digest; the rest are counted
 _HEALTH = {Status.OK: "✅", Status.DEGRADED: "⚠️", Status.DOWN: "❌", Status.DISABLED: "⏸"}
 
 
@@ -97,6 +99,22 @@ def incident_message(incident: Incident) -> str:
         links.append(f"runbook: {e(runbook)}")
     if links:
         lines.append("🔗 " + " · ".join(links))
+    return "\n".join(lines)
+
+
+def storm_digest(storm: Storm) -> str:
+    """One message naming the incidents an alert storm held back."""
+    incidents = storm.incidents
+    lines = [
+        f"🌪 <b>Alert storm</b>: {len(incidents)} more incidents opened in "
+        f"{int(storm.window_seconds)}s"
+    ]
+    lines += [
+        f"• <b>#{i.id}</b> {e(i.title)} · {i.severity.value}" for i in incidents[:_DIGEST_SHOWN]
+    ]
+    if len(incidents) > _DIGEST_SHOWN:
+        lines.append(f"… and {len(incidents) - _DIGEST_SHOWN} more")
+    lines.append("See them all with /incidents; act with /ack ID")
     return "\n".join(lines)
 
 

@@ -38,19 +38,13 @@ from bot.pacing import Pacer
 from bot.render import incident_message, strip_html
 from core.control_plane import ControlPlane
 from core.errors import NotFound
+from core.incidents.delivery import ShownMessage
 from core.models import OutboxItem
 from core.models.alerts import Severity
 from core.platform.metrics import Metrics
 from core.platform.outbox import Delivery
 
 logger = logging.getLogger(__name__)
-
-CHANNEL = "telegram"
-
-
-def incident_key(incident_id: int) -> str:
-    """Where the Telegram message of an incident is remembered."""
-    return f"tg:incident:{incident_id}"
 
 
 class TelegramSender:
@@ -68,6 +62,7 @@ class TelegramSender:
     ) -> None:
         self._bot = bot
         self._plane = plane
+        self._delivery = plane.telegram_delivery
         self._signer = signer
         self._metrics = metrics
         self._pacer = pacer or Pacer()
@@ -79,8 +74,8 @@ class TelegramSender:
     async def resolve_chat(self, chat_id: int) -> int:
         """The chat's current id (following group → supergroup migrations)."""
         if chat_id not in self._migrated:
-            moved = await self._plane.store.get_value(f"tg:migrated:{chat_id}")
-            self._migrated[chat_id] = int(moved) if moved is not None else chat_id
+            moved = await self._delivery.migrated(chat_id)
+            self._migrated[chat_id] = moved if moved is not None else chat_id
         return self._migrated[chat_id]
 
     async def deliver(self, item: OutboxItem) -> Delivery:
@@ -138,11 +133,9 @@ class TelegramSender:
         markup = InlineKeyboardMarkup.model_validate(keyboard) if keyboard else None
         reply_to = None
         if payload.get("reply_to_incident"):
-            shown = await self._plane.store.get_value(
-                incident_key(int(payload["reply_to_incident"]))
-            )
-            if shown and int(shown.get("chat_id", 0)) == chat_id:
-                reply_to = int(shown["message_id"])
+            shown = await self._delivery.shown(int(payload["reply_to_incident"]))
+            if shown is not None and shown.chat_id == chat_id:
+                reply_to = shown.message_id
         text = str(payload["text"])
         if payload.get("link_incident") and reply_to is None:
             text += await self._link(int(payload["link_incident"]))
@@ -151,11 +144,11 @@ class TelegramSender:
 
     async def _link(self, incident_id: int) -> str:
         """A link to the incident's message when its chat is a supergroup (t.me/c/...)."""
-        shown = await self._plane.store.get_value(incident_key(incident_id))
-        chat = str(shown.get("chat_id", "")) if shown else ""
+        shown = await self._delivery.shown(incident_id)
+        chat = str(shown.chat_id) if shown else ""
         if not shown or not chat.startswith("-100"):
             return ""
-        url = f"https://t.me/c/{chat[4:]}/{int(shown['message_id'])}"
+        url = f"https://t.me/c/{chat[4:]}/{shown.message_id}"
         return f'\n<a href="{url}">open incident</a>'
 
     async def _send_text(
@@ -188,15 +181,15 @@ class TelegramSender:
         digest = hashlib.sha256(
             (text + (markup.model_dump_json() if markup else "")).encode()
         ).hexdigest()[:16]
-        shown = await self._plane.store.get_value(incident_key(incident_id))
-        if shown and shown.get("hash") == digest:
+        shown = await self._delivery.shown(incident_id)
+        if shown is not None and shown.hash == digest:
             return False  # coalesced: this state is already on screen
-        if shown and shown.get("message_id"):
+        if shown is not None:
             try:
                 await self._bot.edit_message_text(
                     text=text,
-                    chat_id=int(shown["chat_id"]),
-                    message_id=int(shown["message_id"]),
+                    chat_id=shown.chat_id,
+                    message_id=shown.message_id,
                     parse_mode="HTML",
                     reply_markup=markup,
                     disable_web_page_preview=True,
@@ -209,32 +202,31 @@ class TelegramSender:
                 elif "can't parse entities" in exc.message:
                     await self._bot.edit_message_text(
                         text=strip_html(text),
-                        chat_id=int(shown["chat_id"]),
-                        message_id=int(shown["message_id"]),
+                        chat_id=shown.chat_id,
+                        message_id=shown.message_id,
                         reply_markup=markup,
                     )
                 else:
                     raise
-            if shown:
-                await self._plane.store.set_value(
-                    incident_key(incident_id), {**shown, "hash": digest}
+            if shown is not None:
+                await self._delivery.set_shown(
+                    incident_id, shown.model_copy(update={"hash": digest})
                 )
                 return True
         message = await self._send_text(chat_id, text, markup)
-        await self._plane.store.set_value(
-            incident_key(incident_id),
-            {"chat_id": chat_id, "message_id": message.message_id, "hash": digest},
+        await self._delivery.set_shown(
+            incident_id, ShownMessage(chat_id=chat_id, message_id=message.message_id, hash=digest)
         )
         return True
 
     async def _migrate(self, old: int, new: int) -> None:
         logger.warning("Telegram chat %d was upgraded to supergroup %d; following it", old, new)
-        await self._plane.store.set_value(f"tg:migrated:{old}", new)
+        await self._delivery.record_migration(old, new)
         self._migrated[old] = new
         for original, current in list(self._migrated.items()):
             if current == old:
                 self._migrated[original] = new
-                await self._plane.store.set_value(f"tg:migrated:{original}", new)
+                await self._delivery.record_migration(original, new)
 
     async def _route_failed(self, chat_id: int, reason: str) -> None:
         logger.error("Telegram chat %d is unreachable: %s", chat_id, reason)

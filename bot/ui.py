@@ -14,11 +14,10 @@ from aiogram.types import CallbackQuery, InlineKeyboardMarkup
 
 from bot.callbacks import Confirmations, Signed, Signer
 from bot.render import split_html
-from bot.sender import CHANNEL
 from core.errors import ConfirmationRequired
+from core.incidents.delivery import CHANNEL, ChatDeliveryState
 from core.models import Actor, AuditRecord, OutboxMessage
 from core.platform.outbox import OutboxWorker
-from core.store import Store
 
 if TYPE_CHECKING:
     from core.control_plane import ControlPlane
@@ -40,7 +39,7 @@ class Ui:
 
     def __init__(
         self,
-        store: Store,
+        delivery: ChatDeliveryState,
         outbox: OutboxWorker,
         signer: Signer,
         confirmations: Confirmations,
@@ -48,7 +47,7 @@ class Ui:
         *,
         diagnose: bool,
     ) -> None:
-        self._store = store
+        self._delivery = delivery
         self._outbox = outbox
         self.signer = signer
         self.confirmations = confirmations
@@ -66,7 +65,7 @@ class Ui:
             if keyboard is not None and index == len(parts) - 1:
                 payload["keyboard"] = keyboard.model_dump(mode="json", exclude_none=True)
             messages.append(OutboxMessage(channel=CHANNEL, key=str(chat_id), payload=payload))
-        await self._store.outbox_add(messages)
+        await self._delivery.enqueue(messages)
         self._outbox.wake()
 
     async def reply_in_thread(
@@ -89,12 +88,12 @@ class Ui:
             if keyboard is not None and index == len(parts) - 1:
                 payload["keyboard"] = keyboard.model_dump(mode="json", exclude_none=True)
             messages.append(OutboxMessage(channel=CHANNEL, key=str(chat_id), payload=payload))
-        await self._store.outbox_add(messages)
+        await self._delivery.enqueue(messages)
         self._outbox.wake()
 
     async def refresh_incident(self, chat_id: int, incident_id: int) -> None:
         """Queue a re-render of an incident's message (after a stale press)."""
-        await self._store.outbox_add(
+        await self._delivery.enqueue(
             [
                 OutboxMessage(
                     channel=CHANNEL,
@@ -126,7 +125,7 @@ class Ui:
 
     async def photo(self, chat_id: int, png: bytes, caption: str) -> None:
         """Queue a picture (a chart) with an HTML caption."""
-        await self._store.outbox_add(
+        await self._delivery.enqueue(
             [
                 OutboxMessage(
                     channel=CHANNEL,

@@ -31,6 +31,7 @@ from core.flags import FlagService, FlagState
 from core.incidents import email as security_mail
 from core.incidents import pagerduty
 from core.incidents.alertmanager import AlertmanagerClient
+from core.incidents.delivery import ChatDeliveryState
 from core.incidents.service import IncidentService
 from core.models import Actor, OutboxItem
 from core.models.alerts import Severity
@@ -161,6 +162,9 @@ class ControlPlane:
         self.scheduler.every(
             "escalation", settings.escalation_check_seconds, self.incidents.run_deadlines
         )
+        # The chat channel's own durable state (shown messages, cursor, outbox): the bot's only
+        # way to the store.
+        self.telegram_delivery = ChatDeliveryState(self.store, self.metrics)
         if self.alertmanager is not None:
             self.scheduler.every(
                 "alertmanager-silences",

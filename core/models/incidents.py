@@ -4,6 +4,8 @@ The state machine (``triggered`` → ``acknowledged`` → ``resolved``, plus ``s
 until-time) lives here so the store can apply a transition inside its own transaction and every
 adapter gets the same refusals. Functions return a ``Change`` (or None when the action is already
 done: actions are idempotent) and raise ``Conflict`` for impossible transitions.
+``Incident.allowed_actions`` names the actions that would change something; the functions consult
+it, so the buttons an adapter offers and the transitions it may carry out cannot disagree.
 
 Grouping rule: an incident is keyed by ``<source>:<fingerprint>``; repeats of the same condition
 increment ``count`` and ``last_seen``. A re-fire after resolution **reopens** the incident when it
@@ -16,7 +18,7 @@ import enum
 from datetime import datetime, timedelta
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, computed_field
 
 from core.errors import Conflict, InvalidInput
 from core.models import Actor, ActorKind, OutboxMessage, Role
@@ -44,6 +46,18 @@ class EventKind(enum.StrEnum):
     UNSILENCED = "unsilenced"
     RESOLVED = "resolved"
     ESCALATED = "escalated"
+
+
+class IncidentAction(enum.StrEnum):
+    """What can be done to an incident (by a person, or ``escalate`` by the scheduler)."""
+
+    ACKNOWLEDGE = "acknowledge"
+    UNACKNOWLEDGE = "unacknowledge"
+    RESOLVE = "resolve"
+    SILENCE = "silence"
+    UNSILENCE = "unsilence"
+    DIAGNOSE = "diagnose"
+    ESCALATE = "escalate"
 
 
 class Incident(BaseModel):
@@ -93,6 +107,28 @@ class Incident(BaseModel):
         if self.state is IncidentState.SILENCED:
             return self.silenced_until
         return None
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def allowed_actions(self) -> list[IncidentAction]:
+        """The actions that would change this incident now (others are refused or no-ops)."""
+        if self.state is IncidentState.RESOLVED:
+            return []  # resolving again is a no-op; everything else is refused
+        allowed = [
+            IncidentAction.ACKNOWLEDGE
+            if self.acknowledged_by is None
+            else IncidentAction.UNACKNOWLEDGE,
+            IncidentAction.RESOLVE,
+            # Silencing a silenced incident extends the silence, so it stays allowed.
+            IncidentAction.SILENCE,
+        ]
+        if self.state is IncidentState.SILENCED:
+            allowed.append(IncidentAction.UNSILENCE)
+        # Diagnosis changes nothing, but only a live incident is worth a diagnosis button.
+        allowed.append(IncidentAction.DIAGNOSE)
+        if self.state is IncidentState.TRIGGERED and self.next_escalation_at is not None:
+            allowed.append(IncidentAction.ESCALATE)  # due at next_escalation_at
+        return allowed
 
     def describe(self) -> str:
         """Short human reference: ``#12 RedisDown``."""
@@ -280,7 +316,7 @@ def _refuse_resolved(incident: Incident, verb: str) -> None:
 def acknowledge(incident: Incident, actor: Actor, now: datetime) -> Change | None:
     """Someone is on it: stop escalating."""
     _refuse_resolved(incident, "acknowledge")
-    if incident.acknowledged_by is not None:
+    if IncidentAction.ACKNOWLEDGE not in incident.allowed_actions:
         return None
     update: dict[str, Any] = {
         "acknowledged_by": actor,
@@ -299,7 +335,7 @@ def acknowledge(incident: Incident, actor: Actor, now: datetime) -> Change | Non
 def unacknowledge(incident: Incident, actor: Actor, now: datetime, rules: Rules) -> Change | None:
     """Hand the incident back: it is triggered again and escalation restarts."""
     _refuse_resolved(incident, "unacknowledge")
-    if incident.acknowledged_by is None:
+    if IncidentAction.UNACKNOWLEDGE not in incident.allowed_actions:
         return None
     update: dict[str, Any] = {
         "acknowledged_by": None,
@@ -318,7 +354,7 @@ def unacknowledge(incident: Incident, actor: Actor, now: datetime, rules: Rules)
 
 def resolve(incident: Incident, actor: Actor, now: datetime) -> Change | None:
     """Close the incident by hand."""
-    if incident.state is IncidentState.RESOLVED:
+    if IncidentAction.RESOLVE not in incident.allowed_actions:
         return None
     resolved = incident.model_copy(
         update={
@@ -337,7 +373,7 @@ def silence(
     incident: Incident, actor: Actor, now: datetime, duration: timedelta, rules: Rules
 ) -> Change:
     """Mute the incident until ``now + duration`` (extends an existing silence)."""
-    _refuse_resolved(incident, "silence")
+    _refuse_resolved(incident, "silence")  # the one state where SILENCE is not allowed
     if duration <= timedelta(0) or duration > rules.max_silence:
         raise InvalidInput(
             f"silence duration must be between 1 minute and {rules.max_silence.days} days"
@@ -361,7 +397,7 @@ def unsilence(
     incident: Incident, actor: Actor, now: datetime, rules: Rules, reason: str = ""
 ) -> Change | None:
     """Lift a silence (by hand, at its end, or because Alertmanager expired it)."""
-    if incident.state is not IncidentState.SILENCED:
+    if IncidentAction.UNSILENCE not in incident.allowed_actions:
         return None
     back = incident.state_before_silence or IncidentState.TRIGGERED
     update: dict[str, Any] = {
@@ -383,9 +419,8 @@ def unsilence(
 
 def escalate(incident: Incident, actor: Actor, now: datetime, rules: Rules) -> Change | None:
     """Nobody acknowledged in time: raise the level and schedule the next step, if any."""
-    if incident.state is not IncidentState.TRIGGERED or incident.next_escalation_at is None:
-        return None
-    if incident.next_escalation_at > now:
+    due = incident.next_escalation_at
+    if IncidentAction.ESCALATE not in incident.allowed_actions or due is None or due > now:
         return None
     step = rules.escalation.get(incident.severity)
     if step is None:
