@@ -1,7 +1,8 @@
 """Temporary API tokens from chat (admin): issue with an expiry, list, revoke.
 
-A token's value is shown once, and only in a private chat with the admin who issued it: never in
-a group, never in logs or the audit log.
+Issuing asks the admin to confirm (a Confirm button only they can press). A token's value is shown
+once, in the reply to that press, and only in a private chat with the admin who issued it: never
+in a group, never in logs or the audit log.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from aiogram.types import Message
 from bot.render import e, when
 from bot.ui import Ui
 from core.control_plane import ControlPlane
-from core.errors import InvalidInput
+from core.errors import ConfirmationRequired, InvalidInput
 from core.models import Actor
 
 COMMANDS = [
@@ -44,16 +45,35 @@ async def token(
     elif args[0] == "issue" and len(args) == 4:
         if message.chat.type != "private":
             raise InvalidInput("tokens are only issued in a private chat with the bot")
-        issued = await service.issue(actor, name=args[1], role=args[2], ttl=args[3])
-        t = issued.token
-        await ui.reply(
-            message.chat.id,
-            f"🔑 Token <b>{e(t.name)}</b> ({t.role.value}) until {when(t.expires_at)}:"
-            f"\n<code>{e(issued.value.get_secret_value())}</code>\nShown once; "
-            "store it now. Revoke with /token revoke " + e(t.id),
-        )
+        await _issue_confirmed(message, plane, ui, actor, args[1:])
     else:
         raise InvalidInput(USAGE)
+
+
+async def _issue_confirmed(
+    message: Message, plane: ControlPlane, ui: Ui, actor: Actor, args: list[str]
+) -> None:
+    """Check the request, then issue only when its asker presses Confirm; the value is in that
+    one reply and nowhere else."""
+    service = plane.temporary_tokens
+    name, role, ttl = await service.check_issue(actor, name=args[0], role=args[1], ttl=args[2])
+
+    async def apply(confirm: bool) -> str:
+        if not confirm:
+            raise ConfirmationRequired(
+                f"Issue API token {name} with the {role.value} role for {args[2]}? "
+                "Anyone holding its value acts as that role until it expires (or /token revoke)."
+            )
+        issued = await service.issue(actor, name=name, role=role, ttl=ttl)
+        t = issued.token
+        return (
+            f"🔑 Token <b>{e(t.name)}</b> ({t.role.value}) until {when(t.expires_at)}:"
+            f"\n<code>{e(issued.value.get_secret_value())}</code>\nShown once; "
+            "store it now. Revoke with /token revoke " + e(t.id)
+        )
+
+    user_id = message.from_user.id if message.from_user else 0
+    await ui.confirm_or_run(message.chat.id, user_id, apply)
 
 
 def router() -> Router:

@@ -5,6 +5,11 @@ the store's small values, with the ids under ``token-index``). Issue and revoke 
 refusals too. The API accepts a live token and refuses an expired or revoked one; the daily
 checklist flags tokens due to rotate. Other processes (the CLI, replicas) see changes within
 ``REFRESH_SECONDS``.
+
+Only a configured admin token, an admin in chat or the CLI issues tokens: a temporary token never
+mints another, so a leaked one cannot outlive its own expiry or revocation. Each record names its
+issuer, and revoking a token revokes every token it issued (older records included), each with
+its own audit entry.
 """
 
 from __future__ import annotations
@@ -21,12 +26,13 @@ from typing import Any
 
 from pydantic import BaseModel, SecretStr
 
-from core.errors import Conflict, InvalidInput, NotFound
+from core.errors import Conflict, InvalidInput, NotFound, PermissionDenied
 from core.models import Actor, ActorKind, AuditRecord, Role, parse_duration, utcnow
 from core.models.ops import ChecklistItem, Mark
 from core.platform.metrics import Metrics
 from core.security.access import Guard
 from core.security.audit import AuditLog
+from core.security.refusals import RefusalRecorder
 from core.store import Store
 
 INDEX_KEY = "token-index"
@@ -37,6 +43,8 @@ MAX_TTL = timedelta(days=90)
 ROTATE_WITHIN = timedelta(hours=24)
 FORGET_AFTER = timedelta(days=30)  # expired or revoked records are pruned after this
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+ACTOR_PREFIX = "token:"  # the actor id of a temporary token; configured ones are ``<role>-<n>``
+MINT_REFUSAL = "a temporary token cannot issue tokens; use a configured admin token"
 
 
 class TemporaryToken(BaseModel):
@@ -48,6 +56,9 @@ class TemporaryToken(BaseModel):
     issued_at: datetime
     expires_at: datetime
     issued_by: str
+    # Who issued it, as ``<actor kind>:<actor id>`` (``api:token:<id>`` for a temporary token);
+    # None on records written before issuers were kept.
+    issuer: str | None = None
     revoked_at: datetime | None = None
     revoked_by: str | None = None
 
@@ -89,6 +100,15 @@ def _digest(value: str) -> str:
     return hashlib.sha256(value.encode()).hexdigest()
 
 
+def is_temporary(actor: Actor) -> bool:
+    """True when ``actor`` authenticated with a temporary token."""
+    return actor.kind is ActorKind.API and actor.id.startswith(ACTOR_PREFIX)
+
+
+def _issuer(actor: Actor) -> str:
+    return f"{actor.kind.value}:{actor.id}"
+
+
 class TokenService:
     """Issues, lists, revokes and resolves temporary API tokens."""
 
@@ -96,6 +116,7 @@ class TokenService:
         self._store = store
         self._audit = audit
         self._guard = Guard(audit, metrics)
+        self._refusals = RefusalRecorder(audit, metrics)
         self._lock = asyncio.Lock()
         self._cache: dict[str, _StoredToken] = {}
         self._loaded_at: float | None = None
@@ -109,11 +130,9 @@ class TokenService:
         ttl: timedelta | str,
         now: datetime | None = None,
     ) -> IssuedToken:
-        """Issue a token (admin) with ``role`` that expires after ``ttl`` (``8h``, ``30m``...)."""
-        await self._guard.require(
-            actor, Role.ADMIN, "issuing an API token", action="token.issue", target=name
-        )
-        name, role, ttl = _checked(name, role, ttl)
+        """Issue a token (admin, never a temporary token) with ``role`` that expires after
+        ``ttl`` (``8h``, ``30m``...)."""
+        name, role, ttl = await self.check_issue(actor, name=name, role=role, ttl=ttl)
         now = now or utcnow()
         async with self._lock:
             records = await self._load()
@@ -127,6 +146,7 @@ class TokenService:
                 issued_at=now,
                 expires_at=now + ttl,
                 issued_by=actor.name,
+                issuer=_issuer(actor),
                 sha256=_digest(value),
             )
             await self._store.set_value(KEY_PREFIX + record.id, record.model_dump(mode="json"))
@@ -145,36 +165,58 @@ class TokenService:
         )
         return IssuedToken(token=record.public(), value=SecretStr(value))
 
+    async def check_issue(
+        self, actor: Actor, *, name: str, role: Role | str, ttl: timedelta | str
+    ) -> tuple[str, Role, timedelta]:
+        """The validated arguments of an issue ``actor`` may make, or the refusal (audited) or
+        ``InvalidInput``; lets an adapter ask for confirmation of exactly what will be issued."""
+        if is_temporary(actor):
+            await self._refusals.record(
+                actor, "token.issue", "temporary_token", target=name, detail=MINT_REFUSAL
+            )
+            raise PermissionDenied(MINT_REFUSAL)
+        await self._guard.require(
+            actor, Role.ADMIN, "issuing an API token", action="token.issue", target=name
+        )
+        return _checked(name, role, ttl)
+
     async def list(self, actor: Actor) -> list[TemporaryToken]:
         """Every remembered token (admin), newest first: names, roles, expiry, issuer."""
         await self._guard.require(actor, Role.ADMIN, "listing API tokens", action="token.list")
         return [r.public() for r in await self._load()]
 
     async def revoke(self, actor: Actor, token_id: str) -> TemporaryToken:
-        """Revoke a token (admin): it stops working at once here, within seconds elsewhere."""
+        """Revoke a token (admin) and every live token it issued, directly or through others:
+        they stop working at once here, within seconds elsewhere."""
         await self._guard.require(
             actor, Role.ADMIN, "revoking an API token", action="token.revoke", target=token_id
         )
+        now = utcnow()
         async with self._lock:
             raw = await self._store.get_value(KEY_PREFIX + token_id)
             if raw is None:
                 raise NotFound(f"no token with id {token_id}; see the token list")
             record = _StoredToken.model_validate(raw)
-            if record.revoked_at is not None:
+            minted = [r for r in _minted_by(record, await self._load()) if r.state(now) == "live"]
+            # Revoked before revocation cascaded: revoking again still ends what it issued.
+            if record.revoked_at is not None and not minted:
                 raise Conflict(f"token {token_id} ({record.name}) is already revoked")
-            record.revoked_at = utcnow()
-            record.revoked_by = actor.name
-            await self._store.set_value(KEY_PREFIX + token_id, record.model_dump(mode="json"))
+            ended = [r for r in (record, *minted) if r.revoked_at is None]
+            for r in ended:
+                r.revoked_at, r.revoked_by = now, actor.name
+                await self._store.set_value(KEY_PREFIX + r.id, r.model_dump(mode="json"))
             self._loaded_at = None
-        await self._audit.record(
-            AuditRecord(
-                actor=actor,
-                action="token.revoke",
-                target=f"token:{token_id}",
-                before={"name": record.name, "role": record.role.value},
-                after={"revoked_at": record.revoked_at},
+        for r in ended:
+            await self._audit.record(
+                AuditRecord(
+                    actor=actor,
+                    action="token.revoke",
+                    target=f"token:{r.id}",
+                    before={"name": r.name, "role": r.role.value, "issuer": r.issuer},
+                    after={"revoked_at": r.revoked_at},
+                    detail="" if r is record else f"issued through revoked token:{token_id}",
+                )
             )
-        )
         return record.public()
 
     async def resolve(self, presented: str, *, now: datetime | None = None) -> TokenCheck | None:
@@ -192,7 +234,9 @@ class TokenService:
         state = found.state(now)
         if state != "live":
             return TokenCheck(actor=None, refusal=f"token {state}")
-        actor = Actor(kind=ActorKind.API, id=f"token:{found.id}", name=found.name, role=found.role)
+        actor = Actor(
+            kind=ActorKind.API, id=ACTOR_PREFIX + found.id, name=found.name, role=found.role
+        )
         return TokenCheck(actor=actor)
 
     async def checklist_items(self, now: datetime | None = None) -> _Items:
@@ -253,6 +297,37 @@ def _checked(name: str, role: Role | str, ttl: timedelta | str) -> tuple[str, Ro
     if ttl <= timedelta(0) or ttl > MAX_TTL:
         raise InvalidInput(f"ttl must be between 1s and {MAX_TTL.days}d")
     return name, role, ttl
+
+
+def _minted_by(root: _StoredToken, records: _Records) -> _Records:
+    """Every record issued by ``root``, directly or through tokens it issued.
+
+    Records without an issuer predate it being kept: they count as issued by a token of the same
+    name during that token's lifetime (when temporary tokens could still mint). A configured token
+    of the same name would match too; revoking one token too many is the safe direction.
+    """
+    found: _Records = []
+    frontier = [root]
+    while frontier:
+        parent = frontier.pop()
+        ended = parent.revoked_at or parent.expires_at
+        for r in records:
+            if r.id == root.id or any(r.id == f.id for f in found):
+                continue
+            direct = r.issuer == _issuer_of_token(parent.id)
+            legacy = (
+                r.issuer is None
+                and r.issued_by == parent.name
+                and parent.issued_at <= r.issued_at <= ended
+            )
+            if direct or legacy:
+                found.append(r)
+                frontier.append(r)
+    return found
+
+
+def _issuer_of_token(token_id: str) -> str:
+    return f"{ActorKind.API.value}:{ACTOR_PREFIX}{token_id}"
 
 
 def _forgettable(record: _StoredToken, now: datetime) -> bool:

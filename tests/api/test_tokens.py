@@ -234,3 +234,100 @@ async def test_every_response_carries_security_headers(client: httpx.AsyncClient
     docs = await client.get("/docs")
     assert docs.headers["Content-Security-Policy"] == "frame-ancestors 'none'"
     assert docs.headers["X-Frame-Options"] == "DENY"
+
+
+async def test_a_temporary_admin_token_cannot_mint_tokens(
+    client: httpx.AsyncClient, plane: ControlPlane
+) -> None:
+    temporary = (await issue(client, name="break-glass", role="admin", ttl="1h"))["token"]
+    body = {"name": "forever", "role": "admin", "ttl": "90d"}
+    refused = await client.post("/api/v1/tokens", json=body, headers=auth(temporary))
+    assert refused.status_code == 403
+    assert refused.json()["error"]["message"] == (
+        "a temporary token cannot issue tokens; use a configured admin token"
+    )
+    names = [t.name for t in await plane.temporary_tokens.list(ADMIN)]
+    assert names == ["break-glass"]
+    (entry,) = [
+        e for e in await plane.audit.tail(5) if (e.action, e.outcome) == ("token.issue", "denied")
+    ]
+    assert (entry.actor.name, entry.target) == ("break-glass", "forever")
+    # It can still do admin work that is not minting, revoking included.
+    listed = await client.get("/api/v1/tokens", headers=auth(temporary))
+    assert listed.status_code == 200
+
+
+async def test_issuer_is_recorded_on_each_token(
+    client: httpx.AsyncClient, plane: ControlPlane
+) -> None:
+    await issue(client, name="ci", role="viewer", ttl="1h")
+    await plane.temporary_tokens.issue(ADMIN, name="cli-made", role="viewer", ttl="1h")
+    issuers = {t.name: t.issuer for t in await plane.temporary_tokens.list(ADMIN)}
+    assert issuers == {"ci": "api:admin-1", "cli-made": "system:test"}
+
+
+async def test_revoking_a_token_revokes_every_token_it_minted(
+    client: httpx.AsyncClient, plane: ControlPlane
+) -> None:
+    """Tokens minted by temporary tokens before minting was refused (with an issuer recorded, or
+    from before issuers were kept) end with the token that minted them."""
+    parent = await issue(client, name="break-glass", role="admin", ttl="8h")
+    minted = await _stored_copy(plane, parent["id"], "child", issuer=f"api:token:{parent['id']}")
+    # An old record: only the issuer's name was kept.
+    grandchild = await _stored_copy(plane, minted["id"], "grandchild", issuer=None)
+    unrelated = await issue(client, name="grafana", role="viewer", ttl="8h")
+    for value in (minted["value"], grandchild["value"]):
+        ok = await client.get("/api/v1/status", headers=auth(value))
+        assert ok.status_code == 200
+
+    revoked = await client.delete(f"/api/v1/tokens/{parent['id']}", headers=auth(ADMIN_TOKEN))
+    assert revoked.status_code == 200
+    for value in (parent["token"], minted["value"], grandchild["value"]):
+        refused = await client.get("/api/v1/status", headers=auth(value))
+        assert refused.status_code == 401
+        assert refused.json()["error"]["message"] == "token revoked"
+    still = await client.get("/api/v1/status", headers=auth(unrelated["token"]))
+    assert still.status_code == 200
+    states = {t.name: t.state() for t in await plane.temporary_tokens.list(ADMIN)}
+    assert states == {
+        "break-glass": "revoked",
+        "child": "revoked",
+        "grandchild": "revoked",
+        "grafana": "live",
+    }
+    audited = {e.target: e.detail for e in await plane.audit.tail(10) if e.action == "token.revoke"}
+    assert audited == {
+        f"token:{parent['id']}": "",
+        f"token:{minted['id']}": f"issued through revoked token:{parent['id']}",
+        f"token:{grandchild['id']}": f"issued through revoked token:{parent['id']}",
+    }
+
+
+async def test_revoking_again_ends_what_an_already_revoked_token_minted(
+    client: httpx.AsyncClient, plane: ControlPlane
+) -> None:
+    parent = await issue(client, name="old", role="admin", ttl="8h")
+    await client.delete(f"/api/v1/tokens/{parent['id']}", headers=auth(ADMIN_TOKEN))
+    # Minted while revocation did not cascade: the child outlived its issuer.
+    child = await _stored_copy(plane, parent["id"], "survivor", issuer=f"api:token:{parent['id']}")
+    assert (await client.get("/api/v1/status", headers=auth(child["value"]))).status_code == 200
+    again = await client.delete(f"/api/v1/tokens/{parent['id']}", headers=auth(ADMIN_TOKEN))
+    assert again.status_code == 200
+    assert (await client.get("/api/v1/status", headers=auth(child["value"]))).status_code == 401
+    third = await client.delete(f"/api/v1/tokens/{parent['id']}", headers=auth(ADMIN_TOKEN))
+    assert third.status_code == 409
+
+
+async def _stored_copy(
+    plane: ControlPlane, parent_id: str, name: str, *, issuer: str | None
+) -> dict[str, str]:
+    """Write a token record the way a temporary token minted one before that was refused:
+    issued by the parent's actor, stored beside the others (value known to the test)."""
+    made = await plane.temporary_tokens.issue(ADMIN, name=name, role="admin", ttl="8h")
+    parent = await plane.store.get_value("token:" + parent_id)
+    assert parent is not None
+    record = await plane.store.get_value("token:" + made.token.id)
+    assert record is not None
+    record.update(issued_by=parent["name"], issuer=issuer)
+    await plane.store.set_value("token:" + made.token.id, record)
+    return {**record, "value": made.value.get_secret_value()}
