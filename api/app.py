@@ -31,7 +31,7 @@ from api.routes import telegram as telegram_routes
 from api.security import RateLimit, SecurityHeaders
 from core import __version__
 from core.control_plane import ControlPlane
-from core.platform.metrics import Metrics
+from core.platform.metrics import ANY_METHOD, UNMATCHED_ROUTE, Metrics, method_label
 
 if TYPE_CHECKING:
     from bot.app import TelegramBot
@@ -40,7 +40,8 @@ MAX_BODY_BYTES = 1024 * 1024
 
 
 class RequestMetrics:
-    """Times every HTTP request into ``request_duration_seconds`` by route template."""
+    """Times every HTTP request into ``request_duration_seconds`` by route template, with
+    labels bounded whatever clients send (core/platform/metrics.py)."""
 
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
@@ -62,11 +63,22 @@ class RequestMetrics:
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
-            route = scope.get("route")
-            template = getattr(route, "path", None) or "unmatched"
-            self.metrics.request_duration.labels(template, scope["method"], str(status)).observe(
+            method: str = scope["method"]
+            route = route_label(scope.get("route"), method)
+            method = ANY_METHOD if route == UNMATCHED_ROUTE else method_label(method)
+            self.metrics.request_duration.labels(route, method, str(status)).observe(
                 time.perf_counter() - started
             )
+
+
+def route_label(route: object, method: str) -> str:
+    """The route template that answered, or ``unmatched`` when none did: a path no route has
+    (404) or a method the path's route does not take (405), so junk cannot add series."""
+    template = getattr(route, "path", None)
+    methods: set[str] | None = getattr(route, "methods", None)
+    if not template or (methods is not None and method not in methods):
+        return UNMATCHED_ROUTE
+    return str(template)
 
 
 class BodyLimit:
@@ -141,11 +153,19 @@ def create_app(
             if own_lifecycle:
                 await plane.close()
 
+    settings = plane.settings
+    # The schema and its pages map the whole API for anyone: off in production unless asked for.
+    docs = settings.api_docs_enabled
+    if docs is None:
+        docs = not settings.infra_prod_enabled
     app = FastAPI(
         title="Lunia Core control plane",
         version=__version__,
         description="Chat-ops control plane API: probes, metrics, flags, incidents, venues.",
         lifespan=lifespan,
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
+        openapi_url="/openapi.json" if docs else None,
     )
     app.state.plane = plane
     app.state.telegram = telegram
@@ -170,7 +190,9 @@ def create_app(
     for router in routers if plane.role.serves_api else (health.router,):
         app.include_router(router)
     app.add_middleware(BodyLimit)
-    app.add_middleware(RateLimit, per_minute=plane.settings.api_rate_limit_per_minute)
+    app.add_middleware(
+        RateLimit, per_minute=settings.api_rate_limit_per_minute, limiter=plane.rate_limiter
+    )
     app.add_middleware(RequestMetrics, metrics=plane.metrics)
     app.add_middleware(SecurityHeaders)  # outermost: 413 and 429 answers carry them too
     return app

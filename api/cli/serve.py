@@ -5,8 +5,6 @@ Assembled into ``lunia`` by ``api.cli``; the process itself is ``api.runner.serv
 
 from __future__ import annotations
 
-import asyncio
-
 import typer
 
 from api.cli.base import fail, load_settings
@@ -35,11 +33,11 @@ def worker_role() -> None:
 
 
 def _serve(role: ProcessRole) -> None:
-    from api.runner import serve
+    from api.runner import run
 
     settings = load_settings(quiet=False)
     try:
-        code = asyncio.run(serve(settings, role))
+        code = run(settings, role)  # on uvloop when installed
     except ConfigError as exc:
         raise fail(f"configuration error: {exc}", 2) from None
     except LuniaError as exc:

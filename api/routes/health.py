@@ -1,11 +1,18 @@
-"""Probes and metrics: ``/healthz``, ``/readyz``, ``/metrics`` (no auth, never slow)."""
+"""Probes and metrics: ``/healthz``, ``/readyz``, ``/metrics`` (never slow).
+
+``/healthz`` answers bytes serialised when the checks last ran; under ``INFRA_PROD_ENABLED`` they
+carry no component details (those can name chats, paths and lease holders). ``/metrics`` asks
+for the bearer token ``METRICS_TOKEN`` whenever one is in force (always in production).
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+import hmac
+
+from fastapi import APIRouter, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
 
-from api.deps import PlaneDep
+from api.deps import PlaneDep, get_plane
 from api.schemas import Ready
 from core.platform.health import HealthReport, Status
 from core.platform.metrics import CONTENT_TYPE
@@ -18,11 +25,12 @@ router = APIRouter(tags=["probes"])
     response_model=HealthReport,
     responses={503: {"model": HealthReport, "description": "a critical component is down"}},
 )
-async def healthz(plane: PlaneDep) -> JSONResponse:
+async def healthz(request: Request) -> Response:
     """Overall and per-component health from cached checks (503 when down)."""
-    report = plane.health.snapshot()
+    plane = get_plane(request)
+    report = plane.health.encoded(redacted=plane.settings.infra_prod_enabled)
     status = 503 if report.status == Status.DOWN else 200
-    return JSONResponse(report.model_dump(mode="json"), status_code=status)
+    return Response(report.body, status_code=status, media_type="application/json")
 
 
 @router.get("/readyz", response_model=Ready, responses={503: {"model": Ready}})
@@ -35,8 +43,21 @@ async def readyz(plane: PlaneDep) -> JSONResponse:
 @router.get(
     "/metrics",
     response_class=Response,
-    responses={200: {"content": {CONTENT_TYPE: {}}, "description": "Prometheus text"}},
+    responses={
+        200: {"content": {CONTENT_TYPE: {}}, "description": "Prometheus text"},
+        401: {"description": "METRICS_TOKEN is in force and the bearer token is not it"},
+    },
 )
-async def metrics(plane: PlaneDep) -> Response:
-    """Prometheus exposition of every control-plane metric."""
-    return Response(plane.metrics.render(), media_type=CONTENT_TYPE)
+async def metrics(plane: PlaneDep, request: Request) -> Response:
+    """Prometheus exposition of every control-plane metric (bearer ``METRICS_TOKEN`` if set)."""
+    expected = plane.secrets.metrics_token
+    if expected is not None:
+        scheme, _, presented = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            presented.strip().encode(), expected.get_secret_value().encode()
+        ):
+            plane.metrics.auth_denied.labels("http", "metrics_token").inc()
+            raise HTTPException(
+                401, "metrics need the bearer token METRICS_TOKEN", {"WWW-Authenticate": "Bearer"}
+            )
+    return Response(await plane.metrics.exposition(), media_type=CONTENT_TYPE)

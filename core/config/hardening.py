@@ -36,6 +36,7 @@ def production_problems(settings: Settings) -> list[str]:
         "ALERT_WEBHOOK_TOKEN": settings.alert_webhook_token,
         "TELEGRAM_WEBHOOK_SECRET": settings.telegram_webhook_secret,
         "CALLBACK_SIGNING_KEY": settings.callback_signing_key,
+        "METRICS_TOKEN": settings.metrics_token,
     }
     for name, secret in named.items():
         if secret is None:

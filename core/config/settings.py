@@ -35,6 +35,7 @@ _SECRET_FIELDS = frozenset(
         "smtp_password",
         "api_tokens",
         "alert_webhook_token",
+        "metrics_token",
         "telegram_bot_token",
         "telegram_webhook_secret",
         "callback_signing_key",
@@ -116,6 +117,11 @@ class Settings(BaseSettings):
     health_check_interval_seconds: float = Field(default=5.0, gt=0, le=300)
     # Requests per minute per bearer token on /api/v1 (alert webhooks exempt); 0 turns it off.
     api_rate_limit_per_minute: int = Field(default=600, ge=0, le=1_000_000)
+    # Bearer token Prometheus sends to /metrics: required when set, and under INFRA_PROD_ENABLED
+    # (generated into the state dir then if unset; core/security/secrets.py).
+    metrics_token: SecretStr | None = None
+    # /docs, /redoc, /openapi.json: unset means on, except under INFRA_PROD_ENABLED.
+    api_docs_enabled: bool | None = None
 
     telegram_bot_token: SecretStr | None = None
     telegram_api_base: str = "https://api.telegram.org"
@@ -179,7 +185,11 @@ class Settings(BaseSettings):
 
     smtp_host: str | None = None
     smtp_port: int = Field(default=25, ge=1, le=65535)
-    smtp_starttls: bool = False
+    # Mail goes over TLS: STARTTLS (refused when the server does not offer it), or implicit TLS
+    # with SMTP_TLS (port 465). Only SMTP_INSECURE=true sends in the clear (a local relay).
+    smtp_tls: bool = False
+    smtp_insecure: bool = False
+    smtp_ca_file: Path | None = None  # CA bundle for the server's certificate; system CAs if unset
     smtp_username: str | None = None
     smtp_password: SecretStr | None = None
     smtp_from: str = "lunia-control-plane@localhost"

@@ -1,7 +1,8 @@
 """Component health: checks run in the background, probes read the cached result.
 
 ``/healthz`` must never wait on a slow dependency, so each check runs on a timer with its own
-timeout and the probe only reads the last outcome.
+timeout and the probe only reads the last outcome, serialised once when the outcomes change
+(``HealthService.encoded``): a probe costs no more than the framework's own routing.
 """
 
 from __future__ import annotations
@@ -47,6 +48,25 @@ class HealthReport(BaseModel):
     status: Status
     components: dict[str, ComponentHealth]
 
+    def redacted(self) -> HealthReport:
+        """The report without the components' free-text details (they may name chats, paths,
+        lease holders): what an unauthenticated probe sees in production."""
+        return HealthReport(
+            status=self.status,
+            components={
+                name: item.model_copy(update={"detail": ""})
+                for name, item in self.components.items()
+            },
+        )
+
+
+@dataclass(frozen=True)
+class EncodedReport:
+    """A health report already serialised as the JSON body of ``/healthz``."""
+
+    status: Status
+    body: bytes
+
 
 Check = Callable[[], Awaitable[ComponentHealth]]
 
@@ -67,12 +87,14 @@ class HealthService:
         self._timeout = timeout
         self._components: dict[str, _Registered] = {}
         self._task: asyncio.Task[None] | None = None
+        self._encoded = self._encode()
 
     def register(self, name: str, check: Check, *, critical: bool = True) -> None:
         """Add a component; ``critical`` ones make the service ``down`` when they are."""
         self._components[name] = _Registered(
             check, critical, ComponentHealth(status=Status.DEGRADED, detail="not checked yet")
         )
+        self._encoded = self._encode()
 
     async def start(self) -> None:
         """Run every check once, then keep refreshing them in the background."""
@@ -98,6 +120,7 @@ class HealthService:
             self._metrics.component_up.labels(name).set(
                 1 if result.status in (Status.OK, Status.DISABLED) else 0
             )
+        self._encoded = self._encode()
 
     async def _run(self, name: str) -> ComponentHealth:
         started = time.perf_counter()
@@ -114,6 +137,18 @@ class HealthService:
         result.checked_at = utcnow()
         result.latency_ms = round((time.perf_counter() - started) * 1000, 2)
         return result
+
+    def encoded(self, *, redacted: bool) -> EncodedReport:
+        """The cached report as JSON bytes, built when the checks last ran (no work per call);
+        ``redacted`` drops the components' details."""
+        return self._encoded[redacted]
+
+    def _encode(self) -> dict[bool, EncodedReport]:
+        report = self.snapshot()
+        return {
+            False: EncodedReport(report.status, report.model_dump_json().encode()),
+            True: EncodedReport(report.status, report.redacted().model_dump_json().encode()),
+        }
 
     def snapshot(self) -> HealthReport:
         """The cached state of every component and the overall verdict."""

@@ -3,14 +3,34 @@
 Names the runbook uses are exact (``core_pnl``, ``risk_exposure``, ``exchange_failover``,
 ``orders_total``, ``redis_status``, ``request_duration_seconds``). No module-level metric objects:
 each ``ControlPlane`` gets its own registry, so tests and multiple instances never collide.
+
+Label values are bounded: anything a client chooses (an HTTP method, a path, a bot command) is
+mapped onto a fixed set before it becomes a label, so ``/metrics`` stays small whatever the
+traffic. Scrapes render off the event loop (``Metrics.exposition``).
 """
 
 from __future__ import annotations
+
+import asyncio
 
 from prometheus_client import CONTENT_TYPE_LATEST as _CONTENT_TYPE
 from prometheus_client import CollectorRegistry, Counter, Enum, Gauge, Histogram, generate_latest
 
 CONTENT_TYPE = _CONTENT_TYPE
+
+# The methods of RFC 9110 an API client sends; any other method becomes one label value.
+STANDARD_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+OTHER_METHOD = "other"
+# Requests no route answered (404 of any path, 405 of any method, refused before routing) share
+# one route value and one method value: one series per status, whatever was sent.
+UNMATCHED_ROUTE = "unmatched"
+ANY_METHOD = "any"
+
+
+def method_label(method: str) -> str:
+    """The ``method`` label of an HTTP request: the method itself if standard, else ``other``."""
+    return method if method in STANDARD_METHODS else OTHER_METHOD
+
 
 # Request latency buckets straddle the runbook's 200 ms SLO finely.
 LATENCY_BUCKETS = (
@@ -287,6 +307,28 @@ class Metrics:
             registry=r,
         )
 
+        # Scrapes that arrive while a render runs wait for the next one (see ``exposition``).
+        self._render_lock = asyncio.Lock()
+        self._renders_started = 0
+        self._latest: tuple[int, bytes] = (0, b"")
+
     def render(self) -> bytes:
-        """The exposition text for ``/metrics``."""
+        """The exposition text for ``/metrics``, rendered now on the calling thread."""
         return generate_latest(self.registry)
+
+    async def exposition(self) -> bytes:
+        """The exposition text, rendered in a worker thread so the event loop never waits on it.
+
+        Concurrent scrapes share renders, yet each gets one that began after it arrived, so a
+        scrape always sees every change made before it (tests and operators read their writes).
+        """
+        wanted = self._renders_started + 1
+        async with self._render_lock:
+            done, text = self._latest
+            if done >= wanted:
+                return text
+            self._renders_started += 1
+            number = self._renders_started
+            text = await asyncio.to_thread(generate_latest, self.registry)
+            self._latest = (number, text)
+            return text

@@ -22,6 +22,7 @@ logger = logging.getLogger(__name__)
 ADMIN_TOKEN_FILE = "api-admin-token"  # noqa: S105
 WEBHOOK_TOKEN_FILE = "alert-webhook-token"  # noqa: S105
 SIGNING_KEY_FILE = "callback-signing-key"
+METRICS_TOKEN_FILE = "metrics-token"  # noqa: S105
 
 
 @dataclass
@@ -32,6 +33,8 @@ class RuntimeSecrets:
     alert_webhook_token: SecretStr
     callback_signing_key: SecretStr
     generated: dict[str, Path] = field(default_factory=dict)
+    # Bearer token /metrics requires (None: open, outside production with no METRICS_TOKEN).
+    metrics_token: SecretStr | None = None
 
 
 def resolve_secrets(settings: Settings) -> RuntimeSecrets:
@@ -52,4 +55,7 @@ def resolve_secrets(settings: Settings) -> RuntimeSecrets:
         tokens = [ApiToken("admin-generated", Role.ADMIN, generated_secret(ADMIN_TOKEN_FILE))]
     webhook = settings.alert_webhook_token or SecretStr(generated_secret(WEBHOOK_TOKEN_FILE))
     signing = settings.callback_signing_key or SecretStr(generated_secret(SIGNING_KEY_FILE))
-    return RuntimeSecrets(tokens, webhook, signing, generated)
+    metrics = settings.metrics_token
+    if metrics is None and settings.infra_prod_enabled:
+        metrics = SecretStr(generated_secret(METRICS_TOKEN_FILE))
+    return RuntimeSecrets(tokens, webhook, signing, generated, metrics_token=metrics)

@@ -111,6 +111,7 @@ def test_prod_refuses_generated_secrets_before_writing_any(
         ({"api_tokens": "operator:" + "x" * 40}, "API_TOKENS: token operator-1 is weak (a single"),
         ({"alert_webhook_token": "0" * 32}, "ALERT_WEBHOOK_TOKEN: weak (a single repeated"),
         ({"alert_webhook_token": "hook-123"}, "ALERT_WEBHOOK_TOKEN: weak (shorter than 24"),
+        ({"metrics_token": "scrape-me-123"}, "METRICS_TOKEN: weak (shorter than 24"),
     ],
 )
 def test_prod_refuses_weak_secrets_naming_the_variable(
@@ -127,7 +128,8 @@ def test_prod_refuses_weak_secrets_naming_the_variable(
 async def test_prod_starts_with_strong_configured_secrets(make_plane: PlaneFactory) -> None:
     plane = await make_plane(infra_prod_enabled=True)
     assert plane.tokens.resolve(ADMIN_TOKEN) is not None
-    assert plane.secrets.generated.keys() == {"callback-signing-key"}
+    # Prometheus reads the generated metrics token from the state dir (deploy/prometheus).
+    assert plane.secrets.generated.keys() == {"callback-signing-key", "metrics-token"}
 
 
 async def test_outside_prod_generated_secrets_still_start(make_plane: PlaneFactory) -> None:
