@@ -51,6 +51,15 @@ async def replies(fake: FakeTelegram, chat: int, needle: str, timeout: float = 5
     return message.text
 
 
+async def counted(telegram: TelegramBot, command: str, outcome: str, count: int = 1) -> None:
+    """Wait until the bot has counted ``count`` updates of ``command`` with ``outcome``."""
+    registry = telegram.plane.metrics.registry
+    labels = {"command": command, "outcome": outcome}
+    async with asyncio.timeout(5):
+        while (registry.get_sample_value("telegram_commands_total", labels) or 0) < count:
+            await asyncio.sleep(0.01)
+
+
 async def test_commands_are_registered_with_help(
     telegram: TelegramBot, fake_telegram: FakeTelegram
 ) -> None:
@@ -150,7 +159,11 @@ async def test_unknown_user_gets_one_polite_refusal_and_no_data(
     text = await replies(fake_telegram, STRANGER, "not authorised")
     assert str(STRANGER) in text
     fake_telegram.push_message(STRANGER, STRANGER, "/status")
-    await asyncio.sleep(0.5)
+    # Past the point where a reply would have been queued: the refusal is counted, and a
+    # reply to a later message has come out of the outbox (which delivers in queue order).
+    await counted(telegram, "/status", "unauthorized")
+    fake_telegram.push_message(VIEWER, VIEWER, "/whoami")
+    await replies(fake_telegram, VIEWER, "You are")
     outgoing = [m for m in fake_telegram.messages(STRANGER) if m.text]
     assert len(outgoing) == 1
     assert "RedisDown" not in (outgoing[0].text or "")
@@ -158,7 +171,9 @@ async def test_unknown_user_gets_one_polite_refusal_and_no_data(
     assert (entry.action, entry.outcome) == ("telegram.refused", "denied")
     # Being in the ops group grants nothing either.
     fake_telegram.push_message(OPS, STRANGER + 1, "/incidents")
-    await asyncio.sleep(0.3)
+    await counted(telegram, "/incidents", "unauthorized", 2)
+    fake_telegram.push_message(OPS, VIEWER, "/whoami")  # one chat's replies arrive in order
+    await replies(fake_telegram, OPS, "You are")
     assert not any("Open incidents" in (m.text or "") for m in fake_telegram.messages(OPS))
 
 

@@ -161,8 +161,13 @@ async def test_two_api_replicas_and_a_bot_share_one_state_and_one_message(
     [edit] = await fake_telegram.wait_for_call("editMessageText")
     assert edit.params["message_id"] == message.result["message_id"]
     assert "Acknowledged" in edit.params["text"] or "acknowledged" in edit.params["text"]
-    await asyncio.sleep(1.0)  # nothing more arrives: one message, one edit
-    assert len(fake_telegram.calls_to("sendMessage")) == 1
+    # Nothing more arrives: a later incident's message proves the bot is past those events.
+    async with client(api1) as one:
+        assert (await post_alert(one, "MarkerAlert")).status_code == 200
+    await fake_telegram.wait_for_call("sendMessage", count=2)
+    sends = [c.params["text"] for c in fake_telegram.calls_to("sendMessage")]
+    assert sum("ExchangeLatencyHigh" in text for text in sends) == 1
+    assert len(sends) == 2
     assert len(fake_telegram.calls_to("editMessageText")) == 1
 
 
@@ -200,15 +205,32 @@ async def test_in_webhook_mode_an_api_replica_takes_updates_and_the_bot_process_
     [reply] = await fake_telegram.wait_for_call("sendMessage", timeout=10)
     assert reply.params["chat_id"] == viewer
     assert "viewer" in reply.params["text"]
-    await asyncio.sleep(1.0)
-    assert len(fake_telegram.calls_to("sendMessage")) == 1
+    # Sent once: the reply to a later update (one chat's replies keep their order) is the
+    # only other message.
+    marker = fake_telegram.message_update(viewer, viewer, "/whoami")
+    async with client(api, replicas.bots["api"]) as http:
+        taken = await http.post(
+            "/telegram/webhook",
+            json=marker,
+            headers={"X-Telegram-Bot-Api-Secret-Token": "s3cret-token"},
+        )
+        assert taken.status_code == 200, taken.text
+    await fake_telegram.wait_for_call("sendMessage", count=2, timeout=10)
+    assert len(fake_telegram.calls_to("sendMessage")) == 2
 
 
 async def test_only_one_worker_leads_and_a_standby_takes_over(replicas: Replicas) -> None:
     first = await replicas(ProcessRole.WORKER, "worker1")
     await eventually(lambda: first.duties.active)
     second = await replicas(ProcessRole.WORKER, "worker2")
-    await asyncio.sleep(1.0)
+
+    def standby_saw_the_leader() -> bool:
+        """The standby has tried for the lease and found it held (its health names the holder)."""
+        redis_health = second.health.snapshot().components.get("redis")
+        detail = redis_health.detail if redis_health else ""
+        return "worker lease:" in detail and "lease: nobody" not in detail
+
+    await eventually(standby_saw_the_leader)
     assert first.duties.active and not second.duties.active
     assert second.standing_by and second.scheduler.held
 
