@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from functools import cache
 from typing import Any
 
 from aiogram import BaseMiddleware
 from aiogram.types import CallbackQuery, Message, TelegramObject, User
 
+from bot.callbacks import ConfirmButton, IncidentButton, ProposalButton
+from bot.handlers import all_commands
 from bot.ui import Ui
 from core.control_plane import ControlPlane
 from core.errors import OperationError
@@ -30,15 +33,31 @@ REFUSAL = (
 Handler = Callable[[TelegramObject, dict[str, Any]], Awaitable[Any]]
 
 
+UNKNOWN = "unknown"
+# Button prefixes the bot packs (bot/callbacks.py); other callback data is a forged press.
+_BUTTONS = frozenset(
+    button.__prefix__ for button in (IncidentButton, ProposalButton, ConfirmButton)
+)
+
+
+@cache
+def _commands() -> frozenset[str]:
+    """The commands the bot registers (``/start`` is help's unlisted alias)."""
+    return frozenset(f"/{name}" for name, _ in all_commands()) | {"/start"}
+
+
 def command_name(event: TelegramObject) -> str:
-    """A short name of what was asked, for metrics and audit."""
+    """A short name of what was asked, for metrics and audit: one of the bot's own commands or
+    buttons, else ``unknown``, so what a sender types can never add a metric series."""
     if isinstance(event, Message):
         text = event.text or ""
         if text.startswith("/"):
-            return text.split()[0].split("@")[0][:32]
+            command = text.split()[0].split("@")[0]
+            return command if command in _commands() else UNKNOWN
         return "text"
     if isinstance(event, CallbackQuery):
-        return f"button:{(event.data or '?').split(':')[0]}"
+        prefix = (event.data or "").split(":")[0]
+        return f"button:{prefix if prefix in _BUTTONS else UNKNOWN}"
     return type(event).__name__
 
 
