@@ -53,6 +53,17 @@ async def wait_healthy(url: str, proc: subprocess.Popen[bytes]) -> None:
     raise AssertionError("lunia run did not become ready")
 
 
+async def outbox_empty(url: str) -> None:
+    """Wait until the instance's ``/metrics`` shows no message waiting in the telegram outbox."""
+    async with httpx.AsyncClient() as client:
+        for _ in range(300):
+            metrics = (await client.get(f"{url}/metrics", timeout=1)).text
+            if 'outbox_depth{channel="telegram"} 0.0' in metrics.splitlines():
+                return
+            await asyncio.sleep(0.1)
+    raise AssertionError("the telegram outbox did not empty")
+
+
 async def test_queued_messages_survive_kill_9(tmp_path: Path) -> None:
     async with FakeTelegram() as fake:
         fake.set_offline(True, mode="502")
@@ -95,7 +106,8 @@ async def test_queued_messages_survive_kill_9(tmp_path: Path) -> None:
                 return titles if len(titles) >= 3 else None
 
             await fake.wait_for(delivered, timeout=30)
-            await asyncio.sleep(1.5)  # anything duplicated would show up now
+            # Once the outbox is empty nothing is left that could be sent a second time.
+            await outbox_empty(url)
             titles = delivered() or []
             for i in range(3):
                 assert sum(f"Queued{i}" in t for t in titles) == 1, titles
