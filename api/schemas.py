@@ -106,6 +106,15 @@ class AskIn(BaseModel):
     question: str = Field(min_length=1, max_length=2000, examples=["what's our PnL?"])
 
 
+class ExecuteIn(BaseModel):
+    """Body of ``POST /api/v1/assistant/execute``: a proposal as an answer gave it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    proposal: ProposedAction
+    confirm: bool = Field(default=False, description="needed where the action asks for it (409)")
+
+
 class TokenIssue(BaseModel):
     """What to issue: a name, a role and a lifetime."""
 

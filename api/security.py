@@ -1,8 +1,9 @@
 """HTTP hardening middlewares: security headers on every response, per-token rate limits.
 
 Both are on in every mode (they are harmless in development). The rate limit keys on the bearer
-token's sha256 (the client address when there is none) and uses a moving window from ``limits``;
-alert webhooks are exempt, because an alert storm must be stored, not refused.
+token's sha256 (the client address when there is none) and counts a sliding minute in the store
+(core's ``RateLimiter``), shared by every replica; alert webhooks are exempt, because an alert
+storm must be stored, not refused.
 """
 
 from __future__ import annotations
@@ -11,16 +12,17 @@ import hashlib
 import json
 import logging
 import math
-import time
+from datetime import timedelta
 
-from limits import RateLimitItemPerMinute
-from limits.storage import MemoryStorage
-from limits.strategies import MovingWindowRateLimiter
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from core.errors import StoreError
+from core.security.ratelimit import RateLimiter
 
 logger = logging.getLogger(__name__)
 
 API_PREFIX = "/api/v1/"
+WINDOW = timedelta(minutes=1)
 EXEMPT_PREFIXES = ("/api/v1/alerts/",)
 
 _COMMON_HEADERS = (
@@ -61,17 +63,22 @@ class SecurityHeaders:
 
 
 class RateLimit:
-    """Answers 429 with ``Retry-After`` once a token exceeds its requests per minute on /api/v1."""
+    """Answers 429 with ``Retry-After`` once a token exceeds its requests per minute on /api/v1.
 
-    def __init__(self, app: ASGIApp, per_minute: int) -> None:
+    The count lives in core's ``RateLimiter`` (the store), so every API replica counts into the
+    same window. When the store cannot count (Redis down) requests pass: the limit protects the
+    control plane, and refusing everything during an outage would not.
+    """
+
+    def __init__(self, app: ASGIApp, per_minute: int, limiter: RateLimiter) -> None:
         self.app = app
-        self.item = RateLimitItemPerMinute(per_minute) if per_minute > 0 else None
-        self.limiter = MovingWindowRateLimiter(MemoryStorage())
+        self.per_minute = per_minute
+        self.limiter = limiter
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope.get("path", "")
         if (
-            self.item is None
+            self.per_minute <= 0
             or scope["type"] != "http"
             or not path.startswith(API_PREFIX)
             or path.startswith(EXEMPT_PREFIXES)
@@ -79,13 +86,18 @@ class RateLimit:
             await self.app(scope, receive, send)
             return
         key = _caller_key(scope)
-        if self.limiter.hit(self.item, key):
+        try:
+            hit = await self.limiter.hit(key, limit=self.per_minute, window=WINDOW)
+        except StoreError as exc:
+            logger.warning("rate limit not counted (%s); request let through", exc)
             await self.app(scope, receive, send)
             return
-        reset = self.limiter.get_window_stats(self.item, key).reset_time
-        retry_after = max(1, math.ceil(reset - time.time()))
+        if hit.allowed:
+            await self.app(scope, receive, send)
+            return
+        retry_after = max(1, math.ceil(hit.retry_after))
         logger.warning("rate limit hit on %s for caller %s", path, key[:16])
-        await _too_many(send, self.item.amount, retry_after)
+        await _too_many(send, self.per_minute, retry_after)
 
 
 def _caller_key(scope: Scope) -> str:

@@ -91,7 +91,7 @@ class TelegramBot:
             plane.telegram_delivery,
             self.outbox,
             self.signer,
-            Confirmations(),
+            Confirmations(plane.confirmations),
             self.health,
             diagnose=diagnose,
         )

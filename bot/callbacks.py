@@ -2,7 +2,8 @@
 
 Every button's data carries an HMAC (key from the state dir) so a crafted press is refused; all
 of it fits Telegram's 64 bytes. Confirmations are single-use tokens bound to the user who asked,
-so a forwarded, replayed or someone else's press is refused.
+so a forwarded, replayed or someone else's press is refused; they live in the store, so any
+replica can take a press.
 """
 
 from __future__ import annotations
@@ -10,15 +11,19 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import secrets
-import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
+from typing import Any
 
+from aiogram import Bot, Dispatcher
 from aiogram.filters.callback_data import CallbackData
-from aiogram.types import InlineKeyboardButton, InlineKeyboardMarkup
+from aiogram.types import CallbackQuery, InlineKeyboardButton, InlineKeyboardMarkup, Update
 
+from core.errors import OperationError
 from core.models.incidents import Incident, IncidentAction
+from core.security.confirmations import ConfirmationService
 
 MAX_DATA = 64
 
@@ -109,33 +114,65 @@ def incident_keyboard(
     return InlineKeyboardMarkup(inline_keyboard=[row for row in rows if row])
 
 
-Action = Callable[[], Awaitable[str]]
+# The update being handled (set by the access middleware), and whether it is being replayed
+# after its asker confirmed: what a confirmation keeps, and how it is carried out.
+_HANDLING: ContextVar[Update | None] = ContextVar("lunia_bot_update", default=None)
+_CONFIRMED: ContextVar[bool] = ContextVar("lunia_bot_confirmed", default=False)
+
+
+@contextmanager
+def handling(update: Update | None) -> Iterator[None]:
+    """Mark ``update`` as the one being handled, for a confirmation it may ask for."""
+    token = _HANDLING.set(update)
+    try:
+        yield
+    finally:
+        _HANDLING.reset(token)
 
 
 @dataclass
 class Pending:
-    """A dangerous action waiting for its asker's confirmation."""
+    """A confirmed request: who asked, what for, and the update that asked (to replay)."""
 
     user_id: int
     description: str
-    action: Action
-    expires: float
+    update: dict[str, Any]
+
+    @property
+    def answers_press(self) -> bool:
+        """A replayed button press answers the Confirm press itself."""
+        return "callback_query" in self.update
 
 
 class Confirmations:
-    """Single-use confirmation tokens, bound to a user, expiring after ``ttl`` seconds."""
+    """Single-use confirmation tokens bound to a user, expiring after ``ttl`` seconds.
 
-    def __init__(self, ttl: float = 120.0) -> None:
-        self.ttl = ttl
-        self._pending: dict[str, Pending] = {}
+    They are kept by core's ``ConfirmationService`` (in the store), so a Confirm press that
+    reaches another replica works: what it confirms is the update that asked, handled again
+    with ``confirmed()`` true, so the handler's action runs with ``confirm=True``.
+    """
 
-    def ask(self, user_id: int, description: str, action: Action) -> str:
-        """Register ``action`` and return its token."""
-        now = time.monotonic()
-        self._pending = {k: v for k, v in self._pending.items() if v.expires > now}
-        token = secrets.token_urlsafe(9)
-        self._pending[token] = Pending(user_id, description, action, now + self.ttl)
-        return token
+    def __init__(self, service: ConfirmationService) -> None:
+        self._service = service
+
+    @property
+    def ttl(self) -> float:
+        """Seconds a confirmation stays valid."""
+        return self._service.ttl.total_seconds()
+
+    @staticmethod
+    def confirmed() -> bool:
+        """True while a confirmed request is being replayed."""
+        return _CONFIRMED.get()
+
+    async def ask(self, user_id: int, description: str) -> str:
+        """Keep the update being handled for ``user_id`` to confirm; return the token."""
+        update = _HANDLING.get()
+        if update is None:
+            raise RuntimeError("a confirmation is asked for outside the handling of an update")
+        raw = update.model_dump(mode="json", by_alias=True, exclude_none=True)
+        pending = await self._service.ask(str(user_id), description, {"update": raw})
+        return pending.token
 
     def keyboard(self, signer: Signer, token: str) -> InlineKeyboardMarkup:
         """Confirm / Cancel buttons for ``token``."""
@@ -148,14 +185,25 @@ class Confirmations:
             ]
         )
 
-    def take(self, token: str, user_id: int) -> Pending | str:
-        """The pending action for this user (consumed), or why it cannot be had."""
-        pending = self._pending.get(token)
-        if pending is None:
-            return "This confirmation was already used or has expired; ask again."
-        if pending.user_id != user_id:
-            return "Only the person who asked can confirm this."
-        del self._pending[token]
-        if pending.expires < time.monotonic():
-            return "This confirmation has expired; ask again."
-        return pending
+    async def take(self, token: str, user_id: int) -> Pending | str:
+        """The pending request for this user (consumed), or why it cannot be had."""
+        try:
+            taken = await self._service.take(token, str(user_id))
+        except OperationError as exc:
+            return exc.message
+        return Pending(user_id, taken.description, taken.payload["update"])
+
+    @staticmethod
+    async def replay(
+        pending: Pending, dispatcher: Dispatcher, bot: Bot, press: CallbackQuery
+    ) -> None:
+        """Handle the asking update again, confirmed; a button press answers ``press``."""
+        raw = dict(pending.update)
+        if pending.answers_press:  # the original press was answered long ago
+            raw["callback_query"] = {**raw["callback_query"], "id": press.id}
+        update = Update.model_validate(raw, context={"bot": bot})
+        token = _CONFIRMED.set(True)
+        try:
+            await dispatcher.feed_update(bot, update)
+        finally:
+            _CONFIRMED.reset(token)

@@ -15,7 +15,7 @@ from typing import Any
 from aiogram import BaseMiddleware
 from aiogram.types import CallbackQuery, Message, TelegramObject, User
 
-from bot.callbacks import ConfirmButton, IncidentButton, ProposalButton
+from bot.callbacks import ConfirmButton, IncidentButton, ProposalButton, handling
 from bot.handlers import all_commands
 from bot.ui import Ui
 from core.control_plane import ControlPlane
@@ -93,7 +93,8 @@ class AccessMiddleware(BaseMiddleware):
             return None
         data["actor"] = actor
         try:
-            result = await handler(event, data)
+            with handling(data.get("event_update")):  # what a confirmation would replay
+                result = await handler(event, data)
         except OperationError:
             metrics.telegram_commands.labels(name, "refused").inc()
             raise

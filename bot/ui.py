@@ -16,7 +16,7 @@ from bot.callbacks import Confirmations, Signed, Signer
 from bot.render import split_html
 from core.errors import ConfirmationRequired
 from core.incidents.delivery import CHANNEL, ChatDeliveryState
-from core.models import Actor, AuditRecord, OutboxMessage
+from core.models import Actor, OutboxMessage
 from core.platform.outbox import OutboxWorker
 
 if TYPE_CHECKING:
@@ -107,15 +107,15 @@ class Ui:
     async def confirm_or_run(
         self, chat_id: int, user_id: int, action: Callable[[bool], Awaitable[str]]
     ) -> None:
-        """Run ``action(False)``; if core says it needs confirmation, ask only this user."""
+        """Run ``action(False)``; if core says it needs confirmation, ask only this user (and
+        once they confirm, this runs again as ``action(True)``)."""
+        if self.confirmations.confirmed():
+            await self.reply(chat_id, await action(True))
+            return
         try:
             await self.reply(chat_id, await action(False))
         except ConfirmationRequired as exc:
-
-            async def confirmed() -> str:
-                return await action(True)
-
-            token = self.confirmations.ask(user_id, exc.message, confirmed)
+            token = await self.confirmations.ask(user_id, exc.message)
             await self.reply(
                 chat_id,
                 f"⚠️ {escape(exc.message, quote=False)}\nOnly you can confirm, within "
@@ -147,16 +147,14 @@ class Ui:
         """True when the press carries our signature; otherwise refuse, audit and count it."""
         if self.signer.verify(data):
             return True
-        await plane.audit.record(
-            AuditRecord(
-                actor=actor,
-                action="telegram.forged_button",
-                target=str(query.data)[:64],
-                outcome="denied",
-                detail="button signature did not verify",
-            )
+        await plane.refusals.record(
+            actor,
+            "telegram.forged_button",
+            "forged_callback",
+            channel="telegram",
+            target=str(query.data)[:64],
+            detail="button signature did not verify",
         )
-        plane.metrics.auth_denied.labels("telegram", "forged_callback").inc()
         await query.answer("Refused: this button was not issued by this bot.", show_alert=True)
         return False
 

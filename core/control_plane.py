@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from datetime import timedelta
@@ -26,28 +25,28 @@ from core.backups import (
 )
 from core.config.hardening import check_production
 from core.config.settings import Settings
-from core.errors import ConfigError, StoreError
-from core.flags import FlagService, FlagState
+from core.errors import ConfigError
+from core.flags import FlagService
 from core.incidents import email as security_mail
 from core.incidents import pagerduty
 from core.incidents.alertmanager import AlertmanagerClient
 from core.incidents.delivery import ChatDeliveryState
 from core.incidents.service import IncidentService
 from core.models import Actor, OutboxItem
-from core.models.alerts import Severity
 from core.models.incidents import Rules
-from core.models.ops import ChecklistItem, Mark, StatusLine
 from core.ops.access_review import AccessReviewService, render_markdown
 from core.ops.checklist import ChecklistService
 from core.ops.jobs import JobService
+from core.ops.quiesce import RestoreQuiesce
 from core.ops.redis_outage import RedisWatch
 from core.ops.self_healing import SelfHealingService
 from core.ops.signal_health import SignalHealthService
 from core.ops.slo import SloGuard
 from core.ops.status import StatusService
+from core.ops.store_health import StoreHealth
 from core.platform.bus import Bus, InProcessBus
 from core.platform.bus_redis import RedisStreamsBus
-from core.platform.health import ComponentHealth, HealthService, Status
+from core.platform.health import HealthService
 from core.platform.lease import Lease
 from core.platform.metrics import Metrics
 from core.platform.outbox import Delivery, OutboxWorker
@@ -125,17 +124,17 @@ class ControlPlane:
         self._leading: asyncio.Task[None] | None = None
         self._closing = False
         self.scheduler = Scheduler(self.metrics)
-        self.alertmanager = (
+        self._alertmanager = (
             AlertmanagerClient(settings.alertmanager_url) if settings.alertmanager_url else None
         )
-        self.pagerduty: pagerduty.PagerDutySender | None = None
-        self.pagerduty_outbox: OutboxWorker | None = None
+        self._pagerduty: pagerduty.PagerDutySender | None = None
+        self._pagerduty_outbox: OutboxWorker | None = None
         if settings.pagerduty_routing_key is not None:
-            self.pagerduty = pagerduty.PagerDutySender(
+            self._pagerduty = pagerduty.PagerDutySender(
                 settings.pagerduty_events_url, settings.pagerduty_routing_key, self.metrics
             )
-            self.pagerduty_outbox = OutboxWorker(
-                self.store, pagerduty.CHANNEL, self.pagerduty.deliver, self.metrics
+            self._pagerduty_outbox = OutboxWorker(
+                self.store, pagerduty.CHANNEL, self._pagerduty.deliver, self.metrics
             )
         self.security_mail_outbox: OutboxWorker | None = None
         if settings.smtp_host:
@@ -143,7 +142,7 @@ class ControlPlane:
                 self.store, security_mail.CHANNEL, self._send_security_mail, self.metrics
             )
         # With Redis, writes that must not be lost are spooled locally while it is unreachable.
-        self.spool = (
+        self._spool = (
             LocalSpool(settings.lunia_state_dir / "spool.db") if settings.enable_redis else None
         )
         self.incidents = IncidentService(
@@ -154,10 +153,10 @@ class ControlPlane:
                 reopen_window=timedelta(minutes=settings.incident_reopen_minutes),
                 escalation=settings.escalation_policy,
             ),
-            alertmanager=self.alertmanager,
-            pagerduty_outbox=self.pagerduty_outbox,
+            alertmanager=self._alertmanager,
+            pagerduty_outbox=self._pagerduty_outbox,
             security_mail_outbox=self.security_mail_outbox,
-            spool=self.spool,
+            spool=self._spool,
         )
         self.scheduler.every(
             "escalation", settings.escalation_check_seconds, self.incidents.run_deadlines
@@ -165,7 +164,7 @@ class ControlPlane:
         # The chat channel's own durable state (shown messages, cursor, outbox): the bot's only
         # way to the store.
         self.telegram_delivery = ChatDeliveryState(self.store, self.metrics)
-        if self.alertmanager is not None:
+        if self._alertmanager is not None:
             self.scheduler.every(
                 "alertmanager-silences",
                 settings.silence_sync_seconds,
@@ -181,10 +180,10 @@ class ControlPlane:
                 self.incidents,
                 self.trading,
                 self.metrics,
-                self.spool,
+                self._spool,
                 interval=settings.redis_check_seconds,
             )
-            if self.spool is not None
+            if self._spool is not None
             else None
         )
         self.scheduler.every("venue-probe", settings.venue_probe_seconds, self.venues.probe)
@@ -193,7 +192,8 @@ class ControlPlane:
             "order-sync", settings.venue_probe_seconds, self.trading.sync_open_orders
         )
         # Backups, verification and audit exports (runbook §3, §4).
-        self.s3 = S3Client(settings)
+        self._s3 = S3Client(settings)
+        quiesce = RestoreQuiesce(self.scheduler, self.trading, self.incidents)
         self.backups = BackupService(
             settings,
             self.store,
@@ -201,12 +201,18 @@ class ControlPlane:
             self.flags,
             self.incidents,
             self.metrics,
-            s3=self.s3,
-            before_restore=self._before_restore,
-            after_restore=self._after_restore,
+            s3=self._s3,
+            before_restore=quiesce.before,
+            after_restore=quiesce.after,
         )
-        self.exports = AuditExportService(settings, self.audit, self.store, self.metrics, self.s3)
-        self.jobs = JobService(self.scheduler, self.audit, self.metrics)
+        self.exports = AuditExportService(settings, self.audit, self.store, self.metrics, self._s3)
+        self.jobs = JobService(
+            self.scheduler,
+            self.audit,
+            self.metrics,
+            self.incidents,
+            own_incidents=JOBS_WITH_OWN_INCIDENTS,  # the backup service raises its own
+        )
         self.scheduler.every(
             JOB_BACKUP, settings.backup_interval_minutes * 60, self.backups.scheduled_backup
         )
@@ -217,16 +223,16 @@ class ControlPlane:
         self.scheduler.cron(
             JOB_EXPORT, self.exports.scheduled_export, day_of_week="mon", hour=4, minute=0
         )
-        self.scheduler.on_outcome_change(self._job_outcome)
-        self.flags.subscribe(self._flag_changed)
+        self.jobs.watch_outcomes()
         self.health = HealthService(self.metrics, interval=settings.health_check_interval_seconds)
         self.status = StatusService(self.health, self.incidents, self.flags)
         self.checklist = ChecklistService(self.health, self.incidents)
-        self.status.register("engine", self._engine_status)
-        self.checklist.register("engine", self._engine_checklist)
-        self.health.register("store", self._check_store)
-        self.health.register("redis", self._check_redis, critical=False)
-        self.health.register("telegram", self._check_telegram, critical=False)
+        self.status.register("engine", self.trading.status_lines)
+        self.checklist.register("engine", self.trading.checklist_items)
+        self._store_health = StoreHealth(
+            settings, self.store, self.incidents, self.metrics, self.bus, self.redis_watch
+        )
+        self._store_health.register(self.health)
         self.health.register("backups", self.backups.health, critical=False)
         self.status.register("backups", self.backups.status_lines)
         self.checklist.register("backups", self.backups.checklist_items)
@@ -263,6 +269,9 @@ class ControlPlane:
             self.incidents,
             self.metrics,
             redactor,
+            trading=self.trading,
+            venues=self.venues,
+            backups=self.backups,
         )
         if self.assistant.configured:
             self.scheduler.every("llm-probe", settings.llm_probe_seconds, self.assistant.probe)
@@ -297,7 +306,6 @@ class ControlPlane:
             self._register_engine_duties()
         else:
             self.backups.schedules = False
-        self._restore_set_read_only = False
         self.ready = False
         self._stack = AsyncExitStack()
 
@@ -315,20 +323,22 @@ class ControlPlane:
                 await self.redis_watch.check()  # down already? then start read-only
                 for task in (
                     asyncio.create_task(self.redis_watch.run(), name="redis-watch"),
-                    asyncio.create_task(self._follow_shared_state(), name="shared-state"),
+                    asyncio.create_task(
+                        self.trading.follow_shared_state(FLAG_RELOAD_SECONDS), name="shared-state"
+                    ),
                 ):
                     self._stack.push_async_callback(cancel_and_wait, task)
             else:
                 self.metrics.redis_status.state("disabled")
             await self.bus.start()
             self._stack.push_async_callback(self.bus.close)
-            for client in (self.alertmanager, self.pagerduty):
+            for client in (self._alertmanager, self._pagerduty):
                 if client is not None:
                     self._stack.push_async_callback(client.close)
             await self.venues.start()
             self._stack.push_async_callback(self.venues.close)
             await self.trading.reload()  # halt and core switches, also where no loop runs
-            self._stack.push_async_callback(self.s3.close)
+            self._stack.push_async_callback(self._s3.close)
             await self.backups.start()
             await self.assistant.start()
             self._stack.push_async_callback(self.assistant.close)
@@ -368,7 +378,7 @@ class ControlPlane:
 
         self.duties.add("trading", self.trading.start, stop_trading)
         self.duties.add("scheduler", start_scheduler, stop_scheduler)
-        for outbox in (self.pagerduty_outbox, self.security_mail_outbox):
+        for outbox in (self._pagerduty_outbox, self.security_mail_outbox):
             if outbox is not None:
                 self.duties.add(f"outbox:{outbox.channel}", *self._outbox_duty(outbox))
 
@@ -405,6 +415,7 @@ class ControlPlane:
             on_lost=self._stand_by,
         )
         self.trading.set_fence(self.lease.check)
+        self._store_health.follow_lease(self.lease)
         await self.lease.start()
         logger.info("waiting for the %s lease (held by one replica at a time)", lease_name)
 
@@ -433,63 +444,6 @@ class ControlPlane:
         if self.lease is not None:
             await self.lease.close()
 
-    async def _follow_shared_state(self) -> None:
-        """With Redis, other replicas change engine state: adopt halt, core switches and the
-        active venue from the store as often as flags are reloaded."""
-        while True:
-            await asyncio.sleep(FLAG_RELOAD_SECONDS)
-            try:
-                await self.trading.reload()
-                await self.venues.reload()
-            except StoreError as exc:
-                logger.warning("could not reload shared engine state: %s", exc)
-
-    async def _flag_changed(self, state: FlagState, actor: Actor) -> None:
-        """Flags whose effect the control plane itself carries out."""
-        if state.name == "LLM_RATE_LIMITED":
-            self.assistant.refresh_gauges()  # 1 while the flag is on or the circuit is open
-
-    async def _engine_status(self) -> list[StatusLine]:
-        """PnL, exposure, active venue and engine state for ``/status``."""
-        pnl = await self.trading.pnl("24h")
-        exposure = self.trading.exposure()
-        venues = self.venues.status()
-        state = self.trading.state()
-        lines = [
-            StatusLine(label="PnL", value=f"{pnl.total:+,.2f} USDT"),
-            StatusLine(
-                label="exposure",
-                value=f"{exposure.total:,.2f} / {exposure.limit:,.0f} USDT",
-                ok=exposure.total <= exposure.limit,
-            ),
-            StatusLine(
-                label="venue",
-                value=venues.active + (" (failed over)" if venues.failed_over else ""),
-                ok=not venues.failed_over,
-            ),
-        ]
-        if state.halted or state.read_only:
-            why = state.halt_reason if state.halted else state.read_only_reason
-            lines.append(
-                StatusLine(
-                    label="trading",
-                    ok=False,
-                    value=f"{'HALTED' if state.halted else 'READ-ONLY'}: {why}",
-                )
-            )
-        return lines
-
-    async def _engine_checklist(self) -> list[ChecklistItem]:
-        """Key metrics of runbook §1 (core_pnl, risk_exposure) and the venue in use."""
-        return [
-            ChecklistItem(
-                name=f"key metrics: {line.label}",
-                reason=line.value,
-                mark=Mark.OK if line.ok else Mark.WARN,
-            )
-            for line in await self._engine_status()
-        ]
-
     async def _send_security_mail(self, item: OutboxItem) -> Delivery:
         """Deliver a queued security email (built late: it needs the access review)."""
 
@@ -498,97 +452,3 @@ class ControlPlane:
 
         mailer = security_mail.SecurityMailer(self.settings, self.incidents.get, report)
         return await mailer.deliver(item)
-
-    async def _job_outcome(self, job: str, error: BaseException | None) -> None:
-        """A failing scheduled job is an incident; its next success resolves it."""
-        if job in JOBS_WITH_OWN_INCIDENTS:
-            return  # the backup service raises (and clears) its own, more precise incidents
-        key, title = f"job:{job}", f"Scheduled job {job} failing"
-        if error is None:
-            await self.incidents.clear_engine(key, title, "the job succeeded again")
-        else:
-            await self.incidents.raise_engine(
-                key,
-                title,
-                Severity.WARNING,
-                f"{type(error).__name__}: {error}",
-                labels={"job": job},
-            )
-
-    async def _before_restore(self, actor: Actor) -> None:
-        """Quiesce for a restore: hold scheduled jobs, refuse new orders while state is swapped."""
-        self.scheduler.pause()
-        self._restore_set_read_only = not self.trading.state().read_only
-        if self._restore_set_read_only:
-            await self.trading.enter_read_only("a backup is being restored", actor)
-
-    async def _after_restore(self, actor: Actor) -> None:
-        """Resume after a restore (restored or rolled back): orders, jobs, gauges."""
-        if self._restore_set_read_only:
-            self._restore_set_read_only = False
-            await self.trading.leave_read_only(actor)
-        counts = await self.store.count_open_incidents()
-        for severity, count in counts.items():
-            self.metrics.incidents_open.labels(severity.value).set(count)
-        self.scheduler.resume()
-
-    async def _check_store(self) -> ComponentHealth:
-        if self.redis_watch is not None and self.redis_watch.down:
-            # Degraded, not down: reads go on and writes are spooled, so orchestrators must not
-            # restart the process over it.
-            return ComponentHealth(
-                status=Status.DEGRADED,
-                detail=f"Redis unreachable: read-only, writes spooled ({self.redis_watch.reason})",
-            )
-        await self.store.ping()
-        if self.settings.enable_redis:  # other replicas change incidents: keep the gauge true
-            for severity, count in (await self.incidents.count_open()).items():
-                self.metrics.incidents_open.labels(severity.value).set(count)
-        where = "redis" if self.settings.enable_redis else f"sqlite {self.settings.db_path}"
-        return ComponentHealth(status=Status.OK, detail=where)
-
-    async def _check_redis(self) -> ComponentHealth:
-        """Ping Redis (latency, errors, ``redis_status``) and export lease and bus figures."""
-        if not self.settings.enable_redis:
-            return ComponentHealth(
-                status=Status.DISABLED, detail="ENABLE_REDIS=false: embedded mode"
-            )
-        watch = self.redis_watch
-        spooled = await watch.spool.depth() if watch is not None else 0
-        self.metrics.spool_depth.labels("writes").set(spooled)
-        started = time.perf_counter()
-        try:
-            await self.store.ping()
-        except StoreError as exc:
-            self.metrics.redis_errors.inc()
-            return ComponentHealth(
-                status=Status.DOWN,
-                detail=f"unreachable ({exc}); trading read-only, {spooled} write(s) spooled",
-            )
-        latency = time.perf_counter() - started
-        self.metrics.redis_latency.observe(latency)
-        parts = [f"ping {latency * 1000:.1f} ms"]
-        if spooled:
-            parts.append(f"{spooled} spooled write(s) being replayed")
-        if self.lease is not None:
-            name = self.lease.name
-            self.metrics.lease_leader.labels(name).set(1 if self.lease.is_leader else 0)
-            self.metrics.lease_term.labels(name).set(self.lease.highest_term)
-            holder = "this replica" if self.lease.is_leader else (self.lease.holder or "nobody")
-            parts.append(f"{name} lease: {holder} (term {self.lease.highest_term})")
-        if isinstance(self.bus, RedisStreamsBus):
-            await self.bus.export_metrics(self.metrics)
-            self.metrics.spool_depth.labels("events").set(self.bus.spooled())
-            stats = await self.bus.group_stats()
-            if stats:
-                parts.append(
-                    "bus " + ", ".join(f"{g.group} lag {g.lag} pending {g.pending}" for g in stats)
-                )
-        return ComponentHealth(status=Status.OK, detail="; ".join(parts))
-
-    async def _check_telegram(self) -> ComponentHealth:
-        if self.settings.telegram_bot_token is None:
-            return ComponentHealth(
-                status=Status.DISABLED, detail="no TELEGRAM_BOT_TOKEN: the bot is off"
-            )
-        return ComponentHealth(status=Status.DEGRADED, detail="bot not started in this process")

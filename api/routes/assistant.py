@@ -1,4 +1,5 @@
-"""The assistant over HTTP: ask a question, diagnose an incident, see which assistant answers."""
+"""The assistant over HTTP: ask a question, diagnose an incident, carry out a proposal, see
+which assistant answers."""
 
 from __future__ import annotations
 
@@ -6,9 +7,9 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from api.deps import PlaneDep, ViewerDep
-from api.schemas import AnswerOut, AskIn, ErrorBody
-from core.assistant.service import AssistantStatus
+from api.deps import ActorDep, PlaneDep, ViewerDep
+from api.schemas import AnswerOut, AskIn, ErrorBody, ExecuteIn
+from core.assistant.service import ActionResult, AssistantStatus
 
 router = APIRouter(tags=["assistant"])
 
@@ -24,6 +25,19 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 async def ask(body: AskIn, plane: PlaneDep, actor: ViewerDep) -> AnswerOut:
     """Ask a question; answered by the LLM, or by the rule-based fallback (``source``)."""
     return AnswerOut.of(await plane.assistant.ask(body.question, actor))
+
+
+@router.post(
+    "/api/v1/assistant/execute",
+    response_model=ActionResult,
+    responses={
+        **_ERRORS,
+        409: {"model": ErrorBody, "description": "confirmation required, or refused in this state"},
+    },
+)
+async def execute(body: ExecuteIn, plane: PlaneDep, actor: ActorDep) -> ActionResult:
+    """Carry out a proposed action as the caller: its role check, audit and confirmation."""
+    return await plane.assistant.execute(body.proposal, actor, confirm=body.confirm)
 
 
 @router.get("/api/v1/assistant", response_model=AssistantStatus, responses=_ERRORS)

@@ -24,4 +24,4 @@ async def run_job(name: str, plane: PlaneDep, actor: ActorDep) -> JobInfo:
 @router.get("", response_model=Items[JobInfo], responses={401: {"model": ErrorBody}})
 async def list_jobs(plane: PlaneDep, _: ViewerDep) -> Items[JobInfo]:
     """Every scheduled job with its last and next run."""
-    return Items[JobInfo](items=plane.scheduler.jobs())
+    return Items[JobInfo](items=plane.jobs.list())

@@ -172,7 +172,7 @@ def _table(headers: list[str], rows: list[str], empty: str) -> str:
 def render_page(report: SignalHealth) -> str:
     """The whole page for one report (every dynamic value escaped)."""
     engine = report.engine
-    mode = "HALTED" if engine.halted else "read-only" if engine.read_only else "trading"
+    mode = engine.mode.value
     header = (
         f'<h1>Signal Health <span class="{report.status}" id="status">{report.status}</span></h1>'
         f'<p class="muted">engine {escape(mode)} on {escape(engine.active_venue)} · '

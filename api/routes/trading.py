@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query
+from pydantic import BeforeValidator
 
 from api.deps import ActorDep, PlaneDep, ViewerDep
 from api.schemas import ConfirmIn, ErrorBody, HaltIn, Items
+from core.models.trading import PnlWindow
 from core.models.venues import OrderRecord, OrderStatus
 from core.trading.engine import EngineState, HaltReport, PnlReport
 from core.trading.risk import ExposureReport
@@ -26,7 +28,10 @@ _ERRORS: dict[int | str, dict[str, object]] = {
 async def pnl(
     plane: PlaneDep,
     _: ViewerDep,
-    window: Annotated[str, Query(pattern="^(24h|7d)$", description="24h or 7d")] = "24h",
+    # Parsed by core's own parser, so a bad window is refused with the message the bot gives.
+    window: Annotated[
+        PnlWindow, BeforeValidator(PnlWindow.parse), Query(description="how far back to look")
+    ] = PnlWindow.DAY,
 ) -> PnlReport:
     """PnL per core now, and its recorded history over the window."""
     return await plane.trading.pnl(window)

@@ -11,6 +11,7 @@ from aiogram.types import CallbackQuery, InlineKeyboardMarkup, Message
 from bot.callbacks import ProposalButton
 from bot.render import e
 from bot.ui import Ui
+from core.assistant.service import ActionResult
 from core.control_plane import ControlPlane
 from core.errors import InvalidInput
 from core.models import Actor
@@ -112,30 +113,41 @@ async def proposal_pressed(
     if not await ui.genuine(query, callback_data, plane, actor):
         return
     chat_id = query.message.chat.id if query.message else query.from_user.id
-    target = callback_data.target
+    proposal = _proposal(callback_data)
 
     async def run(confirm: bool) -> str:
-        match callback_data.kind:
-            case "a":
-                incident = await plane.incidents.acknowledge(int(target), actor)
-                return f"👀 Acknowledged <b>#{incident.id}</b> {e(incident.title)}"
-            case "t":
-                enabled = {"1": True, "0": False}.get(callback_data.enabled)
-                core = await plane.trading.toggle_core(
-                    target, actor, enabled=enabled, confirm=confirm
-                )
-                return f"⚙️ Core <b>{e(core.name)}</b> is now {'on' if core.enabled else 'off'}."
-            case "f":
-                s = await plane.venues.failover(
-                    actor, to=target or None, confirm=confirm, reason="proposed by the assistant"
-                )
-                return f"🔀 Trading on <b>{e(s.active)}</b> now."
-            case _:
-                backup = await plane.backups.create(actor)
-                return f"💾 Backup <code>{e(backup.id)}</code> taken."
+        return _done_html(await plane.assistant.execute(proposal, actor, confirm=confirm))
 
     await ui.confirm_or_run(chat_id, query.from_user.id, run)
     await query.answer("Done, or waiting for your confirmation below.")
+
+
+def _proposal(data: ProposalButton) -> ProposedAction:
+    """The proposal a button carries (its kind, target and, for a core, the state to set)."""
+    kind = next((k for k, letter in _KINDS.items() if letter == data.kind), None)
+    if kind is None:
+        raise InvalidInput("this button names no action I know; ask again")
+    enabled = {"1": True, "0": False}.get(data.enabled)
+    return ProposedAction(
+        kind=kind,
+        target=data.target,
+        args={} if enabled is None else {"enabled": enabled},
+        reason="proposed by the assistant",
+    )
+
+
+def _done_html(result: ActionResult) -> str:
+    """What the action did, for chat."""
+    if result.incident is not None:
+        return f"👀 Acknowledged <b>#{result.incident.id}</b> {e(result.incident.title)}"
+    if result.core is not None:
+        state = "on" if result.core.enabled else "off"
+        return f"⚙️ Core <b>{e(result.core.name)}</b> is now {state}."
+    if result.venues is not None:
+        return f"🔀 Trading on <b>{e(result.venues.active)}</b> now."
+    if result.backup is not None:
+        return f"💾 Backup <code>{e(result.backup.id)}</code> taken."
+    return e(result.summary)
 
 
 def router() -> Router:

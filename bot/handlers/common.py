@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from aiogram import F, Router
+from aiogram import Bot, Dispatcher, F, Router
 from aiogram.filters import Command
 from aiogram.types import CallbackQuery, Message
 
@@ -12,7 +12,7 @@ from bot.callbacks import ConfirmButton
 from bot.render import e
 from bot.ui import Ui
 from core.control_plane import ControlPlane
-from core.models import Actor, AuditRecord
+from core.models import Actor
 
 logger = logging.getLogger(__name__)
 
@@ -56,21 +56,23 @@ def router() -> Router:
         plane: ControlPlane,
         ui: Ui,
         actor: Actor,
+        dispatcher: Dispatcher,
+        bot: Bot,
     ) -> None:
-        """Carry out (or drop) a pending dangerous action, for its asker only."""
+        """Carry out (or drop) a pending dangerous action, for its asker only (the press may
+        reach any replica: confirmations live in the store)."""
         if not await ui.genuine(query, callback_data, plane, actor):
             return
         user_id = query.from_user.id
-        pending = ui.confirmations.take(callback_data.token, user_id)
+        pending = await ui.confirmations.take(callback_data.token, user_id)
         if isinstance(pending, str):
-            await plane.audit.record(
-                AuditRecord(
-                    actor=actor,
-                    action="telegram.confirmation_refused",
-                    target=callback_data.token,
-                    outcome="denied",
-                    detail=pending,
-                )
+            await plane.refusals.record(
+                actor,
+                "telegram.confirmation_refused",
+                "confirmation",
+                channel="telegram",
+                target=callback_data.token,
+                detail=pending,
             )
             await query.answer(pending, show_alert=True)
             return
@@ -79,9 +81,10 @@ def router() -> Router:
             await query.answer("Cancelled.")
             await ui.reply(chat_id, f"Cancelled: {e(pending.description)}")
             return
-        result = await pending.action()
-        await query.answer("Done.")
-        await ui.reply(chat_id, result)
+        if not pending.answers_press:
+            await query.answer("Confirmed.")
+        # The request that asked is handled again, confirmed: its handler replies (or refuses).
+        await ui.confirmations.replay(pending, dispatcher, bot, query)
 
     @r.message(F.text.startswith("/"))
     async def unknown_command(message: Message, ui: Ui) -> None:

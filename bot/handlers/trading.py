@@ -15,6 +15,7 @@ from bot.ui import Ui
 from core.control_plane import ControlPlane
 from core.errors import InvalidInput
 from core.models import Actor
+from core.models.trading import PnlWindow
 
 COMMANDS = [
     ("venues", "venues: health, latency, errors, which is active"),
@@ -22,7 +23,7 @@ COMMANDS = [
     ("failback", "return to the primary venue (operator)"),
     ("cores", "strategy cores: on/off, essential, PnL"),
     ("toggle", "switch a core on/off: /toggle NAME (operator)"),
-    ("pnl", "PnL chart: /pnl [24h|7d]"),
+    ("pnl", f"PnL chart: /pnl [{'|'.join(PnlWindow)}]"),
     ("exposure", "open exposure against the risk limits"),
     ("orders", "latest orders: /orders [N]"),
     ("halt", "kill switch: disable every core, cancel open orders (admin, confirmed)"),
@@ -108,16 +109,13 @@ async def toggle(
 
 async def pnl(message: Message, command: CommandObject, plane: ControlPlane, ui: Ui) -> None:
     """A PnL chart with a one-line summary."""
-    window = (command.args or "24h").strip()
-    if window not in ("24h", "7d"):
-        raise InvalidInput("usage: /pnl [24h|7d]")
-    report = await plane.trading.pnl(window)
+    report = await plane.trading.pnl(command.args or PnlWindow.DAY)
     png = await asyncio.to_thread(pnl_png, report)
     per_core = ", ".join(f"{e(c.core)} {c.total:+,.2f}" for c in report.cores)
     await ui.photo(
         message.chat.id,
         png,
-        f"💰 PnL now <b>{report.total:+,.2f} USDT</b> ({per_core}); last {window}",
+        f"💰 PnL now <b>{report.total:+,.2f} USDT</b> ({per_core}); last {report.window}",
     )
 
 

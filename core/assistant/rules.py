@@ -19,6 +19,7 @@ from typing import Any
 from core.assistant.tools import Toolbox
 from core.models import Actor
 from core.models.assistant import ActionKind, AnswerSection, ProposedAction, ToolResult
+from core.models.trading import PnlWindow, TradingMode
 
 
 @dataclass(frozen=True)
@@ -235,8 +236,9 @@ class RuleAssistant:
         run.section("What I can answer", items=self.capabilities())
 
     async def _pnl(self, run: _Run, found: IntentMatch) -> None:
-        window = "7d" if re.search(r"\b(7d|week|weekly|7 days)\b", found.topic) else "24h"
-        data = await run.tool("pnl", window=window)
+        weekly = re.search(r"\b(7d|week|weekly|7 days)\b", found.topic)
+        window = PnlWindow.WEEK if weekly else PnlWindow.DAY
+        data = await run.tool("pnl", window=window.value)
         if data is None:
             return
         run.section(
@@ -257,9 +259,10 @@ class RuleAssistant:
         share = report["total"] / report["limit"] * 100 if report["limit"] else 0.0
         lines = [f"Total exposure: {report['total']:,.2f} USDT of {report['limit']:,.2f} USDT "
                  f"limit ({share:.1f}%)."]  # fmt: skip
-        if engine.get("halted"):
+        mode = TradingMode(engine.get("mode", TradingMode.TRADING))
+        if mode is TradingMode.HALTED:
             lines.append(f"The engine is HALTED: {engine.get('halt_reason') or 'no reason given'}.")
-        if engine.get("read_only"):
+        elif mode is TradingMode.READ_ONLY:
             lines.append(f"The engine is READ-ONLY: {engine.get('read_only_reason')}.")
         items = [
             f"{s['symbol']}: {s['quantity']:.8g} @ {s['price'] or 0:,.2f} = "

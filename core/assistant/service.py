@@ -35,16 +35,27 @@ from core.assistant.llm import LlmClient
 from core.assistant.rules import RuleAssistant, RuleReply
 from core.assistant.runbook import Runbook
 from core.assistant.tools import PROPOSE, Redactor, Toolbox
+from core.backups import BackupInfo, BackupService
 from core.config.settings import Settings
 from core.errors import InvalidInput, LlmError, LlmRateLimited, LlmRejected, LuniaError
-from core.flags import FlagService
+from core.flags import FlagService, FlagState
 from core.incidents.service import IncidentService
 from core.models import Actor, Role
 from core.models.alerts import AlertSource, Severity
-from core.models.assistant import Answer, AnswerSection, ProposedAction, ToolResult, render
+from core.models.assistant import (
+    ActionKind,
+    Answer,
+    AnswerSection,
+    ProposedAction,
+    ToolResult,
+    render,
+)
+from core.models.incidents import Incident
 from core.platform.circuit import CircuitBreaker, CircuitState
 from core.platform.metrics import Metrics
 from core.security.access import require
+from core.trading.engine import CoreInfo, TradingEngine
+from core.trading.venues.service import VenueService, VenuesStatus
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +99,18 @@ class AssistantStatus(BaseModel):
     answering_with: str
 
 
+class ActionResult(BaseModel):
+    """What carrying out a proposed action did: a one-line summary and the object it changed."""
+
+    kind: ActionKind
+    target: str
+    summary: str
+    incident: Incident | None = None
+    core: CoreInfo | None = None
+    venues: VenuesStatus | None = None
+    backup: BackupInfo | None = None
+
+
 @dataclass
 class _LlmRun:
     """One question's conversation with the model."""
@@ -127,9 +150,16 @@ class AssistantService:
         incidents: IncidentService,
         metrics: Metrics,
         redactor: Redactor,
+        *,
+        trading: TradingEngine,
+        venues: VenueService,
+        backups: BackupService,
     ) -> None:
         self._settings = settings
         self.toolbox = toolbox
+        self._trading = trading
+        self._venues = venues
+        self._backups = backups
         self._rules = RuleAssistant(toolbox)
         self._flags = flags
         self._incidents = incidents
@@ -143,6 +173,7 @@ class AssistantService:
         self._incident_open = False
         # Answers given since start, by who gave them ("llm" or "fallback").
         self.answers: Counter[str] = Counter()
+        flags.subscribe(self._flag_changed)
 
     @property
     def runbook(self) -> Runbook:
@@ -412,6 +443,10 @@ class AssistantService:
         await self._llm_succeeded()
         return True
 
+    async def _flag_changed(self, state: FlagState, actor: Actor) -> None:
+        if state.name == FLAG:
+            self.refresh_gauges()  # 1 while the flag is on or the circuit is open
+
     def refresh_gauges(self) -> None:
         """``llm_rate_limited`` is 1 while the flag is on or the circuit is not closed."""
         limited = self._flags.enabled(FLAG) or self.circuit.state is not CircuitState.CLOSED
@@ -431,6 +466,48 @@ class AssistantService:
             last_error=self.circuit.last_error,
             answering_with="fallback" if blocked else "llm",
         )
+
+    # -- carrying out a proposal -----------------------------------------------------------
+
+    async def execute(
+        self, proposal: ProposedAction, actor: Actor, *, confirm: bool = False
+    ) -> ActionResult:
+        """Carry out a proposed action as ``actor``, through the ordinary operation: its role
+        check and audit, and its confirmation (``ConfirmationRequired`` until ``confirm``)."""
+        target = proposal.target.strip()
+        match proposal.kind:
+            case ActionKind.ACKNOWLEDGE_INCIDENT:
+                if not target.lstrip("#").isdigit():
+                    raise InvalidInput(f"an incident id is a number, not {target!r}")
+                incident = await self._incidents.acknowledge(int(target.lstrip("#")), actor)
+                summary = f"Acknowledged #{incident.id} {incident.title}"
+                return self._acted(proposal, target, summary, incident=incident)
+            case ActionKind.TOGGLE_CORE:
+                if not target:
+                    raise InvalidInput("name the core to switch")
+                enabled = proposal.args.get("enabled")
+                if enabled is not None and not isinstance(enabled, bool):
+                    raise InvalidInput(f"enabled must be true or false, not {enabled!r}")
+                core = await self._trading.toggle_core(
+                    target, actor, enabled=enabled, confirm=confirm
+                )
+                summary = f"Core {core.name} is now {'on' if core.enabled else 'off'}"
+                return self._acted(proposal, target, summary, core=core)
+            case ActionKind.FAILOVER:
+                venues = await self._venues.failover(
+                    actor, to=target or None, confirm=confirm, reason="proposed by the assistant"
+                )
+                summary = f"Trading on {venues.active} now"
+                return self._acted(proposal, target, summary, venues=venues)
+            case ActionKind.BACKUP:
+                backup = await self._backups.create(actor)
+                return self._acted(proposal, target, f"Backup {backup.id} taken", backup=backup)
+
+    def _acted(
+        self, proposal: ProposedAction, target: str, summary: str, **changed: Any
+    ) -> ActionResult:
+        logger.info("carried out the proposal %r: %s", proposal.describe(), summary)
+        return ActionResult(kind=proposal.kind, target=target, summary=summary, **changed)
 
     # -- answers -----------------------------------------------------------------------------
 

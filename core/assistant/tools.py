@@ -30,6 +30,7 @@ from core.incidents.service import IncidentService
 from core.models import Actor, Role
 from core.models.assistant import ActionKind, ProposedAction, ToolResult
 from core.models.incidents import IncidentState
+from core.models.trading import PnlWindow, TradingMode
 from core.platform.health import HealthService, Status
 from core.platform.metrics import Metrics
 from core.security.access import require
@@ -263,7 +264,7 @@ class Toolbox:
                 Tool(
                     "pnl",
                     "PnL per core and in total (USDT) over a window.",
-                    _schema({"window": {"type": "string", "enum": ["24h", "7d"]}}),
+                    _schema({"window": {"type": "string", "enum": [w.value for w in PnlWindow]}}),
                     self._pnl_tool,
                 )
             )
@@ -560,7 +561,7 @@ class Toolbox:
 
     async def _pnl_tool(self, args: dict[str, Any]) -> tuple[Any, str]:
         assert self._trading is not None  # noqa: S101 - registered only with an engine
-        report = await self._trading.pnl(str(args.get("window", "24h")))
+        report = await self._trading.pnl(str(args.get("window", PnlWindow.DAY)))
         data = report.model_dump(mode="json", exclude={"points"})
         data["history_points"] = len(report.points)
         per_core = ", ".join(f"{c.core} {_usdt(c.total)}" for c in report.cores)
@@ -574,10 +575,11 @@ class Toolbox:
             "exposure": report.model_dump(mode="json"),
             "engine": state.model_dump(mode="json"),
         }
-        flags = [n for n, on in (("HALTED", state.halted), ("READ-ONLY", state.read_only)) if on]
+        trading = state.mode is TradingMode.TRADING
         return data, (
             f"exposure {report.total:,.2f} of {report.limit:,.2f} USDT limit over "
-            f"{len(report.symbols)} symbol(s)" + (f"; engine {' '.join(flags)}" if flags else "")
+            f"{len(report.symbols)} symbol(s)"
+            + ("" if trading else f"; engine {state.mode.upper()}")
         )
 
     async def _backups_tool(self, args: dict[str, Any]) -> tuple[Any, str]:

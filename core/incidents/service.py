@@ -456,13 +456,18 @@ class IncidentService:
         for worker in (self._pagerduty, self._security_mail):
             if worker is not None:
                 worker.wake()
-        counts = await self.count_open()
-        for severity, count in counts.items():
-            self._metrics.incidents_open.labels(severity.value).set(count)
+        await self.export_open_counts()
 
     async def count_open(self) -> dict[Severity, int]:
         """Open incidents per severity."""
         return await self._store.count_open_incidents()
+
+    async def export_open_counts(self) -> dict[Severity, int]:
+        """Set ``incidents_open`` from the store (another replica, or a restore, changed it)."""
+        counts = await self.count_open()
+        for severity, count in counts.items():
+            self._metrics.incidents_open.labels(severity.value).set(count)
+        return counts
 
     def _observe(self, event: IncidentEvent) -> None:
         incident = event.incident

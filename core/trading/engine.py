@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from core.config.settings import Settings
 from core.errors import (
@@ -33,6 +33,8 @@ from core.errors import (
 from core.incidents.service import IncidentService
 from core.models import Actor, AuditRecord, Role, utcnow
 from core.models.alerts import Severity
+from core.models.ops import ChecklistItem, Mark, StatusLine
+from core.models.trading import PnlWindow, TradingMode
 from core.models.venues import Order, OrderRecord, OrderRequest, OrderStatus, VenueMode
 from core.platform.metrics import Metrics
 from core.platform.tasks import cancel_and_wait
@@ -47,7 +49,6 @@ from core.trading.venues.service import VenueService
 logger = logging.getLogger(__name__)
 
 HALT_KEY = "engine.halt"
-PNL_WINDOWS = {"24h": timedelta(hours=24), "7d": timedelta(days=7)}
 PNL_RETENTION = timedelta(days=30)
 RATE_WINDOW = timedelta(minutes=5)  # signal and tick rates are averaged over this
 _OPEN = (OrderStatus.NEW, OrderStatus.OPEN)
@@ -83,7 +84,17 @@ class EngineState(BaseModel):
     halt_reason: str = ""
     read_only: bool
     read_only_reason: str = ""
+    mode: TradingMode = Field(
+        description="trading, read-only or halted (a halt outranks read-only mode)"
+    )
     active_venue: str
+
+    @property
+    def why(self) -> str:
+        """Why the engine does not trade now (empty while it trades)."""
+        if self.mode is TradingMode.HALTED:
+            return self.halt_reason or "no reason given"
+        return self.read_only_reason
 
 
 class HaltReport(BaseModel):
@@ -97,7 +108,7 @@ class HaltReport(BaseModel):
 class PnlReport(BaseModel):
     """PnL now per core, and its history over a window (for charts)."""
 
-    window: str
+    window: PnlWindow
     since: datetime
     total: float
     cores: list[CorePnl]
@@ -209,6 +220,17 @@ class TradingEngine:
         if (halted is None) != (self._halt is None) and self._started:
             logger.warning("trading %s by another replica", "HALTED" if halted else "resumed")
         self._halt = halted
+
+    async def follow_shared_state(self, interval: float) -> None:
+        """With Redis, other replicas change engine state: adopt halt, core switches and the
+        active venue from the store every ``interval`` seconds (a task of the control plane)."""
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.reload()
+                await self._venues.reload()
+            except StoreError as exc:
+                logger.warning("could not reload shared engine state: %s", exc)
 
     async def close(self) -> None:
         """Stop every core loop."""
@@ -594,6 +616,15 @@ class TradingEngine:
 
     # -- reading ----------------------------------------------------------------------------
 
+    @property
+    def mode(self) -> TradingMode:
+        """Trading, read-only or halted: the one place this is decided."""
+        if self._halt is not None:
+            return TradingMode.HALTED
+        if self._read_only is not None:
+            return TradingMode.READ_ONLY
+        return TradingMode.TRADING
+
     def state(self) -> EngineState:
         """Halt, read-only mode and the active venue."""
         halt = self._halt or {}
@@ -605,6 +636,7 @@ class TradingEngine:
             halt_reason=str(halt.get("reason", "")),
             read_only=self._read_only is not None,
             read_only_reason=self._read_only or "",
+            mode=self.mode,
             active_venue=self._venues.active_name,
         )
 
@@ -644,12 +676,10 @@ class TradingEngine:
         """Total and per-symbol exposure against the risk limits."""
         return self.risk.report()
 
-    async def pnl(self, window: str = "24h") -> PnlReport:
+    async def pnl(self, window: PnlWindow | str = PnlWindow.DAY) -> PnlReport:
         """PnL per core now, and its recorded history over ``window`` (24h or 7d)."""
-        span = PNL_WINDOWS.get(window.strip().lower())
-        if span is None:
-            raise InvalidInput(f"window must be one of {', '.join(PNL_WINDOWS)}, not {window!r}")
-        since = utcnow() - span
+        window = PnlWindow.parse(window)
+        since = utcnow() - window.delta
         cores = [self.portfolio.pnl(n) for n in sorted(self._cores)]
         return PnlReport(
             window=window,
@@ -658,6 +688,42 @@ class TradingEngine:
             cores=cores,
             points=await self._store.pnl_points(since=since),
         )
+
+    async def status_lines(self) -> list[StatusLine]:
+        """PnL, exposure, active venue and, unless it trades, the engine's mode for ``/status``."""
+        pnl = await self.pnl(PnlWindow.DAY)
+        exposure = self.exposure()
+        venues = self._venues.status()
+        state = self.state()
+        lines = [
+            StatusLine(label="PnL", value=f"{pnl.total:+,.2f} USDT"),
+            StatusLine(
+                label="exposure",
+                value=f"{exposure.total:,.2f} / {exposure.limit:,.0f} USDT",
+                ok=exposure.total <= exposure.limit,
+            ),
+            StatusLine(
+                label="venue",
+                value=venues.active + (" (failed over)" if venues.failed_over else ""),
+                ok=not venues.failed_over,
+            ),
+        ]
+        if state.mode is not TradingMode.TRADING:
+            lines.append(
+                StatusLine(label="trading", ok=False, value=f"{state.mode.upper()}: {state.why}")
+            )
+        return lines
+
+    async def checklist_items(self) -> list[ChecklistItem]:
+        """Key metrics of runbook §1 (core_pnl, risk_exposure) and the venue in use."""
+        return [
+            ChecklistItem(
+                name=f"key metrics: {line.label}",
+                reason=line.value,
+                mark=Mark.OK if line.ok else Mark.WARN,
+            )
+            for line in await self.status_lines()
+        ]
 
     async def record_pnl(self) -> list[PnlPoint]:
         """Persist one PnL point per core (the scheduler's snapshot job); prune old ones."""

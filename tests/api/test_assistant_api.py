@@ -110,3 +110,47 @@ async def test_assistant_status_says_who_answers(client: httpx.AsyncClient) -> N
     assert response.status_code == 200
     assert response.json()["answering_with"] == "fallback"
     assert response.json()["configured"] is False
+
+
+async def test_execute_carries_out_a_proposal_with_role_and_confirmation(
+    plane: ControlPlane, client: httpx.AsyncClient
+) -> None:
+    body = {
+        "proposal": {
+            "kind": "toggle_core",
+            "target": "mean_reversion",
+            "args": {"enabled": False},
+            "reason": "it keeps crashing",
+        }
+    }
+
+    viewer = await client.post("/api/v1/assistant/execute", json=body, headers=auth(VIEWER_TOKEN))
+    assert viewer.status_code == 403, viewer.text
+    assert "needs the operator role" in viewer.json()["error"]["message"]
+
+    unconfirmed = await client.post(
+        "/api/v1/assistant/execute", json=body, headers=auth(OPERATOR_TOKEN)
+    )
+    assert unconfirmed.status_code == 409, unconfirmed.text
+    assert "essential" in unconfirmed.json()["error"]["message"]
+    assert plane.trading.core("mean_reversion").enabled
+
+    done = await client.post(
+        "/api/v1/assistant/execute", json={**body, "confirm": True}, headers=auth(OPERATOR_TOKEN)
+    )
+    assert done.status_code == 200, done.text
+    result = done.json()
+    assert result["kind"] == "toggle_core" and result["summary"] == "Core mean_reversion is now off"
+    assert result["core"]["enabled"] is False
+    assert not plane.trading.core("mean_reversion").enabled
+    actions = [(e.action, e.outcome) for e in await plane.audit.tail(10)]
+    assert ("core.toggle", "denied") in actions and ("core.toggle", "ok") in actions
+
+
+async def test_execute_refuses_an_unknown_kind(client: httpx.AsyncClient) -> None:
+    response = await client.post(
+        "/api/v1/assistant/execute",
+        json={"proposal": {"kind": "drop_database", "reason": "x"}, "confirm": True},
+        headers=auth(OPERATOR_TOKEN),
+    )
+    assert response.status_code == 422

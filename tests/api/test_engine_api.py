@@ -226,3 +226,22 @@ def test_cli_chaos_is_refused_while_infra_prod_is_on_at_runtime(
     assert result.exit_code == 1
     # Refused by the local rule: nothing listens on port 9, and the instance was not contacted.
     assert result.stderr.strip() == "lunia: chaos drills are refused while INFRA_PROD_ENABLED is on"
+
+
+async def test_pnl_window_and_engine_mode_come_from_core(
+    plane: ControlPlane, api: httpx.AsyncClient
+) -> None:
+    bad = await api.get("/api/v1/pnl", params={"window": "1y"}, headers=auth(VIEWER_TOKEN))
+    assert bad.status_code == 422
+    assert bad.json()["error"]["message"] == "window must be one of 24h, 7d, not '1y'"
+    schema = (await api.get("/openapi.json")).json()
+    [window] = schema["paths"]["/api/v1/pnl"]["get"]["parameters"]
+    assert window["schema"]["$ref"] == "#/components/schemas/PnlWindow"
+    assert schema["components"]["schemas"]["PnlWindow"]["enum"] == ["24h", "7d"]
+    engine = await api.get("/api/v1/engine", headers=auth(VIEWER_TOKEN))
+    assert engine.json()["mode"] == "trading"
+    await api.post(
+        "/api/v1/halt", json={"confirm": True, "reason": "drill"}, headers=auth(ADMIN_TOKEN)
+    )
+    engine = await api.get("/api/v1/engine", headers=auth(VIEWER_TOKEN))
+    assert engine.json()["mode"] == "halted" and plane.trading.state().halted

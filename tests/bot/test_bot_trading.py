@@ -19,7 +19,9 @@ async def test_pnl_chart_arrives_as_a_png(
     assert photo is not None and photo.startswith(PNG_SIGNATURE)
     assert "PnL now" in str(call.params.get("caption"))
     fake_telegram.push_message(VIEWER, VIEWER, "/pnl 1y")
-    assert "usage: /pnl [24h|7d]" in await replies(fake_telegram, VIEWER, "usage")
+    assert "window must be one of 24h, 7d, not '1y'" in await replies(
+        fake_telegram, VIEWER, "window"
+    )
 
 
 async def test_venues_cores_exposure_and_status(

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from core.control_plane import ControlPlane
+from core.errors import ConfirmationRequired, InvalidInput, PermissionDenied
 from core.incidents.receivers import parse_alertmanager
 from core.models import Actor, ActorKind, Role
 from core.models.alerts import AlertSource
@@ -443,3 +444,90 @@ async def test_rule_based_diagnosis_gives_causes_runbook_steps_and_proposals(
             reason="nobody has acknowledged it yet; acknowledging stops escalation",
         )
     ]
+
+
+# -- carrying out a proposal (AssistantService.execute) ---------------------------------------
+
+
+def proposal(kind: ActionKind, target: str = "", **args: bool) -> ProposedAction:
+    return ProposedAction(kind=kind, target=target, args=args, reason="proposed in a test")
+
+
+async def test_execute_switches_an_essential_core_off_only_when_confirmed(
+    make_plane: PlaneFactory,
+) -> None:
+    plane = await make_plane()
+    off = proposal(ActionKind.TOGGLE_CORE, "mean_reversion", enabled=False)
+
+    with pytest.raises(ConfirmationRequired, match="core mean_reversion is essential"):
+        await plane.assistant.execute(off, OTTO)
+    assert plane.trading.core("mean_reversion").enabled
+
+    result = await plane.assistant.execute(off, OTTO, confirm=True)
+
+    assert result.kind is ActionKind.TOGGLE_CORE
+    assert result.core is not None and not result.core.enabled
+    assert result.summary == "Core mean_reversion is now off"
+    assert not plane.trading.core("mean_reversion").enabled
+    [entry] = [e for e in await plane.audit.tail(10) if e.action == "core.toggle"]
+    assert entry.actor.name == "otto" and entry.after == {"enabled": False}
+
+
+async def test_execute_refuses_a_viewer_through_the_operation_and_audits_it(
+    make_plane: PlaneFactory,
+) -> None:
+    plane = await make_plane()
+    [incident_id] = await fire(plane, am_alert("RedisDown"))
+
+    with pytest.raises(PermissionDenied, match="needs the operator role"):
+        await plane.assistant.execute(
+            proposal(ActionKind.ACKNOWLEDGE_INCIDENT, str(incident_id)), VIC, confirm=True
+        )
+
+    assert (await plane.incidents.get(incident_id)).state is IncidentState.TRIGGERED
+    denied = [e for e in await plane.audit.tail(10) if e.outcome == "denied"]
+    assert denied and denied[0].action == "incident.acknowledge"
+    assert denied[0].actor.name == "vic"
+
+
+async def test_execute_acknowledges_an_incident_and_takes_a_backup(
+    make_plane: PlaneFactory,
+) -> None:
+    plane = await make_plane()
+    [incident_id] = await fire(plane, am_alert("RedisDown"))
+
+    acked = await plane.assistant.execute(
+        proposal(ActionKind.ACKNOWLEDGE_INCIDENT, str(incident_id)), OTTO
+    )
+    backup = await plane.assistant.execute(proposal(ActionKind.BACKUP), OTTO)
+
+    assert acked.incident is not None and acked.incident.acknowledged_by is not None
+    assert acked.summary == f"Acknowledged #{incident_id} RedisDown"
+    incident = await plane.incidents.get(incident_id)
+    assert incident.state is IncidentState.ACKNOWLEDGED
+    assert backup.backup is not None
+    assert backup.backup.id in [b.id for b in await plane.backups.list()]
+
+
+async def test_execute_fails_over_after_the_pre_check_only_when_confirmed(
+    make_plane: PlaneFactory,
+) -> None:
+    plane = await make_plane()
+    failover = proposal(ActionKind.FAILOVER, "okx")
+
+    with pytest.raises(ConfirmationRequired, match="failover from binance to okx"):
+        await plane.assistant.execute(failover, OTTO)
+    assert not plane.venues.failed_over
+
+    result = await plane.assistant.execute(failover, OTTO, confirm=True)
+
+    assert result.venues is not None and result.venues.active == "okx"
+    assert plane.venues.status().reason == "proposed by the assistant"
+
+
+async def test_execute_refuses_a_malformed_proposal(make_plane: PlaneFactory) -> None:
+    plane = await make_plane()
+    with pytest.raises(InvalidInput, match="an incident id is a number"):
+        await plane.assistant.execute(proposal(ActionKind.ACKNOWLEDGE_INCIDENT, "drop"), OTTO)
+    with pytest.raises(InvalidInput, match="name the core"):
+        await plane.assistant.execute(proposal(ActionKind.TOGGLE_CORE, " "), OTTO)

@@ -9,8 +9,15 @@ from datetime import timedelta
 import pytest
 
 from core.control_plane import ControlPlane
-from core.errors import ConfirmationRequired, OrderRejected, PermissionDenied, RiskLimitExceeded
+from core.errors import (
+    ConfirmationRequired,
+    InvalidInput,
+    OrderRejected,
+    PermissionDenied,
+    RiskLimitExceeded,
+)
 from core.models import Actor, ActorKind, Role, utcnow
+from core.models.trading import PnlWindow, TradingMode
 from core.models.venues import OrderSide, OrderStatus, OrderType, VenueMode
 from core.store import PnlPoint
 from core.trading.strategies import CoreContext, Intent, MeanReversionCore, MomentumCore
@@ -186,3 +193,34 @@ async def test_pnl_history_is_persisted_and_windowed(plane: ControlPlane) -> Non
     buyer = next(c for c in day.cores if c.core == "buyer")
     assert buyer.realized < 0  # the fee of its one fill
     assert metric(plane, "risk_exposure") > 0
+
+
+async def test_pnl_window_is_one_vocabulary_refused_with_one_message(plane: ControlPlane) -> None:
+    assert PnlWindow.parse(" 7D ") is PnlWindow.WEEK
+    assert PnlWindow.WEEK.delta == timedelta(days=7) and PnlWindow.DAY.delta == timedelta(hours=24)
+    assert (await plane.trading.pnl("7d")).window is PnlWindow.WEEK
+    with pytest.raises(InvalidInput) as refused:
+        await plane.trading.pnl("1y")
+    assert refused.value.message == "window must be one of 24h, 7d, not '1y'"
+
+
+async def test_mode_is_derived_once_halt_outranking_read_only(plane: ControlPlane) -> None:
+    redis = Actor.system("redis")
+
+    async def trading_line() -> str | None:
+        lines = (await plane.status.summary()).lines
+        return next((line.value for line in lines if line.label == "trading"), None)
+
+    assert plane.trading.mode is TradingMode.TRADING and await trading_line() is None
+    await plane.trading.enter_read_only("Redis is down", redis)
+    assert plane.trading.state().mode is TradingMode.READ_ONLY
+    assert await trading_line() == "READ-ONLY: Redis is down"
+    await plane.trading.halt(ADMIN, confirm=True, reason="drill")
+    assert plane.trading.mode is TradingMode.HALTED
+    assert await trading_line() == "HALTED: drill"
+    checklist = {i.name: i for i in (await plane.checklist.run()).items}
+    assert checklist["key metrics: trading"].reason == "HALTED: drill"
+    await plane.trading.resume(ADMIN, confirm=True)
+    assert plane.trading.mode is TradingMode.READ_ONLY
+    await plane.trading.leave_read_only(redis)
+    assert plane.trading.state().mode is TradingMode.TRADING and await trading_line() is None

@@ -1,0 +1,37 @@
+"""Quiescing for a restore (runbook §3): nothing may write the state while it is swapped."""
+
+from __future__ import annotations
+
+from core.incidents.service import IncidentService
+from core.models import Actor
+from core.platform.scheduler import Scheduler
+from core.trading.engine import TradingEngine
+
+
+class RestoreQuiesce:
+    """Holds scheduled jobs and new orders during a restore, and lets them go after it."""
+
+    def __init__(
+        self, scheduler: Scheduler, trading: TradingEngine, incidents: IncidentService
+    ) -> None:
+        self._scheduler = scheduler
+        self._trading = trading
+        self._incidents = incidents
+        self._set_read_only = False
+
+    async def before(self, actor: Actor) -> None:
+        """Hold scheduled jobs; refuse new orders while state is swapped."""
+        self._scheduler.pause()
+        # Read-only itself, not the mode (a halt outranks it): an engine already read-only
+        # (Redis lost) is left so after the restore.
+        self._set_read_only = not self._trading.state().read_only
+        if self._set_read_only:
+            await self._trading.enter_read_only("a backup is being restored", actor)
+
+    async def after(self, actor: Actor) -> None:
+        """Resume after a restore (restored or rolled back): orders, jobs, gauges."""
+        if self._set_read_only:
+            self._set_read_only = False
+            await self._trading.leave_read_only(actor)
+        await self._incidents.export_open_counts()
+        self._scheduler.resume()
