@@ -212,6 +212,19 @@ def test_prometheus_and_alertmanager_reach_the_control_plane_by_their_configured
             assert reachable(compose, "alertmanager", host), hook["url"]
 
 
+def test_prometheus_scrapes_with_the_metrics_token_the_control_plane_reads(
+    compose: dict[str, Any],
+) -> None:
+    [job] = load_yaml(PROMETHEUS_CONFIG)["scrape_configs"]
+    assert job["authorization"]["credentials_file"] == "/run/secrets/metrics_token"
+    assert compose["secrets"]["metrics_token"]["file"] == "./secrets/metrics_token"
+    assert "metrics_token" in compose["services"]["prometheus"]["secrets"]
+    for name in ROLES:
+        service = compose["services"][name]
+        assert "metrics_token" in service["secrets"], name
+        assert service["environment"]["METRICS_TOKEN_FILE"] == "/run/secrets/metrics_token"
+
+
 def test_the_webhook_token_secret_is_where_alertmanager_reads_it(compose: dict[str, Any]) -> None:
     alertmanager = load_yaml(ALERTMANAGER_CONFIG)
     files = {
