@@ -1,14 +1,14 @@
-"""Charts people would rather look at than read: PnL over time as a PNG (matplotlib, Agg)."""
+"""Charts people would rather look at than read: PnL over time as a PNG (matplotlib, Agg).
+
+matplotlib is imported on the first chart, not with the bot: it costs about half a second of
+start-up that a bot which never draws should not pay.
+"""
 
 from __future__ import annotations
 
 import io
 from collections import defaultdict
 from datetime import UTC, datetime
-
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.dates import DateFormatter
-from matplotlib.figure import Figure
 
 from core.trading.engine import PnlReport
 
@@ -22,6 +22,10 @@ def _days(moment: datetime) -> float:
 
 def pnl_png(report: PnlReport) -> bytes:
     """Total and per-core PnL (USDT) over the report's window, as PNG bytes."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.dates import DateFormatter
+    from matplotlib.figure import Figure
+
     figure = Figure(figsize=(8, 4), dpi=110)
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query
 
 from api.deps import ActorDep, PlaneDep, ViewerDep
 from api.schemas import ErrorBody, Items, SilenceBody
-from core.incidents.service import IncidentDetail
+from core.incidents.service import INCIDENT_LIST_MAX, IncidentDetail
 from core.models.alerts import Severity
 from core.models.incidents import Incident, IncidentState
 
@@ -30,7 +30,7 @@ async def list_incidents(
     state: IncidentState | None = None,
     severity: Severity | None = None,
     open_only: Annotated[bool, Query(alias="open")] = False,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    limit: Annotated[int, Query(ge=1, le=INCIDENT_LIST_MAX)] = 50,
 ) -> Items[Incident]:
     """Incidents newest first, filtered by state, severity, or open (not resolved)."""
     found = await plane.incidents.list(

@@ -11,7 +11,7 @@ from api.deps import ActorDep, PlaneDep, ViewerDep
 from api.schemas import ConfirmIn, ErrorBody, HaltIn, Items
 from core.models.trading import PnlWindow
 from core.models.venues import OrderRecord, OrderStatus
-from core.trading.engine import EngineState, HaltReport, PnlReport
+from core.trading.engine import ORDER_LIST_MAX, EngineState, HaltReport, PnlReport
 from core.trading.risk import ExposureReport
 
 router = APIRouter(prefix="/api/v1", tags=["trading"])
@@ -47,7 +47,7 @@ async def exposure(plane: PlaneDep, _: ViewerDep) -> ExposureReport:
 async def orders(
     plane: PlaneDep,
     _: ViewerDep,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    limit: Annotated[int, Query(ge=1, le=ORDER_LIST_MAX)] = 50,
     status: OrderStatus | None = None,
     core: str | None = None,
 ) -> Items[OrderRecord]:

@@ -16,6 +16,7 @@ from core.control_plane import ControlPlane
 from core.errors import InvalidInput
 from core.models import Actor
 from core.models.trading import PnlWindow
+from core.trading.engine import ORDER_LIST_MAX
 
 COMMANDS = [
     ("venues", "venues: health, latency, errors, which is active"),
@@ -133,9 +134,9 @@ async def exposure(message: Message, plane: ControlPlane, ui: Ui) -> None:
 async def orders(message: Message, command: CommandObject, plane: ControlPlane, ui: Ui) -> None:
     """The latest orders."""
     arg = (command.args or "10").strip()
-    if not arg.isdigit() or not 1 <= int(arg) <= 50:
-        raise InvalidInput("usage: /orders [N] with N from 1 to 50")
-    found = await plane.trading.orders(limit=int(arg))
+    if not arg.isdigit():
+        raise InvalidInput(f"usage: /orders [N] with N from 1 to {ORDER_LIST_MAX}")
+    found = await plane.trading.orders(limit=int(arg))  # core checks the range
     lines = (
         ["🧾 <b>Orders</b> (newest first)"]
         + [

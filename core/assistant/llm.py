@@ -3,6 +3,9 @@ server, with the SDK's own retries off and its errors translated once into ``cor
 
 Retrying is the assistant's business (its circuit breaker), so ``max_retries=0``: a 429 or a 5xx
 comes back at once, marked retryable, and the question is answered from the rule-based fallback.
+
+The SDK is imported on the first request, not at start: importing it costs about as much as the
+rest of the start path together, and most questions are answered by the rules.
 """
 
 from __future__ import annotations
@@ -11,16 +14,14 @@ import email.utils
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, cast
-
-import openai
-from openai.types.chat import ChatCompletionMessageParam, ChatCompletionToolUnionParam
-from openai.types.chat.chat_completion_message_function_tool_call import (
-    ChatCompletionMessageFunctionToolCall,
-)
+from typing import TYPE_CHECKING, Any, cast
 
 from core.config.settings import Settings
 from core.errors import LlmError, LlmRateLimited, LlmRejected, LlmTimeout, LlmUnavailable
+
+if TYPE_CHECKING:
+    import openai
+    from openai.types.chat import ChatCompletionMessageParam, ChatCompletionToolUnionParam
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +72,8 @@ def retry_after_seconds(headers: Any) -> float | None:
 
 def translate(exc: openai.OpenAIError) -> LlmError:
     """The project's error for an openai SDK error (retryable: 429, 5xx, timeouts, network)."""
+    import openai
+
     if isinstance(exc, openai.RateLimitError):
         after = retry_after_seconds(exc.response.headers)
         shown = f"; retry after {after:g}s" if after is not None else ""
@@ -93,19 +96,30 @@ class LlmClient:
     """An ``AsyncOpenAI`` client for chat completions with tool calling."""
 
     def __init__(self, settings: Settings) -> None:
-        key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else _NO_KEY
         self.model = settings.openai_model
+        self._settings = settings
         self._timeout = settings.llm_timeout_seconds
-        self._client = openai.AsyncOpenAI(
-            api_key=key,
-            base_url=settings.openai_base_url,
-            max_retries=0,
-            timeout=settings.llm_timeout_seconds,
-        )
+        self._sdk: openai.AsyncOpenAI | None = None
+
+    def _client(self) -> openai.AsyncOpenAI:
+        """The SDK client, built (and the SDK imported) on first use."""
+        if self._sdk is None:
+            import openai
+
+            s = self._settings
+            self._sdk = openai.AsyncOpenAI(
+                api_key=s.openai_api_key.get_secret_value() if s.openai_api_key else _NO_KEY,
+                base_url=s.openai_base_url,
+                max_retries=0,
+                timeout=s.llm_timeout_seconds,
+            )
+        return self._sdk
 
     async def close(self) -> None:
-        """Close the SDK's connection pool."""
-        await self._client.close()
+        """Close the SDK's connection pool (if a request ever opened one)."""
+        sdk, self._sdk = self._sdk, None
+        if sdk is not None:
+            await sdk.close()
 
     async def complete(
         self,
@@ -116,12 +130,17 @@ class LlmClient:
         tool_choice: str = "auto",
     ) -> Completion:
         """One chat completion; raises ``LlmError`` (retryable or not), never an SDK error."""
+        import openai
+        from openai.types.chat.chat_completion_message_function_tool_call import (
+            ChatCompletionMessageFunctionToolCall,
+        )
+
         extra: dict[str, Any] = {}
         if tools:
             extra["tools"] = cast("list[ChatCompletionToolUnionParam]", tools)
             extra["tool_choice"] = tool_choice
         try:
-            response = await self._client.chat.completions.create(
+            response = await self._client().chat.completions.create(
                 model=self.model,
                 messages=cast("list[ChatCompletionMessageParam]", messages),
                 max_tokens=max_tokens,

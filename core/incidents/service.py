@@ -48,6 +48,9 @@ from core.store import IncidentMutation, Store, StoredAlert
 
 logger = logging.getLogger(__name__)
 
+# The most incidents one list returns, whichever adapter asks (API, chat).
+INCIDENT_LIST_MAX = 500
+
 
 class IngestResult(BaseModel):
     """What a webhook's alerts did: how many were new, re-deliveries, which incidents moved.
@@ -179,8 +182,8 @@ class IncidentService:
         limit: int = 50,
     ) -> list[Incident]:
         """Incidents newest first, optionally by state and severity."""
-        if not 1 <= limit <= 500:
-            raise InvalidInput("limit must be between 1 and 500")
+        if not 1 <= limit <= INCIDENT_LIST_MAX:
+            raise InvalidInput(f"limit must be between 1 and {INCIDENT_LIST_MAX}")
         states: list[IncidentState] | None = [state] if state else None
         if open_only and states is None:
             states = [s for s in IncidentState if s is not IncidentState.RESOLVED]

@@ -49,6 +49,8 @@ from core.trading.venues.service import VenueService
 logger = logging.getLogger(__name__)
 
 HALT_KEY = "engine.halt"
+# The most orders one list returns, whichever adapter asks (API, chat).
+ORDER_LIST_MAX = 500
 PNL_RETENTION = timedelta(days=30)
 RATE_WINDOW = timedelta(minutes=5)  # signal and tick rates are averaged over this
 _OPEN = (OrderStatus.NEW, OrderStatus.OPEN)
@@ -452,8 +454,8 @@ class TradingEngine:
         self, *, limit: int = 50, status: OrderStatus | None = None, core: str | None = None
     ) -> list[OrderRecord]:
         """Recent orders, newest first."""
-        if not 1 <= limit <= 500:
-            raise InvalidInput("limit must be between 1 and 500")
+        if not 1 <= limit <= ORDER_LIST_MAX:
+            raise InvalidInput(f"limit must be between 1 and {ORDER_LIST_MAX}")
         return await self._store.list_orders(
             limit=limit, statuses=[status] if status else None, core=core
         )

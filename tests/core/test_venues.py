@@ -11,7 +11,7 @@ from pydantic import SecretStr
 from core.config.settings import VenueCredentials
 from core.errors import InsufficientFunds, VenueBanned, VenueRateLimited, VenueUnavailable
 from core.models.venues import OrderRequest, OrderSide, OrderStatus, OrderType
-from core.trading.venues.ccxt import CcxtVenue, rewrite_urls, translate
+from core.trading.venues.ccxt import CcxtVenue, known_exchange, rewrite_urls, translate
 from core.trading.venues.paper import PaperVenue, RandomWalkPrices
 from tests.fakes.exchanges import BinanceFake, FakeExchange, OkxFake
 
@@ -115,6 +115,11 @@ def test_binance_429_is_a_rate_limit_and_418_a_ban() -> None:
     banned = translate("binance", ccxt_async.DDoSProtection("binance 418 I'm a teapot {}"))
     assert isinstance(limited, VenueRateLimited)
     assert isinstance(banned, VenueBanned)
+
+
+def test_known_exchange_agrees_with_ccxts_exchange_list() -> None:
+    assert all(known_exchange(name) for name in ccxt_async.exchanges)
+    assert not any(known_exchange(name) for name in ("nosuchexchange", "base", "__init__", ""))
 
 
 def test_api_url_replaces_scheme_and_host_of_every_rest_url_keeping_paths() -> None:

@@ -5,19 +5,22 @@ ccxt's own rate limiter is on. ``<VENUE>_API_URL`` replaces the scheme and host 
 (a proxy, or a test fake) while keeping each path. An order POST is never retried blindly: after a
 timeout the order is looked up by its client order id, and only an order the venue does not know
 is sent again (with the same client order id, which the venue refuses to duplicate).
+
+ccxt is imported when a venue first talks to an exchange, not at start: importing it loads every
+exchange class ccxt ships (about half a second), which paper trading never needs.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import logging
 import re
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
-
-import ccxt.async_support as ccxt_async
-from ccxt.base import errors as ccxt_errors
 
 from core.config.settings import VenueCredentials
 from core.errors import (
@@ -70,9 +73,20 @@ _STATUSES = {
 }
 
 
+@functools.cache
+def _exchange_ids() -> frozenset[str]:
+    # ccxt ships one module per exchange in ccxt/async_support/, named by its id (the same list
+    # as ``ccxt.async_support.exchanges``, which only an import of every exchange gives).
+    spec = importlib.util.find_spec("ccxt")  # locates the package without importing it
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("ccxt is not installed")
+    package = Path(next(iter(spec.submodule_search_locations))) / "async_support"
+    return frozenset(p.stem for p in package.glob("*.py") if not p.stem.startswith("_"))
+
+
 def known_exchange(name: str) -> bool:
     """Whether ``name`` is a ccxt exchange id."""
-    return name in ccxt_async.exchanges
+    return name in _exchange_ids()
 
 
 def _status_of(exc: Exception) -> str:
@@ -82,6 +96,8 @@ def _status_of(exc: Exception) -> str:
 
 def translate(venue: str, exc: Exception) -> LuniaError:  # noqa: C901 - one flat mapping
     """The project error for a ccxt error; the message never carries urls, bodies or keys."""
+    from ccxt.base import errors as ccxt_errors
+
     kind, status = type(exc).__name__, _status_of(exc)
     if isinstance(exc, ccxt_errors.OnMaintenance):
         return VenueUnavailable(venue, f"in maintenance{status}", maintenance=True)
@@ -152,6 +168,9 @@ class CcxtVenue:
         """Build the ccxt client (markets load on first use)."""
         if self._exchange is not None:
             return
+        import ccxt.async_support as ccxt_async
+        from ccxt.base import errors as ccxt_errors
+
         config: dict[str, Any] = {
             "enableRateLimit": True,
             "timeout": self._timeout_ms,
@@ -181,6 +200,8 @@ class CcxtVenue:
     async def _call(self, fn: Callable[[Any], Awaitable[T]]) -> T:
         if self._exchange is None:
             await self.start()
+        from ccxt.base import errors as ccxt_errors  # imported by start()
+
         try:
             if not self._exchange.markets:
                 await self._exchange.load_markets()
