@@ -24,7 +24,7 @@ from aiogram.types import BotCommand, ErrorEvent, Update
 
 from bot.callbacks import Confirmations, Signer
 from bot.handlers import all_commands, build_routers
-from bot.middlewares import AccessMiddleware
+from bot.middlewares import AccessMiddleware, ChatScopeMiddleware
 from bot.notifier import Notifier
 from bot.render import checklist_text, e
 from bot.sender import TelegramSender
@@ -97,9 +97,12 @@ class TelegramBot:
         )
         self.notifier = Notifier(plane, self.outbox)
         self.dispatcher = Dispatcher(plane=plane, ui=self.ui)
-        access = AccessMiddleware(plane, self.ui)
-        self.dispatcher.message.outer_middleware(access)
-        self.dispatcher.callback_query.outer_middleware(access)
+        # Where first (configured chats, no forwarded messages), then who (known users). Edited
+        # messages have no handler, so an edit never re-runs a command.
+        scope, access = ChatScopeMiddleware(plane), AccessMiddleware(plane, self.ui)
+        for observer in (self.dispatcher.message, self.dispatcher.callback_query):
+            observer.outer_middleware(scope)
+            observer.outer_middleware(access)
         self.dispatcher.errors.register(self._operation_error, ExceptionTypeFilter(OperationError))
         self.dispatcher.errors.register(self._unexpected_error, ExceptionTypeFilter(Exception))
         self.dispatcher.include_routers(*build_routers())

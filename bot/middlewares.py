@@ -13,7 +13,7 @@ from functools import cache
 from typing import Any
 
 from aiogram import BaseMiddleware
-from aiogram.types import CallbackQuery, Message, TelegramObject, User
+from aiogram.types import CallbackQuery, Chat, Message, TelegramObject, User
 
 from bot.callbacks import ConfirmButton, IncidentButton, ProposalButton, handling
 from bot.handlers import all_commands
@@ -125,3 +125,58 @@ class AccessMiddleware(BaseMiddleware):
             await event.answer(text, show_alert=True)
         elif isinstance(event, Message):
             await self._ui.reply(event.chat.id, text)
+
+
+class ChatScopeMiddleware(BaseMiddleware):
+    """Acts only in the configured chats (ops, escalation, security, or the supergroups they
+    migrated to) and in private chats, where ``AccessMiddleware`` then admits known users only;
+    ignores forwarded messages.
+
+    A command in a forwarded message would run as whoever forwarded it, with words someone else
+    wrote; a group the bot was merely added to is not where on-call works. Such updates get no
+    answer at all; an unconfigured chat is audited as a refusal once per throttle period (core's
+    ``RefusalRecorder``, shared by every replica).
+    """
+
+    def __init__(self, plane: ControlPlane) -> None:
+        self._plane = plane
+        s = plane.settings
+        chats = (s.telegram_ops_chat_id, s.telegram_escalation_chat_id, s.telegram_security_chat_id)
+        self._configured = {c for c in chats if c is not None}
+
+    async def __call__(self, handler: Handler, event: TelegramObject, data: dict[str, Any]) -> Any:
+        if isinstance(event, Message) and event.forward_origin is not None:
+            logger.info("ignored a forwarded message in chat %d", event.chat.id)
+            return None
+        chat: Chat | None = data.get("event_chat")
+        # No chat: a press on an inline-mode message, which this bot never sends; the press
+        # carries no data we signed, and AccessMiddleware and the signature check refuse it.
+        if chat is None or chat.type == "private" or await self._configured_chat(chat.id):
+            return await handler(event, data)
+        await self._refuse(chat, event, data.get("event_from_user"))
+        return None
+
+    async def _configured_chat(self, chat_id: int) -> bool:
+        if chat_id in self._configured:
+            return True
+        delivery = self._plane.telegram_delivery
+        return any([await delivery.migrated(c) == chat_id for c in self._configured])
+
+    async def _refuse(self, chat: Chat, event: TelegramObject, user: User | None) -> None:
+        principal = Actor(
+            kind=ActorKind.TELEGRAM,
+            id=f"chat:{chat.id}",
+            name=chat.title or str(chat.id),
+            role=None,  # unknown: throttled to one audit entry per chat per period
+        )
+        who = f"user {user.id}" if user is not None else "no user"
+        audited = await self._plane.refusals.record(
+            principal,
+            "telegram.refused",
+            "unconfigured_chat",
+            channel="telegram",
+            target=command_name(event),
+            detail=f"chat not in TELEGRAM_OPS/ESCALATION/SECURITY_CHAT_ID ({who})",
+        )
+        if audited:
+            logger.warning("ignoring updates in unconfigured chat %d (%s)", chat.id, who)
