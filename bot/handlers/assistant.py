@@ -1,6 +1,8 @@
 """Questions in plain words (runbook §2.3): /ask, private messages, mentions and replies in the
 ops group, and the Diagnose button. Proposed actions become buttons that go through the same
-roles and confirmations as the commands; the assistant itself never acts."""
+roles and confirmations as the commands; the assistant itself never acts. A proposal that
+loosens safety from an answer that read alert text is never a button: the reply names the command
+to type instead, so an alert's author cannot put a one-press "switch core on" in front of us."""
 
 from __future__ import annotations
 
@@ -48,10 +50,37 @@ def answer_html(answer: Answer) -> str:
     return "\n".join(lines).strip()
 
 
+def typed_commands_html(plane: ControlPlane, proposals: list[ProposedAction]) -> str:
+    """For each proposal withheld from the buttons, the command to type if you agree."""
+    lines = [
+        f"✋ Not a button (alert text could have written it): type "
+        f"<code>{e(_command(plane, p))}</code> yourself if you agree."
+        for p in proposals
+        if not p.one_press
+    ]
+    return "\n".join(lines)
+
+
+def _command(plane: ControlPlane, proposal: ProposedAction) -> str:
+    """The chat command that carries out ``proposal`` by hand."""
+    match proposal.kind:
+        case ActionKind.TOGGLE_CORE:
+            return f"/toggle {proposal.target}"
+        case ActionKind.FAILOVER:
+            if proposal.target == plane.venues.status().primary:
+                return "/failback"
+            return f"/failover {proposal.target}".strip()
+        case ActionKind.ACKNOWLEDGE_INCIDENT:
+            return f"/ack {proposal.target}"
+        case ActionKind.BACKUP:
+            return "/backup"
+
+
 def proposal_keyboard(ui: Ui, proposals: list[ProposedAction]) -> InlineKeyboardMarkup | None:
-    """One button per proposed action (signed; pressing runs the real command path)."""
+    """One button per proposed action that may be one press (signed; pressing runs the real
+    command path)."""
     rows = []
-    for proposal in proposals[:4]:
+    for proposal in [p for p in proposals if p.one_press][:4]:
         state = proposal.args.get("enabled")
         enabled = "1" if state is True else "0" if state is False else ""
         data = ProposalButton(
@@ -61,8 +90,13 @@ def proposal_keyboard(ui: Ui, proposals: list[ProposedAction]) -> InlineKeyboard
     return InlineKeyboardMarkup(inline_keyboard=rows) if rows else None
 
 
-async def _reply(ui: Ui, chat_id: int, answer: Answer) -> None:
-    await ui.reply(chat_id, answer_html(answer), proposal_keyboard(ui, answer.proposals))
+def _html(plane: ControlPlane, answer: Answer) -> str:
+    typed = typed_commands_html(plane, answer.proposals)
+    return answer_html(answer) + (f"\n{typed}" if typed else "")
+
+
+async def _reply(ui: Ui, plane: ControlPlane, chat_id: int, answer: Answer) -> None:
+    await ui.reply(chat_id, _html(plane, answer), proposal_keyboard(ui, answer.proposals))
 
 
 async def ask(
@@ -72,7 +106,7 @@ async def ask(
     question = (command.args or "").strip()
     if not question:
         raise InvalidInput("usage: /ask QUESTION, e.g. /ask is redis ok?")
-    await _reply(ui, message.chat.id, await plane.assistant.ask(question, actor))
+    await _reply(ui, plane, message.chat.id, await plane.assistant.ask(question, actor))
 
 
 async def plain_question(
@@ -93,7 +127,7 @@ async def plain_question(
         text = text.replace(mention, "").strip()
     if not text:
         return
-    await _reply(ui, message.chat.id, await plane.assistant.ask(text, actor))
+    await _reply(ui, plane, message.chat.id, await plane.assistant.ask(text, actor))
 
 
 async def diagnose(
@@ -102,7 +136,7 @@ async def diagnose(
     """The Diagnose button: likely causes and the runbook's next steps, in the thread."""
     answer = await plane.assistant.diagnose(incident_id, actor)
     await ui.reply_in_thread(
-        chat_id, incident_id, answer_html(answer), proposal_keyboard(ui, answer.proposals)
+        chat_id, incident_id, _html(plane, answer), proposal_keyboard(ui, answer.proposals)
     )
 
 

@@ -31,6 +31,7 @@ from core.models import Actor, Role
 from core.models.assistant import ActionKind, ProposedAction, ToolResult
 from core.models.incidents import IncidentState
 from core.models.trading import PnlWindow, TradingMode
+from core.models.venues import VenueMode
 from core.platform.health import HealthService, Status
 from core.platform.metrics import Metrics
 from core.security.access import require
@@ -80,6 +81,9 @@ class Tool:
     parameters: dict[str, Any]
     run: Handler
     role: Role = Role.VIEWER
+    # Its results carry alert text (titles, labels, annotations), which whoever can fire an
+    # alert writes: proposals made after reading it are marked ``from_alert_content``.
+    alert_text: bool = False
 
 
 def _schema(
@@ -207,6 +211,7 @@ class Toolbox:
                     }
                 ),
                 self._list_incidents,
+                alert_text=True,
             )
         )
         self._add(
@@ -215,6 +220,7 @@ class Toolbox:
                 "One incident with its labels, alerts and timeline.",
                 _schema({"id": {"type": "integer"}}, ["id"]),
                 self._get_incident,
+                alert_text=True,
             )
         )
         self._add(
@@ -232,6 +238,7 @@ class Toolbox:
                 _schema({"limit": {"type": "integer", "minimum": 1, "maximum": 20}}),
                 self._audit_tool,
                 AUDIT_READ_ROLE,  # the audit log's own rule (core.security.audit)
+                alert_text=True,  # entries name incidents by their titles
             )
         )
         self._add(
@@ -608,6 +615,40 @@ class Toolbox:
         )
 
     # -- proposals ---------------------------------------------------------------------------
+
+    def read_alert_text(self, results: Iterable[ToolResult]) -> bool:
+        """Whether any of these tool results carried alert text."""
+        return any(
+            r.ok and (tool := self._tools.get(r.tool)) is not None and tool.alert_text
+            for r in results
+        )
+
+    def mark_proposals(
+        self, proposals: list[ProposedAction], results: Iterable[ToolResult]
+    ) -> list[ProposedAction]:
+        """The proposals of one answer, marked with whether the answer read alert text (any of
+        ``results``) and whether each loosens safety."""
+        from_alert = self.read_alert_text(results)
+        return [
+            p.model_copy(
+                update={"from_alert_content": from_alert, "loosens_safety": self._loosens(p)}
+            )
+            for p in proposals
+        ]
+
+    def _loosens(self, proposal: ProposedAction) -> bool:
+        """Switching a core on (or a toggle of unknown direction), failing back to the primary,
+        or moving onto a venue that trades real funds."""
+        if proposal.kind is ActionKind.TOGGLE_CORE:
+            return proposal.args.get("enabled") is not False
+        if proposal.kind is not ActionKind.FAILOVER:
+            return False
+        if self._venues is None:
+            return True
+        status = self._venues.status()
+        target = proposal.target.lower() or status.standby
+        live = {v.name for v in status.items if v.mode is VenueMode.LIVE}
+        return target == status.primary or target in live
 
     async def check_proposal(self, args: dict[str, Any]) -> ProposedAction:
         """Validate a proposal's kind and target against the live state; ``InvalidInput`` if

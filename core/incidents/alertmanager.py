@@ -6,7 +6,27 @@ from datetime import datetime
 
 import httpx
 
-from core.errors import Unavailable
+from core.errors import InvalidInput, Unavailable
+
+# Labels that say what kind of alert it is, not what it is about: a silence matching only these
+# would mute that alert for every instance, job and venue, far more than the one incident.
+KIND_LABELS = frozenset({"alertname", "severity", "security"})
+
+
+def silence_matchers(labels: dict[str, str]) -> list[dict[str, object]]:
+    """Exact matchers on every label of the incident; ``InvalidInput`` when the labels name
+    no more than the alert's kind, since such a silence would match far more than it."""
+    if not set(labels) - KIND_LABELS:
+        shown = ", ".join(f"{k}={v}" for k, v in sorted(labels.items())) or "no labels"
+        raise InvalidInput(
+            f"not silencing: the incident carries only {shown}, so an Alertmanager silence "
+            "would mute every such alert, not just this one; acknowledge it instead, or "
+            "silence it in Alertmanager with a narrower matcher"
+        )
+    return [
+        {"name": k, "value": v, "isRegex": False, "isEqual": True}
+        for k, v in sorted(labels.items())
+    ]
 
 
 class AlertmanagerClient:
@@ -34,14 +54,10 @@ class AlertmanagerClient:
     async def create_silence(
         self, labels: dict[str, str], ends_at: datetime, created_by: str, comment: str
     ) -> str:
-        """Silence alerts carrying exactly ``labels`` until ``ends_at``; returns the silence id."""
-        if not labels:
-            raise Unavailable("the incident has no labels to match a silence on", retryable=False)
+        """Silence alerts carrying exactly ``labels`` until ``ends_at``; returns the silence id
+        (``InvalidInput`` when the labels are too few for a matcher as narrow as the incident)."""
         body = {
-            "matchers": [
-                {"name": k, "value": v, "isRegex": False, "isEqual": True}
-                for k, v in sorted(labels.items())
-            ],
+            "matchers": silence_matchers(labels),
             "startsAt": datetime.now(ends_at.tzinfo).isoformat(),
             "endsAt": ends_at.isoformat(),
             "createdBy": created_by,

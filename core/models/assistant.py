@@ -34,7 +34,10 @@ class ProposedAction(BaseModel):
 
     ``target`` is the incident id (as text), core name, venue id, or empty for a backup.
     ``role`` is the least role that may carry it out, ``confirm`` whether the operation asks
-    for an explicit confirmation.
+    for an explicit confirmation. ``from_alert_content``: the answer that proposed it read alert
+    text (titles, labels, annotations), which anyone able to fire an alert can write.
+    ``loosens_safety``: it switches a core on or fails back, the direction an injected alert
+    would push; such a proposal from alert content is never a one-press button.
     """
 
     kind: ActionKind
@@ -43,6 +46,14 @@ class ProposedAction(BaseModel):
     reason: str
     role: Role = Role.OPERATOR
     confirm: bool = False
+    from_alert_content: bool = False
+    loosens_safety: bool = False
+
+    @property
+    def one_press(self) -> bool:
+        """Whether an adapter may offer it as a button (not when alert text could have put a
+        safety-loosening action there)."""
+        return not (self.from_alert_content and self.loosens_safety)
 
     def describe(self) -> str:
         """One line for people, e.g. ``Acknowledge incident #3``."""

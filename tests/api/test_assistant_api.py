@@ -99,6 +99,8 @@ async def test_diagnose_an_incident_over_http(
         "reason": "nobody has acknowledged it yet; acknowledging stops escalation",
         "role": "operator",
         "confirm": False,
+        "from_alert_content": True,  # a diagnosis reads the incident's alert text
+        "loosens_safety": False,
     }
     assert body["tools_failed"] == []  # an operator may read the audit tail
     assert missing.status_code == 404

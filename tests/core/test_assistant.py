@@ -140,6 +140,7 @@ async def test_proposed_action_comes_back_typed_and_is_not_carried_out(
             target=str(incident_id),
             reason="on-call should take it",
             role=Role.OPERATOR,
+            from_alert_content=True,  # it read the incident first
         ),
         ProposedAction(
             kind=ActionKind.TOGGLE_CORE,
@@ -148,6 +149,7 @@ async def test_proposed_action_comes_back_typed_and_is_not_carried_out(
             reason="shed load (§2.4)",
             role=Role.OPERATOR,
             confirm=plane.trading.core("momentum").essential,
+            from_alert_content=True,
         ),
     ]
     assert [f.tool for f in answer.facts] == ["get_incident"]
@@ -442,6 +444,7 @@ async def test_rule_based_diagnosis_gives_causes_runbook_steps_and_proposals(
             kind=ActionKind.ACKNOWLEDGE_INCIDENT,
             target=str(incident_id),
             reason="nobody has acknowledged it yet; acknowledging stops escalation",
+            from_alert_content=True,  # a diagnosis reads the incident
         )
     ]
 
