@@ -29,7 +29,7 @@ from core.models import Actor, AuditRecord, Role, utcnow
 from core.platform.metrics import Metrics
 from core.security.access import Guard
 from core.security.audit import AuditLog
-from core.store import FlagOverride, Store
+from core.store import FlagOverride, FlagVersion, Store
 
 logger = logging.getLogger(__name__)
 
@@ -149,9 +149,13 @@ class FlagState(BaseModel):
     applies: str
     override_set_by: str | None = None
     override_set_at: str | None = None
+    # Bumped by every runtime change (set or clear); a change names the version it was based on.
+    version: int = 0
 
 
 ChangeListener = Callable[[FlagState, Actor], Awaitable[None]]
+# Says why a value needs admin and confirmation (e.g. "okx would trade live funds"), or None.
+DangerRule = Callable[[Any], str | None]
 
 
 class FlagService:
@@ -168,21 +172,30 @@ class FlagService:
         self._metrics = metrics
         self._guard = Guard(AuditLog(store, metrics), metrics)
         self._overrides: dict[str, FlagOverride] = {}
+        self._versions: dict[str, FlagVersion] = {}
         self._listeners: list[ChangeListener] = []
+        self._danger_rules: dict[str, list[DangerRule]] = {}
+        # A venue flag takes only the venues the settings configure: a bogus or unvetted id can
+        # neither break automatic failover nor point trading at an exchange nobody set up.
+        self._venues = tuple(dict.fromkeys((settings.exchange_primary, settings.exchange_failover)))
         self._loaded = False
 
     async def load(self) -> None:
         """Read persisted overrides; changes made by another process are announced."""
         stored = await self._store.flag_overrides()
+        versions = await self._store.flag_versions()
         fresh = {
             k: v
             for k, v in stored.items()
-            if k in self._definitions and not self._definitions[k].env_only
+            if k in self._definitions
+            and not self._definitions[k].env_only
+            and self._acceptable(self._definitions[k], v.value)
         }
         for name in set(stored) - set(self._definitions):
             logger.warning("ignoring override for unknown flag %s", name)
         before = {n: self.get(n).value for n in self._definitions}
         self._overrides = fresh
+        self._versions = versions
         self._export_metrics()
         if not self._loaded:
             self._loaded = True
@@ -203,6 +216,27 @@ class FlagService:
                 await self.load()
             except LuniaError as exc:
                 logger.warning("could not reload flag overrides: %s", exc)
+
+    def _acceptable(self, d: FlagDefinition, value: Any) -> bool:
+        if d.kind is FlagKind.VENUE and value not in self._venues:
+            logger.warning(
+                "ignoring stored override %s=%s: not a configured venue (%s)",
+                d.name,
+                value,
+                ", ".join(self._venues),
+            )
+            return False
+        return True
+
+    @property
+    def venues(self) -> tuple[str, ...]:
+        """The venues the settings configure (EXCHANGE_PRIMARY, EXCHANGE_FAILOVER)."""
+        return self._venues
+
+    def add_danger_rule(self, name: str, rule: DangerRule) -> None:
+        """Make values of ``name`` that ``rule`` names need admin and confirmation (the venue
+        service says which venues would trade with real keys)."""
+        self._danger_rules.setdefault(self.definition(name).name, []).append(rule)
 
     def subscribe(self, listener: ChangeListener) -> None:
         """Call ``listener`` after every change (bot announcements, venue switching)."""
@@ -237,7 +271,12 @@ class FlagService:
             applies=d.applies,
             override_set_by=override.set_by.describe() if override else None,
             override_set_at=override.set_at.isoformat() if override else None,
+            version=self._version(d.name),
         )
+
+    def _version(self, name: str) -> int:
+        found = self._versions.get(name)
+        return 0 if found is None else found.version
 
     def value(self, name: str) -> Any:
         """Just the effective value (what services check on their hot paths)."""
@@ -268,7 +307,8 @@ class FlagService:
     async def _authorize(
         self, actor: Actor, d: FlagDefinition, old: Any, new: Any, confirm: bool, action: str
     ) -> None:
-        dangerous = d.is_dangerous(old, new)
+        why = [r for rule in self._danger_rules.get(d.name, ()) if old != new and (r := rule(new))]
+        dangerous = d.is_dangerous(old, new) or bool(why)
         await self._guard.require(
             actor,
             Role.ADMIN if dangerous else Role.OPERATOR,
@@ -281,7 +321,7 @@ class FlagService:
         if dangerous and not confirm:
             raise ConfirmationRequired(
                 f"setting {d.name} from {_show(old)} to {_show(new)} can move money or weaken "
-                "security; repeat with confirmation to proceed"
+                f"security{''.join(f' ({w})' for w in why)}; repeat with confirmation to proceed"
             )
 
     @staticmethod
@@ -292,31 +332,63 @@ class FlagService:
                 f"overrides included, is kept): set {d.name} in .env and restart; see RUNBOOK §2.2"
             )
 
-    async def set(self, name: str, raw: Any, actor: Actor, *, confirm: bool = False) -> FlagState:
-        """Override a flag at runtime; persisted, audited and effective immediately."""
+    def _parse(self, d: FlagDefinition, raw: Any) -> Any:
+        value = d.parse(raw)
+        if d.kind is FlagKind.VENUE and value not in self._venues:
+            raise InvalidInput(
+                f"{d.name} takes one of the configured venues ({', '.join(self._venues)}), not "
+                f"{raw!r}: set EXCHANGE_PRIMARY/EXCHANGE_FAILOVER in .env to configure another"
+            )
+        return value
+
+    async def set(
+        self,
+        name: str,
+        raw: Any,
+        actor: Actor,
+        *,
+        confirm: bool = False,
+        expected_version: int | None = None,
+    ) -> FlagState:
+        """Override a flag at runtime; persisted, audited and effective immediately. Refused
+        (``Conflict``) unless the flag is still at ``expected_version`` (default: the version
+        this process last read), so replicas cannot silently undo each other's changes."""
         d = self.definition(name)
         self._refuse_env_only(d)
-        new = d.parse(raw)
+        new = self._parse(d, raw)
         current = self.get(d.name)
         await self._authorize(actor, d, current.value, new, confirm, "flag.set")
         if current.source is Source.OVERRIDE and current.value == new:
             return current
         override = FlagOverride(name=d.name, value=new, set_by=actor, set_at=utcnow())
-        await self._store.put_flag_override(
-            override,
-            AuditRecord(
-                actor=actor,
-                action="flag.set",
-                target=d.name,
-                before={"value": current.value, "source": current.source.value},
-                after={"value": new, "source": Source.OVERRIDE.value},
-            ),
+        expected = current.version if expected_version is None else expected_version
+        await self._compare_and_set(
+            lambda: self._store.put_flag_override(
+                override,
+                AuditRecord(
+                    actor=actor,
+                    action="flag.set",
+                    target=d.name,
+                    before={"value": current.value, "source": current.source.value},
+                    after={"value": new, "source": Source.OVERRIDE.value},
+                ),
+                expected,
+            )
         )
         self._overrides[d.name] = override
+        self._bumped(d.name, expected, actor)
         return await self._changed(d, actor, "set")
 
-    async def unset(self, name: str, actor: Actor, *, confirm: bool = False) -> FlagState:
-        """Clear a runtime override so the flag falls back to env, then default."""
+    async def unset(
+        self,
+        name: str,
+        actor: Actor,
+        *,
+        confirm: bool = False,
+        expected_version: int | None = None,
+    ) -> FlagState:
+        """Clear a runtime override so the flag falls back to env, then default (compared
+        against ``expected_version`` like ``set``)."""
         d = self.definition(name)
         self._refuse_env_only(d)
         current = self.get(d.name)
@@ -324,21 +396,40 @@ class FlagService:
             return current
         new = self._fallback(d)
         await self._authorize(actor, d, current.value, new, confirm, "flag.unset")
-        await self._store.delete_flag_override(
-            d.name,
-            AuditRecord(
-                actor=actor,
-                action="flag.unset",
-                target=d.name,
-                before={"value": current.value, "source": Source.OVERRIDE.value},
-                after={
-                    "value": new,
-                    "source": (Source.ENV if d.name in self._env else Source.DEFAULT).value,
-                },
-            ),
+        expected = current.version if expected_version is None else expected_version
+        await self._compare_and_set(
+            lambda: self._store.delete_flag_override(
+                d.name,
+                AuditRecord(
+                    actor=actor,
+                    action="flag.unset",
+                    target=d.name,
+                    before={"value": current.value, "source": Source.OVERRIDE.value},
+                    after={
+                        "value": new,
+                        "source": (Source.ENV if d.name in self._env else Source.DEFAULT).value,
+                    },
+                ),
+                expected,
+            )
         )
         self._overrides.pop(d.name, None)
+        self._bumped(d.name, expected, actor)
         return await self._changed(d, actor, "unset")
+
+    async def _compare_and_set(self, write: Callable[[], Awaitable[object]]) -> None:
+        try:
+            await write()
+        except Conflict:
+            # Someone else changed the flag: adopt their change (listeners hear of it), so the
+            # reader sees what they would overwrite before trying again.
+            await self.load()
+            raise
+
+    def _bumped(self, name: str, expected: int, actor: Actor) -> None:
+        self._versions[name] = FlagVersion(
+            name=name, version=expected + 1, changed_by=actor, changed_at=utcnow()
+        )
 
     async def _changed(self, d: FlagDefinition, actor: Actor, action: str) -> FlagState:
         state = self.get(d.name)

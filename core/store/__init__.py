@@ -15,6 +15,7 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel
 
+from core.errors import Conflict
 from core.models import (
     Actor,
     AuditEntry,
@@ -38,6 +39,27 @@ class FlagOverride(BaseModel):
     value: Any
     set_by: Actor
     set_at: datetime
+
+
+class FlagVersion(BaseModel):
+    """How often a flag was changed at runtime (its version) and by whom last; kept when an
+    override is cleared, so a change based on an older read is refused (compare-and-set)."""
+
+    name: str
+    version: int
+    changed_by: Actor
+    changed_at: datetime
+
+
+def flag_version_conflict(name: str, current: FlagVersion | None, expected: int) -> Conflict:
+    """The refusal of a flag change based on version ``expected`` when ``current`` is newer."""
+    if current is None:
+        return Conflict(f"{name} is at version 0, not {expected}: read it again and retry")
+    return Conflict(
+        f"{name} was changed meanwhile by {current.changed_by.describe()} at "
+        f"{current.changed_at.isoformat(timespec='seconds')} (version {current.version}, your "
+        f"change was based on version {expected}): read it again and retry"
+    )
 
 
 class PnlPoint(BaseModel):
@@ -145,11 +167,19 @@ class Store(Protocol):
     async def flag_overrides(self) -> dict[str, FlagOverride]:
         """Every runtime flag override by name."""
 
-    async def put_flag_override(self, override: FlagOverride, audit: AuditRecord) -> AuditEntry:
-        """Set an override and audit it atomically."""
+    async def flag_versions(self) -> dict[str, FlagVersion]:
+        """Every flag's version by name (flags never changed at runtime are absent: version 0)."""
 
-    async def delete_flag_override(self, name: str, audit: AuditRecord) -> AuditEntry:
-        """Clear an override (no-op if absent) and audit it atomically."""
+    async def put_flag_override(
+        self, override: FlagOverride, audit: AuditRecord, expected_version: int | None = None
+    ) -> AuditEntry:
+        """Set an override, bump the flag's version and audit it atomically; ``Conflict``
+        naming who changed it last when ``expected_version`` is given and is not current."""
+
+    async def delete_flag_override(
+        self, name: str, audit: AuditRecord, expected_version: int | None = None
+    ) -> AuditEntry:
+        """Clear an override like ``put_flag_override`` sets one (version bumped, checked)."""
 
     async def ingest_alerts(
         self, alerts: Sequence[Alert], plan: AlertPlanner, now: datetime

@@ -7,6 +7,7 @@ under ``{prefix}:``, so a snapshot or a restore of the store never touches them:
     R:audit                     stream; entry ``seq`` has the id ``{seq}-0``, field ``e`` its JSON
     R:audit:head                JSON ``[seq, hash]`` of the last entry
     R:flags                     hash: flag name -> override JSON
+    R:flags:versions            hash: flag name -> ``{"version", "changed_by", "changed_at"}``
     R:engine                    hash: engine setting -> ``{"value", "updated_at"}`` JSON
     R:kv                        hash: adapter key -> JSON value
     R:cursors                   hash: consumer -> event log position
@@ -107,6 +108,7 @@ from core.store import (
     Confirmation,
     ConfirmationTake,
     FlagOverride,
+    FlagVersion,
     IncidentMutation,
     IngestOutcome,
     PnlPoint,
@@ -114,6 +116,7 @@ from core.store import (
     Store,
     StoredAlert,
     StoreSnapshot,
+    flag_version_conflict,
 )
 
 logger = logging.getLogger(__name__)
@@ -168,6 +171,7 @@ _COUNTED: list[tuple[str, str, str]] = [
     ("cursors", "hash", "cursors"),
     ("engine_state", "hash", "engine"),
     ("flag_overrides", "hash", "flags"),
+    ("flag_versions", "hash", "flags:versions"),
     ("incident_events", "stream", "events"),
     ("incidents", "hash", "incidents"),
     ("meta", "hash", "kv"),
@@ -306,6 +310,7 @@ class _Keys:
         self.audit = f"{root}:audit"
         self.audit_head = f"{root}:audit:head"
         self.flags = f"{root}:flags"
+        self.flag_versions = f"{root}:flags:versions"
         self.engine = f"{root}:engine"
         self.kv = f"{root}:kv"
         self.cursors = f"{root}:cursors"
@@ -364,6 +369,7 @@ _KEY_TYPES = {
     "audit": "stream",
     "audit:head": "string",
     "flags": "hash",
+    "flags:versions": "hash",
     "engine": "hash",
     "kv": "hash",
     "cursors": "hash",
@@ -864,8 +870,44 @@ class RedisStore:
             )
         return found
 
-    async def put_flag_override(self, override: FlagOverride, audit: AuditRecord) -> AuditEntry:
-        """Set an override and audit it in one transaction."""
+    async def flag_versions(self) -> dict[str, FlagVersion]:
+        """Every flag's version by name."""
+        with _translated("reading flag versions"):
+            rows = await _reply(self._client().hgetall(self._k.flag_versions))
+        return {_text(name): self._flag_version(_text(name), raw) for name, raw in rows.items()}
+
+    @staticmethod
+    def _flag_version(name: str, raw: bytes | str) -> FlagVersion:
+        doc = json.loads(raw)
+        return FlagVersion(
+            name=name,
+            version=int(doc["version"]),
+            changed_by=Actor.model_validate(doc["changed_by"]),
+            changed_at=datetime.fromisoformat(doc["changed_at"]),
+        )
+
+    async def _bump_flag_version(
+        self, tx: _Tx, name: str, audit: AuditRecord, expected: int | None
+    ) -> None:
+        """WATCH the versions, check ``expected`` and queue the bump: EXEC fails (and the body
+        runs again, re-checking) if another replica changed any flag in between."""
+        await tx.watch(self._k.flag_versions)
+        raw = await _reply(tx.pipe.hget(self._k.flag_versions, name))
+        current = None if raw is None else self._flag_version(name, raw)
+        version = 0 if current is None else current.version
+        if expected is not None and expected != version:
+            raise flag_version_conflict(name, current, expected)
+        doc = {
+            "version": version + 1,
+            "changed_by": audit.actor.model_dump(mode="json"),
+            "changed_at": _ts(utcnow()),
+        }
+        tx.hset(self._k.flag_versions, name, _dump(doc))
+
+    async def put_flag_override(
+        self, override: FlagOverride, audit: AuditRecord, expected_version: int | None = None
+    ) -> AuditEntry:
+        """Set an override, bump its version and audit it in one transaction."""
         doc = _dump(
             {
                 "value": override.value,
@@ -875,16 +917,20 @@ class RedisStore:
         )
 
         async def body(tx: _Tx) -> AuditEntry:
+            await self._bump_flag_version(tx, override.name, audit, expected_version)
             entry = await self._append_audit(tx, audit)
             tx.hset(self._k.flags, override.name, doc)
             return entry
 
         return await self._transaction("setting a flag override", body)
 
-    async def delete_flag_override(self, name: str, audit: AuditRecord) -> AuditEntry:
-        """Clear an override and audit it in one transaction."""
+    async def delete_flag_override(
+        self, name: str, audit: AuditRecord, expected_version: int | None = None
+    ) -> AuditEntry:
+        """Clear an override, bump its version and audit it in one transaction."""
 
         async def body(tx: _Tx) -> AuditEntry:
+            await self._bump_flag_version(tx, name, audit, expected_version)
             entry = await self._append_audit(tx, audit)
             tx.hdel(self._k.flags, name)
             return entry

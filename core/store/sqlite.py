@@ -40,6 +40,7 @@ from core.store import (
     Confirmation,
     ConfirmationTake,
     FlagOverride,
+    FlagVersion,
     IncidentMutation,
     IngestOutcome,
     PnlPoint,
@@ -47,6 +48,7 @@ from core.store import (
     Store,
     StoredAlert,
     StoreSnapshot,
+    flag_version_conflict,
 )
 
 logger = logging.getLogger(__name__)
@@ -158,6 +160,15 @@ MIGRATIONS: list[str] = [
         owner TEXT NOT NULL,
         expires_at TEXT NOT NULL,
         doc TEXT NOT NULL
+    );
+    """,
+    # -- flag versions for compare-and-set changes (issue 17 point 9); kept when overrides go
+    """
+    CREATE TABLE flag_versions (
+        name TEXT PRIMARY KEY,
+        version INTEGER NOT NULL,
+        changed_by TEXT NOT NULL,
+        changed_at TEXT NOT NULL
     );
     """,
 ]
@@ -435,10 +446,44 @@ class SqliteStore:
             for r in rows
         }
 
-    async def put_flag_override(self, override: FlagOverride, audit: AuditRecord) -> AuditEntry:
-        """Set an override and audit it in one transaction."""
+    async def flag_versions(self) -> dict[str, FlagVersion]:
+        """Every flag's version by name."""
+        rows = await self._read(lambda c: c.execute("SELECT * FROM flag_versions").fetchall())
+        return {r["name"]: self._row_to_flag_version(r) for r in rows}
+
+    @staticmethod
+    def _row_to_flag_version(row: sqlite3.Row) -> FlagVersion:
+        return FlagVersion(
+            name=row["name"],
+            version=row["version"],
+            changed_by=Actor.model_validate_json(row["changed_by"]),
+            changed_at=datetime.fromisoformat(row["changed_at"]),
+        )
+
+    def _bump_flag_version(
+        self, conn: sqlite3.Connection, name: str, audit: AuditRecord, expected: int | None
+    ) -> None:
+        """Check ``expected`` against the flag's version and bump it, inside the caller's
+        transaction (the single writer makes the check and the write one step)."""
+        row = conn.execute("SELECT * FROM flag_versions WHERE name = ?", (name,)).fetchone()
+        current = None if row is None else self._row_to_flag_version(row)
+        version = 0 if current is None else current.version
+        if expected is not None and expected != version:
+            raise flag_version_conflict(name, current, expected)
+        conn.execute(
+            "INSERT INTO flag_versions (name, version, changed_by, changed_at) VALUES (?,?,?,?)"
+            " ON CONFLICT (name) DO UPDATE SET version = excluded.version,"
+            " changed_by = excluded.changed_by, changed_at = excluded.changed_at",
+            (name, version + 1, audit.actor.model_dump_json(), _ts(utcnow())),
+        )
+
+    async def put_flag_override(
+        self, override: FlagOverride, audit: AuditRecord, expected_version: int | None = None
+    ) -> AuditEntry:
+        """Set an override, bump its version and audit it in one transaction."""
 
         def tx(conn: sqlite3.Connection) -> AuditEntry:
+            self._bump_flag_version(conn, override.name, audit, expected_version)
             conn.execute(
                 "INSERT INTO flag_overrides (name, value, set_by, set_at) VALUES (?,?,?,?)"
                 " ON CONFLICT (name) DO UPDATE SET value = excluded.value,"
@@ -454,10 +499,13 @@ class SqliteStore:
 
         return await self._write(lambda: self._transaction(tx))
 
-    async def delete_flag_override(self, name: str, audit: AuditRecord) -> AuditEntry:
-        """Clear an override and audit it in one transaction."""
+    async def delete_flag_override(
+        self, name: str, audit: AuditRecord, expected_version: int | None = None
+    ) -> AuditEntry:
+        """Clear an override, bump its version and audit it in one transaction."""
 
         def tx(conn: sqlite3.Connection) -> AuditEntry:
+            self._bump_flag_version(conn, name, audit, expected_version)
             conn.execute("DELETE FROM flag_overrides WHERE name = ?", (name,))
             return self._append_audit_tx(conn, audit)
 

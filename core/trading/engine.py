@@ -54,6 +54,7 @@ ORDER_LIST_MAX = 500
 PNL_RETENTION = timedelta(days=30)
 RATE_WINDOW = timedelta(minutes=5)  # signal and tick rates are averaged over this
 _OPEN = (OrderStatus.NEW, OrderStatus.OPEN)
+_PAGE = 500  # open orders read per page when a halt cancels them all
 
 
 class CoreInfo(BaseModel):
@@ -217,11 +218,20 @@ class TradingEngine:
         for key, value in state.items():
             if key.startswith("core.") and isinstance(value, dict):
                 self._enabled[key.removeprefix("core.")] = bool(value.get("enabled", True))
+        self._adopt_halt(state)
+
+    def _adopt_halt(self, state: dict[str, Any]) -> None:
         halt = state.get(HALT_KEY)
         halted = halt if isinstance(halt, dict) and halt.get("halted") else None
         if (halted is None) != (self._halt is None) and self._started:
             logger.warning("trading %s by another replica", "HALTED" if halted else "resumed")
         self._halt = halted
+
+    async def _read_halt(self) -> bool:
+        """Adopt the halt as the store has it now; True while halted. Read before each order
+        and when one returns, so a halt through any replica stops this one at once."""
+        self._adopt_halt(await self._store.engine_state())
+        return self._halt is not None
 
     async def follow_shared_state(self, interval: float) -> None:
         """With Redis, other replicas change engine state: adopt halt, core switches and the
@@ -359,6 +369,7 @@ class TradingEngine:
         venue_name = self._venues.active_name
         if self._fence is not None:
             self._fence()
+        await self._read_halt()
         refusal = self._refusal()
         if refusal is not None:
             self._metrics.orders.labels(venue_name, intent.side.value, "rejected").inc()
@@ -419,7 +430,29 @@ class TradingEngine:
             venue_name,
             record.status.value,
         )
+        # A halt may have landed (here or on another replica) while the venue call was out.
+        if record.status in _OPEN and (self._halt is not None or await self._read_halt()):
+            record = await self._cancel_landed(record)
         return record
+
+    async def _cancel_landed(self, record: OrderRecord) -> OrderRecord:
+        """Cancel an order that came back open after a halt landed while it was in flight."""
+        try:
+            order = await self._venues.venue(record.venue).cancel(record)
+        except OperationError as exc:
+            logger.error(
+                "order %s landed after the halt and could not be canceled: %s",
+                record.client_order_id,
+                exc.message,
+            )
+            return record
+        done = _as_record(order, record.core, record.mode)
+        await self._store.save_order(done)
+        self._metrics.orders.labels(done.venue, done.side.value, done.status.value).inc()
+        logger.warning(
+            "order %s landed after the halt: %s", done.client_order_id, done.status.value
+        )
+        return done
 
     async def _finish(self, record: OrderRecord, status: OrderStatus, error: str) -> None:
         self._metrics.orders.labels(record.venue, record.side.value, status.value).inc()
@@ -504,68 +537,87 @@ class TradingEngine:
         return self.core(name)
 
     async def halt(self, actor: Actor, *, confirm: bool = False, reason: str = "") -> HaltReport:
-        """Kill switch: stop every core and cancel open orders (admin, confirmed, audited)."""
-        await self._authorize(actor, Role.ADMIN, "engine.halt", "engine")
-        open_orders = await self._store.list_orders(limit=500, statuses=list(_OPEN))
+        """Kill switch: stop every core and cancel every open order (any operator: stopping is
+        the safe direction; confirmed, audited). The halt is in the store before anything else."""
+        await self._authorize(actor, Role.OPERATOR, "engine.halt", "engine")
         if not confirm:
+            shown = await self._store.list_orders(limit=_PAGE + 1, statuses=list(_OPEN))
+            count = f"{_PAGE}+" if len(shown) > _PAGE else str(len(shown))
             raise ConfirmationRequired(
-                f"halting stops every core and cancels {len(open_orders)} open order(s); "
+                f"halting stops every core and cancels {count} open order(s); "
                 "repeat with confirm to halt"
             )
-        if self._halt is None:
-            halt = {
-                "halted": True,
-                "by": actor.describe(),
-                "at": utcnow().isoformat(),
-                "reason": reason,
-            }
-            await self._store.put_engine_state(
-                HALT_KEY,
-                halt,
-                AuditRecord(
-                    actor=actor,
-                    action="engine.halt",
-                    target="engine",
-                    before={"halted": False},
-                    after={"halted": True, "open_orders": len(open_orders)},
-                    detail=reason,
-                ),
-            )
-            self._halt = halt
-            logger.warning(
-                "trading HALTED by %s: %s", actor.describe(), reason or "no reason given"
-            )
-        canceled, failed = await self._cancel_all(open_orders)
+        # Written whatever this replica believes: its cached view may be stale (another replica
+        # may have resumed), and every replica reads this key before each order.
+        was_halted = await self._read_halt()
+        halt = {
+            "halted": True,
+            "by": actor.describe(),
+            "at": utcnow().isoformat(),
+            "reason": reason,
+        }
+        await self._store.put_engine_state(
+            HALT_KEY,
+            halt,
+            AuditRecord(
+                actor=actor,
+                action="engine.halt",
+                target="engine",
+                before={"halted": was_halted},
+                after={"halted": True},
+                detail=reason,
+            ),
+        )
+        self._halt = halt
+        logger.warning("trading HALTED by %s: %s", actor.describe(), reason or "no reason given")
+        canceled, failed = await self._cancel_all()
         return HaltReport(state=self.state(), canceled=canceled, failed=failed)
 
-    async def _cancel_all(self, records: list[OrderRecord]) -> tuple[list[OrderRecord], list[str]]:
-        canceled, failed = [], []
-        for record in records:
-            try:
-                if record.status is OrderStatus.NEW:
-                    # never acknowledged: look it up; only a resting order needs canceling
-                    found = await self._venues.venue(record.venue).fetch_order(
-                        record.symbol, record.client_order_id
-                    )
-                    if found is None or found.status is not OrderStatus.OPEN:
-                        status = found.status if found else OrderStatus.FAILED
-                        await self._store.save_order(record.model_copy(update={"status": status}))
-                        continue
-                    record = _as_record(found, record.core, record.mode)
-                order = await self._venues.venue(record.venue).cancel(record)
-            except OperationError as exc:
-                failed.append(f"{record.client_order_id} on {record.venue}: {exc.message}")
-                continue
-            done = _as_record(order, record.core, record.mode)
-            await self._store.save_order(done)
-            self._metrics.orders.labels(done.venue, done.side.value, done.status.value).inc()
-            canceled.append(done)
-        return canceled, failed
+    async def _cancel_all(self) -> tuple[list[OrderRecord], list[str]]:
+        """Cancel every open order, page by page until none is left that was not tried."""
+        canceled: list[OrderRecord] = []
+        failed: list[str] = []
+        tried: set[str] = set()
+        while True:
+            # Canceled orders leave the open statuses; the ones that could not be canceled stay,
+            # so the page grows by the orders tried to reach those not tried yet.
+            page = await self._store.list_orders(limit=_PAGE + len(tried), statuses=list(_OPEN))
+            fresh = [r for r in page if r.client_order_id not in tried]
+            if not fresh:
+                return canceled, failed
+            for record in fresh:
+                tried.add(record.client_order_id)
+                outcome = await self._cancel_one(record)
+                if isinstance(outcome, str):
+                    failed.append(outcome)
+                elif outcome is not None:
+                    canceled.append(outcome)
+
+    async def _cancel_one(self, record: OrderRecord) -> OrderRecord | str | None:
+        """The canceled order, why it could not be canceled, or None (nothing rested)."""
+        try:
+            if record.status is OrderStatus.NEW:
+                # never acknowledged: look it up; only a resting order needs canceling
+                found = await self._venues.venue(record.venue).fetch_order(
+                    record.symbol, record.client_order_id
+                )
+                if found is None or found.status is not OrderStatus.OPEN:
+                    status = found.status if found else OrderStatus.FAILED
+                    await self._store.save_order(record.model_copy(update={"status": status}))
+                    return None
+                record = _as_record(found, record.core, record.mode)
+            order = await self._venues.venue(record.venue).cancel(record)
+        except OperationError as exc:
+            return f"{record.client_order_id} on {record.venue}: {exc.message}"
+        done = _as_record(order, record.core, record.mode)
+        await self._store.save_order(done)
+        self._metrics.orders.labels(done.venue, done.side.value, done.status.value).inc()
+        return done
 
     async def resume(self, actor: Actor, *, confirm: bool = False) -> EngineState:
-        """Undo a halt: cores that are enabled trade again (admin, confirmed, audited)."""
+        """Undo a halt: cores that are enabled trade again (admin only, confirmed, audited)."""
         await self._authorize(actor, Role.ADMIN, "engine.resume", "engine")
-        if self._halt is None:
+        if not await self._read_halt() or self._halt is None:
             raise Conflict("trading is not halted")
         if not confirm:
             raise ConfirmationRequired(

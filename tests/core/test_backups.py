@@ -52,7 +52,7 @@ async def open_titles(plane: ControlPlane) -> set[str]:
 async def make_state(plane: ControlPlane) -> None:
     """Flags overridden, incidents in several states, a few audit entries."""
     await plane.flags.set("SELF_HEALING_ENABLED", "off", OPERATOR)
-    await plane.flags.set("EXCHANGE_FAILOVER", "kraken", OPERATOR)
+    await plane.flags.set("EXCHANGE_FAILOVER", "binance", OPERATOR)
     disk = await plane.incidents.raise_engine("test:disk", "Disk full", Severity.CRITICAL, "92%")
     await plane.incidents.raise_engine("test:lag", "Replication lag", Severity.WARNING)
     assert disk is not None

@@ -2,19 +2,29 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import pytest
 
 from core.control_plane import ControlPlane
-from core.errors import ConfirmationRequired, Conflict, PermissionDenied, VenueUnavailable
-from core.models import Actor, ActorKind, Role
+from core.errors import (
+    ConfigError,
+    ConfirmationRequired,
+    Conflict,
+    InvalidInput,
+    PermissionDenied,
+    VenueUnavailable,
+)
+from core.models import Actor, ActorKind, AuditRecord, Role, utcnow
 from core.models.incidents import IncidentState
 from core.models.venues import OrderSide, OrderStatus, OrderType, VenueMode
 from core.trading.strategies import Intent
-from tests.conftest import PlaneFactory
+from tests.conftest import PlaneFactory, SettingsFactory
 from tests.fakes.exchanges import BinanceFake, OkxFake, credentials_env
+
+pytestmark = pytest.mark.slow  # failover drills wait out probe runs and cooldowns
 
 OPERATOR = Actor(kind=ActorKind.API, id="operator-1", name="operator-1", role=Role.OPERATOR)
 VIEWER = Actor(kind=ActorKind.API, id="viewer-1", name="viewer-1", role=Role.VIEWER)
@@ -152,30 +162,97 @@ async def test_failback_clears_the_metric_and_resolves_the_incident(
     assert "venue.failback" in await audit_actions(plane)
 
 
-async def test_manual_failover_needs_operator_and_confirmation(
+async def test_manual_failover_to_a_live_venue_needs_an_admin_and_confirmation(
     plane: ControlPlane, fakes: Venues
 ) -> None:
     with pytest.raises(PermissionDenied):
         await plane.venues.failover(VIEWER)
     denied = [e for e in await plane.audit.tail(10) if e.outcome == "denied"]
     assert denied and denied[0].action == "venue.failover"
-    with pytest.raises(ConfirmationRequired, match="pre-check of okx .* passed"):
-        await plane.venues.failover(OPERATOR)
+    # okx has API keys and is neither sandbox nor mock: an operator may not move funds there
+    with pytest.raises(PermissionDenied):
+        await plane.venues.failover(OPERATOR, confirm=True)
     assert not plane.venues.failed_over
-    status = await plane.venues.failover(OPERATOR, confirm=True, reason="binance degraded")
+    with pytest.raises(ConfirmationRequired, match="pre-check of okx .* passed.*live funds"):
+        await plane.venues.failover(ADMIN)
+    assert not plane.venues.failed_over
+    status = await plane.venues.failover(ADMIN, confirm=True, reason="binance degraded")
     assert status.active == "okx" and failover_metric(plane) == 1
     with pytest.raises(Conflict, match="already trading on okx"):
-        await plane.venues.failover(OPERATOR, to="okx", confirm=True)
+        await plane.venues.failover(ADMIN, to="okx", confirm=True)
+
+
+async def test_failover_only_to_configured_venues(plane: ControlPlane, fakes: Venues) -> None:
+    with pytest.raises(InvalidInput, match="'kraken' is not a configured venue.*binance, okx"):
+        await plane.venues.failover(ADMIN, to="kraken", confirm=True)
+    assert plane.venues.active_name == "binance"
+
+
+async def test_standby_flag_takes_configured_venues_and_live_ones_need_an_admin(
+    plane: ControlPlane, fakes: Venues
+) -> None:
+    with pytest.raises(InvalidInput, match="configured venues \\(binance, okx\\)"):
+        await plane.flags.set("EXCHANGE_FAILOVER", "kraken", ADMIN, confirm=True)
+    await plane.flags.set("EXCHANGE_FAILOVER", "binance", OPERATOR)  # no standby: primary only
+    with pytest.raises(PermissionDenied):
+        await plane.flags.set("EXCHANGE_FAILOVER", "okx", OPERATOR, confirm=True)
+    with pytest.raises(ConfirmationRequired, match="okx has API keys and would trade live"):
+        await plane.flags.set("EXCHANGE_FAILOVER", "okx", ADMIN)
+    assert (await plane.flags.set("EXCHANGE_FAILOVER", "okx", ADMIN, confirm=True)).value == "okx"
+
+
+async def test_paper_standby_needs_only_an_operator(make_plane: PlaneFactory) -> None:
+    plane = await make_plane(venue_probe_seconds=3600, core_tick_seconds=3600)  # no keys: paper
+    with pytest.raises(ConfirmationRequired, match="pre-check of okx \\(paper\\) passed"):
+        await plane.venues.failover(OPERATOR)
+    assert (await plane.venues.failover(OPERATOR, confirm=True)).active == "okx"
+
+
+async def test_a_bad_venue_in_the_environment_stops_startup_naming_the_variable(
+    make_settings: SettingsFactory,
+) -> None:
+    plane = ControlPlane(make_settings(exchange_failover="nosuchexchange"))
+    with pytest.raises(ConfigError, match="^EXCHANGE_FAILOVER: 'nosuchexchange' is not a ccxt"):
+        await plane.venues.start()
 
 
 async def test_failover_survives_a_restart(
     make_plane: PlaneFactory, plane: ControlPlane, fakes: Venues
 ) -> None:
-    await plane.venues.failover(OPERATOR, confirm=True)
+    await plane.venues.failover(ADMIN, confirm=True)
     await plane.close()
     again = await make_plane(venue_probe_seconds=3600, core_tick_seconds=3600)
     assert again.venues.active_name == "okx"
     assert failover_metric(again) == 1
+
+
+async def test_order_in_flight_when_the_halt_lands_is_canceled_when_it_returns(
+    plane: ControlPlane, fakes: Venues
+) -> None:
+    await plane.venues.active().ticker("ETH/USDT")  # markets loaded: the next call is the order
+    fakes.binance.delay_next_orders(0.3)  # created at once, answered 0.3 s later
+    placing = asyncio.create_task(
+        plane.trading.place_order(
+            "manual",
+            Intent(
+                symbol="ETH/USDT", side=OrderSide.SELL, amount=0.1, type=OrderType.LIMIT, price=9000
+            ),
+        )
+    )
+    while not fakes.binance.created_orders():
+        await asyncio.sleep(0.01)
+    # Another replica's halt lands in the shared store while the answer is still out.
+    await plane.store.put_engine_state(
+        "engine.halt",
+        {"halted": True, "by": "api:other", "at": utcnow().isoformat(), "reason": "elsewhere"},
+        AuditRecord(actor=ADMIN, action="engine.halt", target="engine"),
+    )
+    record = await placing
+    assert record.status is OrderStatus.CANCELED
+    [created] = fakes.binance.created_orders()
+    assert created.status == "canceled"
+    [stored] = await plane.trading.orders(core="manual")
+    assert stored.status is OrderStatus.CANCELED
 
 
 async def test_halt_cancels_open_orders_on_the_venue(plane: ControlPlane, fakes: Venues) -> None:

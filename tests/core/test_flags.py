@@ -62,11 +62,11 @@ async def test_overrides_survive_restart(
 ) -> None:
     settings = make_settings()
     first = await make_plane(settings=settings)
-    await first.flags.set("EXCHANGE_FAILOVER", "Kraken", OPERATOR)
+    await first.flags.set("EXCHANGE_FAILOVER", "Binance", OPERATOR)
     await first.close()
     second = await make_plane(settings=settings)
     state = second.flags.get("EXCHANGE_FAILOVER")
-    assert (state.value, state.source) == ("kraken", Source.OVERRIDE)
+    assert (state.value, state.source) == ("binance", Source.OVERRIDE)
 
 
 async def test_viewer_cannot_flip_and_the_refusal_is_audited(make_plane: PlaneFactory) -> None:

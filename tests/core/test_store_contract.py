@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from core.errors import NotFound
+from core.errors import Conflict, NotFound
 from core.models import Actor, ActorKind, AuditRecord, OutboxMessage, Role, utcnow
 from core.models.alerts import Alert, AlertSource, AlertStatus, Severity
 from core.models.audit import GENESIS_HASH, entry_digest
@@ -154,6 +154,46 @@ async def test_flag_override_is_written_with_its_audit_entry(store: Store) -> No
     await store.delete_flag_override("AUTO_BACKUP_ENABLED", record("flag.unset"))
     assert await store.flag_overrides() == {}
     assert (await store.audit_head() or (0, ""))[0] == 2
+
+
+async def test_flag_changes_are_compare_and_set_on_the_flag_version(store: Store) -> None:
+    name = "AUTO_BACKUP_ENABLED"
+    assert await store.flag_versions() == {}
+    first = FlagOverride(name=name, value=False, set_by=ALICE, set_at=utcnow())
+    await store.put_flag_override(first, record("flag.set", name), 0)
+    [version] = (await store.flag_versions()).values()
+    assert (version.name, version.version, version.changed_by) == (name, 1, ALICE)
+    # A change based on version 0 (read before the first one) is refused and writes nothing.
+    bob = Actor(kind=ActorKind.API, id="bob", name="bob", role=Role.OPERATOR)
+    stale = FlagOverride(name=name, value=True, set_by=bob, set_at=utcnow())
+    with pytest.raises(Conflict, match=f"{name} was changed meanwhile by .*alice.*version 1"):
+        await store.put_flag_override(stale, record("flag.set", name), 0)
+    with pytest.raises(Conflict, match="version 1"):
+        await store.delete_flag_override(name, record("flag.unset", name), 0)
+    assert (await store.flag_overrides())[name] == first
+    assert (await store.audit_head() or (0, ""))[0] == 1
+    # Clearing keeps the version counting, so a read from before the clear is stale too.
+    await store.delete_flag_override(name, record("flag.unset", name), 1)
+    assert (await store.flag_versions())[name].version == 2
+    with pytest.raises(Conflict):
+        await store.put_flag_override(stale, record("flag.set", name), 1)
+    await store.put_flag_override(stale, record("flag.set", name), 2)
+    assert (await store.flag_overrides())[name].value is True
+
+
+async def test_concurrent_flag_changes_from_one_version_let_exactly_one_win(store: Store) -> None:
+    name = "SELF_HEALING_ENABLED"
+
+    async def change(value: bool) -> bool:
+        override = FlagOverride(name=name, value=value, set_by=ALICE, set_at=utcnow())
+        try:
+            await store.put_flag_override(override, record("flag.set", name), 0)
+        except Conflict:
+            return False
+        return True
+
+    assert sorted(await asyncio.gather(change(True), change(False))) == [False, True]
+    assert (await store.flag_versions())[name].version == 1
 
 
 async def test_state_survives_reopening(open_store: StoreFactory) -> None:

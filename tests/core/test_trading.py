@@ -18,10 +18,17 @@ from core.errors import (
 )
 from core.models import Actor, ActorKind, Role, utcnow
 from core.models.trading import PnlWindow, TradingMode
-from core.models.venues import OrderSide, OrderStatus, OrderType, VenueMode
+from core.models.venues import (
+    OrderRecord,
+    OrderRequest,
+    OrderSide,
+    OrderStatus,
+    OrderType,
+    VenueMode,
+)
 from core.store import PnlPoint
 from core.trading.strategies import CoreContext, Intent, MeanReversionCore, MomentumCore
-from tests.conftest import PlaneFactory
+from tests.conftest import PlaneFactory, SettingsFactory
 from tests.support.cores import BuyEveryTick, CrashTwice
 
 ADMIN = Actor(kind=ActorKind.TELEGRAM, id="1", name="alice", role=Role.ADMIN)
@@ -114,7 +121,7 @@ async def test_read_only_mode_refuses_orders_with_a_clear_message(plane: Control
     assert actions.count("engine.read_only") == 2
 
 
-async def test_halt_is_admin_confirmed_cancels_orders_and_resume_undoes_it(
+async def test_operator_halts_confirmed_cancels_orders_and_only_an_admin_resumes(
     plane: ControlPlane,
 ) -> None:
     resting = await plane.trading.place_order(
@@ -122,11 +129,9 @@ async def test_halt_is_admin_confirmed_cancels_orders_and_resume_undoes_it(
         Intent(symbol="ETH/USDT", side=OrderSide.BUY, amount=0.1, type=OrderType.LIMIT, price=1.0),
     )
     assert resting.status is OrderStatus.OPEN
-    with pytest.raises(PermissionDenied):
-        await plane.trading.halt(OPERATOR, confirm=True)
     with pytest.raises(ConfirmationRequired, match="cancels 1 open order"):
-        await plane.trading.halt(ADMIN)
-    report = await plane.trading.halt(ADMIN, confirm=True, reason="runaway")
+        await plane.trading.halt(OPERATOR)
+    report = await plane.trading.halt(OPERATOR, confirm=True, reason="runaway")
     assert report.state.halted and [o.status for o in report.canceled] == [OrderStatus.CANCELED]
     assert await plane.venues.active().open_orders() == []
     assert not any(c.running for c in plane.trading.cores())
@@ -134,10 +139,62 @@ async def test_halt_is_admin_confirmed_cancels_orders_and_resume_undoes_it(
         await plane.trading.place_order(
             "manual", Intent(symbol="BTC/USDT", side=OrderSide.BUY, amount=0.001)
         )
+    with pytest.raises(PermissionDenied):
+        await plane.trading.resume(OPERATOR, confirm=True)
+    assert plane.trading.state().halted
     state = await plane.trading.resume(ADMIN, confirm=True)
     assert not state.halted and all(c.running for c in plane.trading.cores())
     actions = [e.action for e in await plane.audit.tail(10)]
     assert {"engine.halt", "engine.resume"} <= set(actions)
+
+
+async def test_halt_cancels_every_open_order_past_one_page(plane: ControlPlane) -> None:
+    venue = plane.venues.active()
+    for _ in range(1200):  # straight onto the paper venue and into the store: quicker
+        order = await venue.place(
+            OrderRequest(
+                symbol="ETH/USDT", side=OrderSide.BUY, amount=0.001, type=OrderType.LIMIT, price=1
+            )
+        )
+        fields = order.model_dump(exclude={"core", "mode", "error"})
+        await plane.store.save_order(OrderRecord(**fields, core="manual", mode=VenueMode.PAPER))
+    assert len(await venue.open_orders()) == 1200
+    report = await plane.trading.halt(OPERATOR, confirm=True, reason="runaway")
+    assert len(report.canceled) == 1200 and report.failed == []
+    assert await venue.open_orders() == []
+    assert await plane.store.list_orders(limit=5000, statuses=[OrderStatus.OPEN]) == []
+
+
+async def test_halt_through_another_replica_blocks_the_next_order_at_once(
+    make_plane: PlaneFactory, make_settings: SettingsFactory
+) -> None:
+    settings = make_settings(**QUIET)
+    here = await make_plane(settings=settings)
+    other = await make_plane(settings=settings)  # another replica on the same store
+    await here.trading.place_order(
+        "manual", Intent(symbol="BTC/USDT", side=OrderSide.BUY, amount=0.001)
+    )
+    await other.trading.halt(OPERATOR, confirm=True, reason="from the other replica")
+    with pytest.raises(OrderRejected, match="halted"):  # no reload of shared state ran here
+        await here.trading.place_order(
+            "manual", Intent(symbol="BTC/USDT", side=OrderSide.BUY, amount=0.001)
+        )
+    assert here.trading.state().halted
+
+
+async def test_halt_with_a_stale_view_is_still_persisted(
+    make_plane: PlaneFactory, make_settings: SettingsFactory
+) -> None:
+    settings = make_settings(**QUIET)
+    here = await make_plane(settings=settings)
+    other = await make_plane(settings=settings)
+    await here.trading.halt(OPERATOR, confirm=True)
+    await other.trading.resume(ADMIN, confirm=True)  # `here` still believes it is halted
+    await here.trading.halt(OPERATOR, confirm=True, reason="again")
+    with pytest.raises(OrderRejected, match="halted"):
+        await other.trading.place_order(
+            "manual", Intent(symbol="BTC/USDT", side=OrderSide.BUY, amount=0.001)
+        )
 
 
 async def test_halt_and_core_switches_survive_a_restart(

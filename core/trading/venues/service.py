@@ -14,11 +14,13 @@ import asyncio
 import logging
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from pydantic import BaseModel
 
 from core.config.settings import Settings, VenueCredentials
 from core.errors import (
+    ConfigError,
     ConfirmationRequired,
     Conflict,
     InvalidInput,
@@ -131,18 +133,27 @@ class VenueService:
         self._since: datetime | None = None
         self._reason = ""
         self._lock = asyncio.Lock()
+        # Pointing the standby at a venue that trades real funds is an admin's confirmed choice.
+        flags.add_danger_rule("EXCHANGE_FAILOVER", self._live_standby)
 
     # -- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Restore which venue was active (a failover survives a restart)."""
+        """Check the configured venues, then restore which venue was active (a failover survives
+        a restart)."""
+        for variable, name in (
+            ("EXCHANGE_PRIMARY", self._settings.exchange_primary),
+            ("EXCHANGE_FAILOVER", self._settings.exchange_failover),
+        ):
+            if not known_exchange(name):
+                raise ConfigError(f"{variable}: {name!r} is not a ccxt exchange id")
         await self.reload()
         logger.info("trading on %s (%s)", self._active, self.mode_of(self._active)[0].value)
 
     async def reload(self) -> None:
         """Adopt the active venue from the store (another replica may have failed over)."""
         state = (await self._store.engine_state()).get(STATE_KEY)
-        if isinstance(state, dict) and known_exchange(str(state.get("active"))):
+        if isinstance(state, dict) and str(state.get("active")) in self.configured:
             active = str(state["active"])
             if active != self._active and self._since is not None:
                 logger.warning("another replica switched trading to %s", active)
@@ -169,6 +180,11 @@ class VenueService:
     def standby(self) -> str:
         """The standby venue (the ``EXCHANGE_FAILOVER`` flag, read live)."""
         return str(self._flags.value("EXCHANGE_FAILOVER"))
+
+    @property
+    def configured(self) -> tuple[str, ...]:
+        """The venues trading may move to: those the settings configure."""
+        return self._flags.venues
 
     @property
     def active_name(self) -> str:
@@ -198,6 +214,16 @@ class VenueService:
         if not self._flags.enabled("BINANCE_LIVE_TRADING"):
             return VenueMode.PAPER, "BINANCE_LIVE_TRADING is off"
         return VenueMode.LIVE, "credentials configured, live trading on"
+
+    def _live_funds(self, name: Any) -> str | None:
+        """Why trading on ``name`` needs an admin's confirmation, or None (paper/sandbox)."""
+        if str(name) in self.configured and self.mode_of(str(name))[0] is VenueMode.LIVE:
+            return f"{name} has API keys and would trade live funds"
+        return None
+
+    def _live_standby(self, name: Any) -> str | None:
+        # The primary as standby means "no failover": no funds move anywhere.
+        return None if name == self.primary else self._live_funds(name)
 
     def venue(self, name: str) -> Venue:
         """The venue object ``name`` trades through now (paper or ccxt)."""
@@ -360,20 +386,29 @@ class VenueService:
     async def failover(
         self, actor: Actor, *, to: str | None = None, confirm: bool = False, reason: str = ""
     ) -> VenuesStatus:
-        """Switch trading to ``to`` (default: the standby) after a pre-check; needs confirm."""
+        """Switch trading to ``to`` (default: the standby) after a pre-check; needs confirm, and
+        an admin when the target would trade live funds."""
         target = (to or self.standby).strip().lower()
         await self._authorize(actor, Role.OPERATOR, "venue.failover", target)
-        if not known_exchange(target):
-            raise InvalidInput(f"{target!r} is not a ccxt exchange id")
+        if target not in self.configured:
+            raise InvalidInput(
+                f"{target!r} is not a configured venue; trading may move to: "
+                f"{', '.join(self.configured)}"
+            )
         if target == self._active:
             raise Conflict(f"already trading on {target}")
         if target == self.primary:
             return await self.failback(actor)
+        live = self._live_funds(target)
+        if live is not None:
+            # The same rule as BINANCE_LIVE_TRADING: real money moves only on an admin's word.
+            await self._authorize(actor, Role.ADMIN, "venue.failover", target)
         check = await self.precheck(target)
         if not confirm:
             raise ConfirmationRequired(
-                f"failover from {self._active} to {target}: {check.summary()}; "
-                "repeat with confirm to switch"
+                f"failover from {self._active} to {target}: {check.summary()}"
+                + (f"; {live}" if live else "")
+                + "; repeat with confirm to switch"
             )
         if not check.ok:
             raise Conflict(f"not switching: {check.summary()}")
