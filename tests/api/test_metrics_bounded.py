@@ -8,6 +8,7 @@ import random
 import string
 
 import httpx
+import pytest
 
 from core.control_plane import ControlPlane
 from core.platform.metrics import method_label
@@ -37,6 +38,7 @@ def junk_request(rng: random.Random) -> tuple[str, str]:
     return method, path
 
 
+@pytest.mark.slow
 async def test_ten_thousand_junk_requests_keep_metrics_under_400_lines(
     client: httpx.AsyncClient,
 ) -> None:

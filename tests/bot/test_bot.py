@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
+
 from bot.app import TelegramBot
 from core.incidents.receivers import parse_alertmanager, parse_falco
 from core.models import Actor, utcnow
@@ -177,6 +179,7 @@ async def test_unknown_user_gets_one_polite_refusal_and_no_data(
     assert not any("Open incidents" in (m.text or "") for m in fake_telegram.messages(OPS))
 
 
+@pytest.mark.slow
 async def test_commands_answer_and_unknown_ones_get_help(
     telegram: TelegramBot, fake_telegram: FakeTelegram
 ) -> None:
@@ -196,6 +199,7 @@ async def test_commands_answer_and_unknown_ones_get_help(
     assert "usage: /ack ID" in await replies(fake_telegram, VIEWER, "usage")
 
 
+@pytest.mark.slow
 async def test_operator_acts_by_command(telegram: TelegramBot, fake_telegram: FakeTelegram) -> None:
     incident_id = await open_incident(telegram)
     fake_telegram.push_message(OPERATOR, OPERATOR, f"/silence {incident_id} 4h")
@@ -207,6 +211,7 @@ async def test_operator_acts_by_command(telegram: TelegramBot, fake_telegram: Fa
     assert message.buttons == []
 
 
+@pytest.mark.slow
 async def test_dangerous_flag_needs_the_askers_confirmation(
     telegram: TelegramBot, fake_telegram: FakeTelegram
 ) -> None:
@@ -235,6 +240,7 @@ async def test_dangerous_flag_needs_the_askers_confirmation(
     assert entry.action == "telegram.confirmation_refused"
 
 
+@pytest.mark.slow
 async def test_retry_after_is_honoured_exactly_and_nothing_is_lost(
     telegram: TelegramBot, fake_telegram: FakeTelegram
 ) -> None:
@@ -319,6 +325,7 @@ async def test_security_incidents_go_to_the_security_chat(
     assert not any("Terminal shell" in (m.text or "") for m in fake_telegram.messages(OPS))
 
 
+@pytest.mark.slow
 async def test_escalation_posts_to_the_escalation_chat(
     make_bot: BotFactory, fake_telegram: FakeTelegram
 ) -> None:
@@ -331,6 +338,7 @@ async def test_escalation_posts_to_the_escalation_chat(
     assert "open incident" in text  # a link to the ops chat message
 
 
+@pytest.mark.slow
 async def test_alert_storm_becomes_a_digest(
     telegram: TelegramBot, fake_telegram: FakeTelegram
 ) -> None:

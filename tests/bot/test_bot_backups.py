@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from bot.app import TelegramBot
 from core.models import Actor
 from tests.bot.conftest import ADMIN, OPERATOR, VIEWER
@@ -9,6 +11,7 @@ from tests.bot.test_bot import button, incident_message, replies
 from tests.fakes.telegram import FakeTelegram
 
 
+@pytest.mark.slow
 async def test_backup_list_verify_and_confirmed_restore(
     telegram: TelegramBot, fake_telegram: FakeTelegram
 ) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import httpx
+import pytest
 
 from api.app import create_app
 from bot.app import TelegramBot
@@ -16,6 +17,7 @@ def admin_actor() -> Actor:
     return Actor.system("test")
 
 
+@pytest.mark.slow
 async def test_token_issue_list_revoke(telegram: TelegramBot, fake_telegram: FakeTelegram) -> None:
     fake_telegram.push_message(OPERATOR, OPERATOR, "/token issue ci viewer 1h")
     assert "admin" in await replies(fake_telegram, OPERATOR, "⛔️")
@@ -44,6 +46,7 @@ async def test_token_issue_list_revoke(telegram: TelegramBot, fake_telegram: Fak
         assert (await client.get("/api/v1/flags", headers=headers)).status_code == 401
 
 
+@pytest.mark.slow
 async def test_issue_waits_for_confirm_and_the_value_is_shown_once(
     telegram: TelegramBot, fake_telegram: FakeTelegram
 ) -> None:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
+
 from bot.app import TelegramBot
 from tests.bot.conftest import ADMIN, OPERATOR, VIEWER
 from tests.bot.test_bot import button, incident_message, replies
 from tests.fakes.telegram import PNG_SIGNATURE, FakeTelegram
+
+pytestmark = pytest.mark.slow  # several replies to one chat wait out Telegram's 1 message/s pacing
 
 
 async def test_pnl_chart_arrives_as_a_png(

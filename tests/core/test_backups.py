@@ -373,6 +373,7 @@ async def test_backup_and_restore_round_trip_through_s3(make_plane: PlaneFactory
         assert (await plane.backups.verify(info.id, OPERATOR)).ok
 
 
+@pytest.mark.slow
 async def test_offsite_failure_keeps_the_local_backup_and_raises_an_incident(
     make_plane: PlaneFactory,
 ) -> None:

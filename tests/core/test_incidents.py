@@ -252,6 +252,7 @@ async def test_metrics_count_alerts_open_incidents_and_time_to_ack(plane: Contro
     assert 'incident_time_to_acknowledge_seconds_count{severity="critical"} 1.0' in text
 
 
+@pytest.mark.slow
 async def test_pagerduty_gets_trigger_ack_resolve_with_one_dedup_key(
     make_plane: PlaneFactory,
 ) -> None:

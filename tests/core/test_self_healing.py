@@ -65,6 +65,7 @@ async def failovers(plane: ControlPlane) -> list[Actor]:
     return [e.actor for e in await plane.audit.tail(100) if e.action == "venue.failover"]
 
 
+@pytest.mark.slow
 async def test_a_failing_primary_is_failed_over_once_not_on_every_run(
     plane: ControlPlane, fakes: Venues
 ) -> None:
@@ -86,6 +87,7 @@ async def test_a_failing_primary_is_failed_over_once_not_on_every_run(
     assert "Trading failed over to okx" in titles
 
 
+@pytest.mark.slow
 async def test_flag_off_means_no_remedy(plane: ControlPlane, fakes: Venues) -> None:
     await plane.flags.set("SELF_HEALING_ENABLED", False, OPERATOR)
     await primary_keeps_failing_while_standby_was_down(plane, fakes)
@@ -101,6 +103,7 @@ async def test_flag_off_means_no_remedy(plane: ControlPlane, fakes: Venues) -> N
     assert remedy.outcome == "done" and plane.venues.active_name == "okx"
 
 
+@pytest.mark.slow
 async def test_a_blocked_failover_is_tried_once_per_cooldown_and_raises_an_incident(
     plane: ControlPlane, fakes: Venues
 ) -> None:
