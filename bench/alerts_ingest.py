@@ -1,29 +1,38 @@
 """Alert ingestion throughput and webhook → notification latency.
 
-Serves the real app (SQLite on a temp dir, and Redis with AOF fsync always, both durable before
-the 2xx) with uvicorn on loopback and drives it with an HTTP client in the same run, beside a
-bare FastAPI endpoint that only parses the same JSON, so the figures read as ratios on this
-machine. Two latencies per store: webhook → the 'opened' event delivered by the bus, on an idle
-system; and webhook → the incident message arriving at the Bot API (the real bot, outbox and
-pacing against the loopback fake Telegram), one alert every few seconds as Telegram's 20/min per
-group allows. Prints a small table; no asserts.
+Serves the real app (SQLite on a temp dir, and Redis with AOF fsync always and everysec, all
+durable before the 2xx) with uvicorn on loopback and drives it with an HTTP client in the same
+run, beside the reference of issue 18: a bare FastAPI endpoint that parses the body and upserts
+the alerts into SQLite in one transaction (WAL, synchronous=NORMAL), so the figures read as ratios
+on this machine (ours / reference). ``--history`` instead ingests rounds of new alerts while open
+incidents pile up and prints each round's rate against the first (cost flat with history).
+
+Two latencies per store: webhook → the 'opened' event delivered by the bus, on an idle system;
+and webhook → the incident message arriving at the Bot API (the real bot, outbox and pacing
+against the loopback fake Telegram), one alert every few seconds as Telegram's 20/min per group
+allows. Prints a small table; no asserts.
 
     .venv/bin/python bench/alerts_ingest.py [--batches 100] [--concurrency 8] [--store both]
+    .venv/bin/python bench/alerts_ingest.py --history 5 --pages 0   # 5 rounds of 40k alerts
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import sqlite3
 import statistics
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import httpx
+import redis as redis_client
 import uvicorn
 from fastapi import FastAPI, Request
 from pydantic import SecretStr
@@ -44,13 +53,28 @@ TOKEN = "bench-webhook-token"
 OPS = -1001000000001
 
 
-def bare_app() -> FastAPI:
-    """The baseline: parse the JSON body and answer, nothing stored."""
+def bare_app(path: Path) -> FastAPI:
+    """The reference: parse the body and upsert its alerts into SQLite in one transaction."""
     app = FastAPI()
+    writer = ThreadPoolExecutor(max_workers=1)
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("CREATE TABLE alerts (fingerprint TEXT PRIMARY KEY, status TEXT, doc TEXT)")
+
+    def upsert(alerts: list[dict[str, Any]]) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.executemany(
+            "INSERT INTO alerts VALUES (?, ?, ?) ON CONFLICT (fingerprint) DO UPDATE"
+            " SET status = excluded.status, doc = excluded.doc",
+            [(a["fingerprint"], a["status"], json.dumps(a)) for a in alerts],
+        )
+        conn.execute("COMMIT")
 
     @app.post("/api/v1/alerts/alertmanager")
     async def receive(request: Request) -> dict[str, Any]:
-        body = await request.json()
+        body = json.loads(await request.body())
+        await asyncio.get_running_loop().run_in_executor(writer, upsert, body["alerts"])
         return {"accepted": len(body["alerts"])}
 
     return app
@@ -69,17 +93,20 @@ async def serving(app: Any) -> tuple[EmbeddedServer, asyncio.Task[None], str]:
     return server, task, f"http://127.0.0.1:{port}"
 
 
-def batch(index: int, size: int) -> dict[str, Any]:
-    """A webhook of ``size`` alerts, each a new condition (so each opens an incident)."""
-    return am_payload(
+def batch(index: int, size: int) -> bytes:
+    """A webhook of ``size`` alerts, each a new condition (so each opens an incident), encoded
+    up front so the client's own cost stays small beside the servers'."""
+    body = am_payload(
         *[am_alert(f"Bench{index}_{i}", fingerprint=f"b{index}-{i}") for i in range(size)]
     )
+    return json.dumps(body).encode()
 
 
 async def drive(
     url: str, batches: int, size: int, concurrency: int, sent_at: dict[str, float], offset: int = 0
 ) -> float:
     """Post ``batches`` webhooks from ``concurrency`` workers; returns the elapsed seconds."""
+    bodies = {offset + i: batch(offset + i, size) for i in range(batches)}
     queue: asyncio.Queue[int] = asyncio.Queue()
     for i in range(batches):
         queue.put_nowait(offset + i)
@@ -87,16 +114,36 @@ async def drive(
     async def worker(client: httpx.AsyncClient) -> None:
         while not queue.empty():
             index = queue.get_nowait()
-            body = batch(index, size)
             sent_at[f"b{index}-0"] = time.perf_counter()
-            response = await client.post("/api/v1/alerts/alertmanager", json=body)
+            response = await client.post("/api/v1/alerts/alertmanager", content=bodies[index])
             response.raise_for_status()
 
-    headers = {"Authorization": f"Bearer {TOKEN}"}
-    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=30) as client:
+    headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=60) as client:
         started = time.perf_counter()
         await asyncio.gather(*(worker(client) for _ in range(concurrency)))
         return time.perf_counter() - started
+
+
+async def history(settings: Settings, rounds: int, size: int, concurrency: int) -> list[float]:
+    """Alerts/s of each round of 40k new alerts (each opens an incident) as they pile up."""
+    plane = ControlPlane(settings)
+    await plane.start()
+    server, task, url = await serving(create_app(plane))
+    per_round = 40_000 // size
+    rates: list[float] = []
+    for number in range(rounds):
+        seconds = await drive(url, per_round, size, concurrency, {}, offset=number * per_round)
+        rates.append(per_round * size / seconds)
+        open_now = sum((await plane.incidents.count_open()).values())
+        print(
+            f"  {settings_label(settings)} round {number + 1}: {rates[-1]:8.0f} alerts/s"
+            f"  ({open_now} open incidents after it)"
+        )
+    server.should_exit = True
+    await task
+    await plane.close()
+    return rates
 
 
 async def measure(
@@ -184,6 +231,13 @@ def settings_label(settings: Settings) -> str:
     return "Redis" if settings.enable_redis else "SQLite"
 
 
+def fsync_everysec(url: str) -> None:
+    """Relax a durable test Redis from fsync on every write to fsync once a second."""
+    client = redis_client.Redis.from_url(url)
+    client.config_set("appendfsync", "everysec")
+    client.close()
+
+
 def settings_for(state: Path, redis_url: str | None) -> Settings:
     return Settings(
         _env_file=None,
@@ -222,6 +276,16 @@ def report(
         print(f"  {'':<34}  webhook -> incident message at the Bot API {spread(telegram)}")
 
 
+async def reference(root: Path, batches: int, size: int, concurrency: int) -> float:
+    """Seconds the bare FastAPI + SQLite reference takes for the same webhooks."""
+    server, task, url = await serving(bare_app(root / "reference.db"))
+    await drive(url, 5, size, concurrency, {})
+    seconds = await drive(url, batches, size, concurrency, {}, offset=5)
+    server.should_exit = True
+    await task
+    return seconds
+
+
 async def main(
     batches: int, size: int, concurrency: int, stores: list[str], pages: int, spacing: float
 ) -> None:
@@ -229,6 +293,7 @@ async def main(
     telegram: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
+        bare = await reference(root, batches, size, concurrency)
         if "sqlite" in stores:
             label = "control plane (SQLite, durable)"
             results[label] = await measure(
@@ -250,20 +315,41 @@ async def main(
                     telegram[label] = await to_telegram(
                         settings_for(root / "redis-bot-state", redis.url), pages, spacing
                     )
-
-    bare_server, bare_task, bare_url = await serving(bare_app())
-    await drive(bare_url, 5, size, concurrency, {})
-    bare = await drive(bare_url, batches, size, concurrency, {})
-    bare_server.should_exit = True
-    await bare_task
+            label = "control plane (Redis AOF everysec)"
+            with start_redis(root / "redis-everysec", durable=True) as redis:
+                fsync_everysec(redis.url)
+                results[label] = await measure(
+                    settings_for(root / "redis-everysec-state", redis.url),
+                    batches,
+                    size,
+                    concurrency,
+                )
 
     alerts = batches * size
     print(f"alert ingestion: {batches} webhooks x {size} alerts, concurrency {concurrency}")
+    report("reference (FastAPI + SQLite upsert)", alerts, batches, bare, [])
     for label, (seconds, latencies) in results.items():
         report(label, alerts, batches, seconds, latencies, telegram.get(label))
-    report("bare FastAPI (parse only)", alerts, batches, bare, [])
     for label, (seconds, _) in results.items():
-        print(f"  bare is {seconds / bare:.1f}x faster than {label} (it stores nothing)")
+        print(f"  {label}: {bare / seconds:.2f}x the reference")
+
+
+async def main_history(rounds: int, size: int, concurrency: int, stores: list[str]) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        ratios: dict[str, float] = {}
+        if "sqlite" in stores:
+            rates = await history(settings_for(root / "sqlite", None), rounds, size, concurrency)
+            ratios["SQLite"] = rates[-1] / rates[0]
+        if "redis" in stores:
+            with start_redis(root / "redis", durable=True) as redis:
+                fsync_everysec(redis.url)  # the fsync policy is not what grows with history
+                rates = await history(
+                    settings_for(root / "redis-state", redis.url), rounds, size, concurrency
+                )
+            ratios["Redis (AOF everysec)"] = rates[-1] / rates[0]
+    for label, ratio in ratios.items():
+        print(f"  {label}: last round / first round = {ratio:.2f}x")
 
 
 if __name__ == "__main__":
@@ -280,6 +366,17 @@ if __name__ == "__main__":
     parser.add_argument(
         "--spacing", type=float, default=3.1, help="seconds between them (20/min per group)"
     )
+    parser.add_argument(
+        "--history",
+        type=int,
+        default=0,
+        help="instead: this many rounds of 40k new alerts, each round's rate vs the first",
+    )
     args = parser.parse_args()
     stores = ["sqlite", "redis"] if args.store == "both" else [args.store]
-    asyncio.run(main(args.batches, args.size, args.concurrency, stores, args.pages, args.spacing))
+    if args.history:
+        asyncio.run(main_history(args.history, args.size, args.concurrency, stores))
+    else:
+        asyncio.run(
+            main(args.batches, args.size, args.concurrency, stores, args.pages, args.spacing)
+        )

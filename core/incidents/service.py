@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
@@ -119,8 +120,8 @@ class IncidentService:
             return self._with_pagerduty(change) if change else None
 
         outcome = await self._store.ingest_alerts(alerts, plan, now)
-        for alert in alerts:
-            self._metrics.alerts_received.labels(alert.source.value, "received").inc()
+        for source, received in Counter(alert.source.value for alert in alerts).items():
+            self._metrics.alerts_received.labels(source, "received").inc(received)
         if outcome.duplicates:
             source = alerts[0].source.value
             self._metrics.alerts_received.labels(source, "duplicate").inc(outcome.duplicates)

@@ -78,6 +78,7 @@ import random
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
@@ -118,6 +119,7 @@ from core.store import (
     StoreSnapshot,
     flag_version_conflict,
 )
+from core.store.group_commit import GroupCommit
 
 logger = logging.getLogger(__name__)
 
@@ -637,6 +639,9 @@ class _IncidentWork:
         return incident
 
 
+_IngestJob = tuple[Sequence[Alert], AlertPlanner]
+
+
 class RedisStore:
     """The shared store: every replica opens one on the same Redis and ``prefix``."""
 
@@ -647,6 +652,7 @@ class RedisStore:
         self._scratch = scratch  # a trial store: its keys are deleted on close
         self._redis: Redis | None = None
         self._write_lock = asyncio.Lock()
+        self._ingests = GroupCommit[_IngestJob, IngestOutcome](self._commit_ingests)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -978,23 +984,43 @@ class RedisStore:
             await self._queue_outbox(tx, messages, now)
         return event
 
-    async def _ingest(self, tx: _Tx, alerts: Sequence[Alert], plan: AlertPlanner) -> IngestOutcome:
+    async def _ingest(self, tx: _Tx, jobs: Sequence[_IngestJob]) -> list[IngestOutcome]:
+        """Several webhooks' alerts in one transaction, in order, as if each came alone."""
         k = self._k
-        if not alerts:
-            return IngestOutcome(accepted=0, duplicates=0, events=[])
         # alerts:seq guards the de-duplication, events:seq every incident (see the docstring);
         # incidents:seq only changes with events:seq, so watching it early costs no conflicts.
         await tx.load_counters(k.alerts_seq, k.events_seq, k.incidents_seq)
-        dedups = [f"{alert.source.value}:{alert.dedup_key}" for alert in alerts]
-        (stored_ids,) = await tx.read(("HMGET", k.dedup, *dedups))
-        fresh: dict[str, Alert] = {}  # not stored yet, by dedup key (the first if sent twice)
-        for alert, dedup, stored_id in zip(alerts, dedups, stored_ids, strict=True):
-            if stored_id is None:
-                fresh.setdefault(dedup, alert)
+        dedups = [[f"{a.source.value}:{a.dedup_key}" for a in alerts] for alerts, _ in jobs]
+        flat = [dedup for batch in dedups for dedup in batch]
+        (stored_ids,) = await tx.read(("HMGET", k.dedup, *flat)) if flat else ([],)
+        taken = {dedup for dedup, stored in zip(flat, stored_ids, strict=True) if stored}
+        fresh_per_job: list[dict[str, Alert]] = []
+        for (alerts, _), batch in zip(jobs, dedups, strict=True):
+            fresh: dict[str, Alert] = {}  # not stored yet, by dedup key (the first if sent twice)
+            for alert, dedup in zip(alerts, batch, strict=True):
+                if dedup not in taken:
+                    fresh.setdefault(dedup, alert)
+            taken.update(fresh)
+            fresh_per_job.append(fresh)
         work = _IncidentWork(tx, k)
-        await work.prefetch([_incident_key(alert) for alert in fresh.values()])
-        events: list[IncidentEvent] = []
+        await work.prefetch([_incident_key(a) for fresh in fresh_per_job for a in fresh.values()])
         received = _ts(utcnow())
+        return [
+            await self._ingest_fresh(tx, work, fresh, len(alerts), plan, received)
+            for (alerts, plan), fresh in zip(jobs, fresh_per_job, strict=True)
+        ]
+
+    async def _ingest_fresh(
+        self,
+        tx: _Tx,
+        work: _IncidentWork,
+        fresh: dict[str, Alert],
+        sent: int,
+        plan: AlertPlanner,
+        received: str,
+    ) -> IngestOutcome:
+        k = self._k
+        events: list[IncidentEvent] = []
         for dedup, alert in fresh.items():
             key = _incident_key(alert)
             open_incident = await work.open_for(key)
@@ -1022,15 +1048,42 @@ class RedisStore:
             tx.hset(k.dedup, dedup, alert_id)
             if incident_id is not None:
                 tx.zadd(k.incident_alerts(incident_id), alert_id, alert_id)
-        return IngestOutcome(
-            accepted=len(fresh), duplicates=len(alerts) - len(fresh), events=events
-        )
+        return IngestOutcome(accepted=len(fresh), duplicates=sent - len(fresh), events=events)
+
+    async def _commit_ingests(
+        self, jobs: Sequence[_IngestJob]
+    ) -> list[IngestOutcome | BaseException]:
+        """One transaction for the batch; should it fail for a reason of one webhook's own
+        (not Redis being unreachable), each webhook alone, so the others still go through."""
+        try:
+            return list(
+                await self._transaction("storing alerts", lambda tx: self._ingest(tx, jobs))
+            )
+        except StoreUnavailable:
+            raise
+        except Exception:
+            if len(jobs) == 1:
+                raise
+        outcomes: list[IngestOutcome | BaseException] = []
+        for job in jobs:
+            try:
+                [outcome] = await self._transaction(
+                    "storing alerts", partial(self._ingest, jobs=[job])
+                )
+            except Exception as exc:
+                outcomes.append(exc)
+            else:
+                outcomes.append(outcome)
+        return outcomes
 
     async def ingest_alerts(
         self, alerts: Sequence[Alert], plan: AlertPlanner, now: datetime
     ) -> IngestOutcome:
-        """Store new alerts and apply ``plan`` to their incidents in one transaction."""
-        return await self._transaction("storing alerts", lambda tx: self._ingest(tx, alerts, plan))
+        """Store new alerts and apply ``plan`` to their incidents in one transaction; webhooks
+        arriving while one commits share the next transaction (group commit)."""
+        if not alerts:
+            return IngestOutcome(accepted=0, duplicates=0, events=[])
+        return await self._ingests.submit((alerts, plan))
 
     async def change_incident(
         self, incident_id: int, mutate: IncidentMutation

@@ -50,6 +50,7 @@ from core.store import (
     StoreSnapshot,
     flag_version_conflict,
 )
+from core.store.group_commit import GroupCommit
 
 logger = logging.getLogger(__name__)
 
@@ -171,11 +172,37 @@ MIGRATIONS: list[str] = [
         changed_at TEXT NOT NULL
     );
     """,
+    # -- open incidents per severity as a running count, kept by triggers inside the very
+    # transaction that changes an incident: counting costs the same at 10 or 200k incidents
+    # (issue 18 point 2) and cannot drift from the rows, whoever writes them (restores included).
+    # One row per Severity value; a new severity needs a migration adding its row.
+    """
+    CREATE TABLE incident_counts (severity TEXT PRIMARY KEY, n INTEGER NOT NULL);
+    INSERT INTO incident_counts (severity, n) VALUES ('critical', 0), ('warning', 0), ('info', 0);
+    UPDATE incident_counts SET n = (SELECT COUNT(*) FROM incidents
+        WHERE state != 'resolved' AND incidents.severity = incident_counts.severity);
+    CREATE TRIGGER incident_counts_insert AFTER INSERT ON incidents
+    WHEN new.state != 'resolved' BEGIN
+        UPDATE incident_counts SET n = n + 1 WHERE severity = new.severity;
+    END;
+    CREATE TRIGGER incident_counts_update AFTER UPDATE OF state, severity ON incidents BEGIN
+        UPDATE incident_counts SET n = n - 1
+            WHERE old.state != 'resolved' AND severity = old.severity;
+        UPDATE incident_counts SET n = n + 1
+            WHERE new.state != 'resolved' AND severity = new.severity;
+    END;
+    CREATE TRIGGER incident_counts_delete AFTER DELETE ON incidents
+    WHEN old.state != 'resolved' BEGIN
+        UPDATE incident_counts SET n = n - 1 WHERE severity = old.severity;
+    END;
+    """,
 ]
 
 # Tables of short-lived security state: left out of ``counts`` (a backup's figures describe the
 # durable state; these come and go with every API request).
 EPHEMERAL_TABLES = ("rate_limit_hits", "confirmations")
+# Tables derived from others (running counts kept by triggers): not state of their own.
+DERIVED_TABLES = ("incident_counts",)
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -189,6 +216,19 @@ def _connect(path: Path) -> sqlite3.Connection:
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute("PRAGMA foreign_keys=ON")
     return conn
+
+
+def _statements(script: str) -> list[str]:
+    """Split a migration into statements (a trigger's body holds semicolons of its own)."""
+    statements: list[str] = []
+    pending = ""
+    for piece in script.split(";"):
+        pending += piece + ";"
+        if sqlite3.complete_statement(pending):
+            if pending.strip(" \n;"):
+                statements.append(pending)
+            pending = ""
+    return statements
 
 
 def _dump(value: Any) -> str:
@@ -213,6 +253,67 @@ class _EventDoc(BaseModel):
     incident: Incident
 
 
+_IngestJob = tuple[Sequence[Alert], AlertPlanner]
+# Bound variables per statement: far below SQLite's limit (32766), so any build accepts it.
+_CHUNK = 500
+
+
+def _incident_key(alert: Alert) -> str:
+    return f"{alert.source.value}:{alert.fingerprint}"
+
+
+def _existing(conn: sqlite3.Connection, select_in: str, values: Sequence[str]) -> set[str]:
+    """Which of ``values`` the query ``select_in (...)`` (one text column) finds."""
+    found: set[str] = set()
+    unique = list(dict.fromkeys(values))
+    for i in range(0, len(unique), _CHUNK):
+        chunk = unique[i : i + _CHUNK]
+        sql = f"{select_in} ({','.join('?' * len(chunk))})"
+        found.update(r[0] for r in conn.execute(sql, chunk))
+    return found
+
+
+class _IncidentsByKey:
+    """The open incident and the last resolved one of each incident key of a webhook, read in
+    a few queries (open ones by the partial unique index, the newest by ``incidents_by_key``)
+    and kept current as the webhook's changes are saved."""
+
+    def __init__(self, conn: sqlite3.Connection, keys: Sequence[str]) -> None:
+        unique = list(dict.fromkeys(keys))
+        self.open: dict[str, Incident | None] = dict.fromkeys(unique)
+        self.resolved: dict[str, Incident | None] = dict.fromkeys(unique)
+        for i in range(0, len(unique), _CHUNK):
+            chunk = unique[i : i + _CHUNK]
+            marks = ",".join("?" * len(chunk))
+            rows = conn.execute(
+                f"SELECT doc FROM incidents WHERE state != 'resolved' AND key IN ({marks})",  # noqa: S608
+                chunk,
+            ).fetchall()
+            for row in rows:
+                incident = Incident.model_validate_json(row["doc"])
+                self.open[incident.key] = incident
+            rows = conn.execute(
+                "SELECT doc FROM incidents WHERE id IN (SELECT MAX(id) FROM incidents"  # noqa: S608
+                f" WHERE key IN ({marks}) GROUP BY key) AND state = 'resolved'",
+                chunk,
+            ).fetchall()
+            for row in rows:
+                incident = Incident.model_validate_json(row["doc"])
+                self.resolved[incident.key] = incident
+
+    def saved(self, incident: Incident) -> None:
+        """Take in an incident the webhook just saved."""
+        key = incident.key
+        current, latest = self.open.get(key), self.resolved.get(key)
+        if incident.is_open:
+            self.open[key] = incident
+        elif current is not None and current.id == incident.id:
+            self.open[key] = None
+        # Only the newest incident of a key counts as its last resolved one.
+        if latest is None or incident.id >= latest.id:
+            self.resolved[key] = None if incident.is_open else incident
+
+
 class SqliteStore:
     """The embedded store: one SQLite file under ``LUNIA_STATE_DIR``."""
 
@@ -225,6 +326,7 @@ class SqliteStore:
         self._local = threading.local()
         self._reader_conns: list[sqlite3.Connection] = []
         self._conns_lock = threading.Lock()
+        self._ingests = GroupCommit[_IngestJob, IngestOutcome](self._commit_ingests)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -255,9 +357,8 @@ class SqliteStore:
         for number in range(version, len(MIGRATIONS)):
             conn.execute("BEGIN IMMEDIATE")
             try:
-                for statement in MIGRATIONS[number].split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
+                for statement in _statements(MIGRATIONS[number]):
+                    conn.execute(statement)
                 conn.execute(f"PRAGMA user_version = {number + 1}")
                 conn.execute("COMMIT")
             except BaseException:
@@ -592,49 +693,67 @@ class SqliteStore:
     def _ingest_tx(
         self, conn: sqlite3.Connection, alerts: Sequence[Alert], plan: AlertPlanner
     ) -> IngestOutcome:
-        accepted = duplicates = 0
-        events: list[IncidentEvent] = []
+        """One webhook's alerts: the lookups batched per webhook, the inserts in one go."""
         received = _ts(utcnow())
-        for alert in alerts:
-            dedup = f"{alert.source.value}:{alert.dedup_key}"
-            if conn.execute("SELECT 1 FROM alerts WHERE dedup = ?", (dedup,)).fetchone():
-                duplicates += 1
-                continue
-            accepted += 1
-            key = f"{alert.source.value}:{alert.fingerprint}"
-            rows = conn.execute(
-                "SELECT doc FROM incidents WHERE key = ? AND (state != 'resolved' OR id ="
-                " (SELECT MAX(id) FROM incidents WHERE key = ?))",
-                (key, key),
-            ).fetchall()
-            found = [Incident.model_validate_json(r["doc"]) for r in rows]
-            open_incident = next((i for i in found if i.is_open), None)
-            last_resolved = next((i for i in found if not i.is_open), None)
+        dedups = [f"{alert.source.value}:{alert.dedup_key}" for alert in alerts]
+        seen = _existing(conn, "SELECT dedup FROM alerts WHERE dedup IN", dedups)
+        fresh: dict[str, Alert] = {}  # not stored yet, by dedup key (the first if sent twice)
+        for alert, dedup in zip(alerts, dedups, strict=True):
+            if dedup not in seen:
+                fresh.setdefault(dedup, alert)
+        incidents = _IncidentsByKey(conn, [_incident_key(a) for a in fresh.values()])
+        events: list[IncidentEvent] = []
+        rows: list[tuple[str, int | None, str, str]] = []
+        for dedup, alert in fresh.items():
+            key = _incident_key(alert)
+            open_incident, last_resolved = incidents.open[key], incidents.resolved[key]
             change = plan(alert, open_incident, last_resolved)
             target = open_incident or last_resolved
             incident_id = target.id if target else None
             if change is not None:
-                before = (
-                    None
-                    if change.incident.id == 0
-                    else (open_incident or last_resolved or change.incident).state
-                )
+                before = None if change.incident.id == 0 else (target or change.incident).state
                 event = self._apply_change(conn, change, before)
                 events.append(event)
+                incidents.saved(event.incident)
                 incident_id = event.incident.id
-            conn.execute(
-                "INSERT INTO alerts (dedup, incident_id, received_at, doc) VALUES (?,?,?,?)",
-                (dedup, incident_id, received, alert.model_dump_json()),
-            )
-        return IngestOutcome(accepted=accepted, duplicates=duplicates, events=events)
+            rows.append((dedup, incident_id, received, alert.model_dump_json()))
+        conn.executemany(
+            "INSERT INTO alerts (dedup, incident_id, received_at, doc) VALUES (?,?,?,?)", rows
+        )
+        return IngestOutcome(
+            accepted=len(fresh), duplicates=len(alerts) - len(fresh), events=events
+        )
+
+    def _ingest_batch_tx(
+        self, conn: sqlite3.Connection, jobs: Sequence[_IngestJob]
+    ) -> list[IngestOutcome | BaseException]:
+        """Several webhooks in one transaction, each all or nothing (a savepoint each)."""
+        outcomes: list[IngestOutcome | BaseException] = []
+        for alerts, plan in jobs:
+            conn.execute("SAVEPOINT webhook")
+            try:
+                outcomes.append(self._ingest_tx(conn, alerts, plan))
+            except Exception as exc:  # this webhook's own failure: the others still commit
+                conn.execute("ROLLBACK TO webhook")
+                if isinstance(exc, sqlite3.DatabaseError):
+                    exc = StoreError(f"state database write failed: {exc}")
+                outcomes.append(exc)
+            conn.execute("RELEASE webhook")
+        return outcomes
+
+    async def _commit_ingests(
+        self, jobs: Sequence[_IngestJob]
+    ) -> list[IngestOutcome | BaseException]:
+        return await self._write(
+            lambda: self._transaction(lambda c: self._ingest_batch_tx(c, jobs))
+        )
 
     async def ingest_alerts(
         self, alerts: Sequence[Alert], plan: AlertPlanner, now: datetime
     ) -> IngestOutcome:
-        """Store new alerts and apply ``plan`` to their incidents in one transaction."""
-        return await self._write(
-            lambda: self._transaction(lambda c: self._ingest_tx(c, alerts, plan))
-        )
+        """Store new alerts and apply ``plan`` to their incidents in one transaction; webhooks
+        arriving while one commits share the next transaction (group commit)."""
+        return await self._ingests.submit((alerts, plan))
 
     async def change_incident(
         self, incident_id: int, mutate: IncidentMutation
@@ -685,10 +804,7 @@ class SqliteStore:
     async def count_open_incidents(self) -> dict[Severity, int]:
         """Open incidents by severity."""
         rows = await self._read(
-            lambda c: c.execute(
-                "SELECT severity, COUNT(*) AS n FROM incidents WHERE state != 'resolved'"
-                " GROUP BY severity"
-            ).fetchall()
+            lambda c: c.execute("SELECT severity, n FROM incident_counts").fetchall()
         )
         counts = dict.fromkeys(Severity, 0)
         for row in rows:
@@ -1100,7 +1216,7 @@ def _count_rows(conn: sqlite3.Connection) -> dict[str, int]:
             "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
             " ORDER BY name"
         )
-        if r[0] not in EPHEMERAL_TABLES
+        if r[0] not in EPHEMERAL_TABLES + DERIVED_TABLES
     ]
     # Table names come from sqlite_master itself, quoted: nothing user-supplied reaches the SQL.
     return {
