@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from api.errors import install_error_handlers
 from api.routes import (
@@ -195,4 +196,8 @@ def create_app(
     )
     app.add_middleware(RequestMetrics, metrics=plane.metrics)
     app.add_middleware(SecurityHeaders)  # outermost: 413 and 429 answers carry them too
+    if settings.trusted_proxies:
+        # Before anything reads the scheme or the client: only TRUSTED_PROXIES may say the
+        # request came over TLS (the Secure cookie) or from whom (audit, rate limits).
+        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxies)
     return app

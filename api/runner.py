@@ -48,6 +48,8 @@ def server_config(app: ASGIApp, host: str, port: int) -> uvicorn.Config:
         access_log=False,
         lifespan="on",
         timeout_graceful_shutdown=10,
+        # uvicorn would believe X-Forwarded-* from 127.0.0.1; the app trusts TRUSTED_PROXIES only.
+        proxy_headers=False,
     )
 
 

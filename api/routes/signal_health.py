@@ -4,10 +4,13 @@
 itself every ``SIGNAL_HEALTH_REFRESH_SECONDS``; ``GET /api/v1/signal-health`` is the same report as
 JSON. Both need a viewer token and both are absent (the ordinary 404) while the flag is off.
 
-A browser cannot send a bearer header, so the page also takes the token once as ``?token=``:
-it is checked, moved into an HttpOnly, SameSite=Strict cookie scoped to this page, and the
-browser is redirected to the bare URL so the token leaves the address bar and the history.
-The cookie holds the token itself, so expiry and revocation apply on the next reload.
+A browser cannot send a bearer header, so the page signs in with a small form: ``POST
+/signal-health`` takes the token in the body (or an ``Authorization`` header), checks it, moves it
+into an HttpOnly, SameSite=Strict cookie scoped to this page and redirects to the page. A token
+is never taken from the URL (``?token=`` is refused): addresses end up in proxy logs and browser
+history. The cookie is ``Secure`` when the request came over TLS, which behind a reverse proxy
+means an ``X-Forwarded-Proto: https`` from one of ``TRUSTED_PROXIES`` (see ``api.app``). The
+cookie holds the token itself, so expiry and revocation apply on the next reload.
 """
 
 from __future__ import annotations
@@ -15,8 +18,9 @@ from __future__ import annotations
 from datetime import datetime
 from html import escape
 from typing import Annotated
+from urllib.parse import parse_qs
 
-from fastapi import APIRouter, Cookie, HTTPException, Query, Request
+from fastapi import APIRouter, Cookie, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from api.deps import ActorDep, PlaneDep, caller_of
@@ -32,11 +36,21 @@ FLAG = "FRONTEND_SIGNAL_HEALTH_ENABLED"
 PAGE = "/signal-health"
 COOKIE = "lunia_signal_health"
 COOKIE_MAX_AGE = 8 * 3600
-# The page's own policy: inline styles only, nothing else may load, run, frame or submit.
+FORM_TYPE = "application/x-www-form-urlencoded"
+# The page's own policy: inline styles only, nothing else may load, run or frame; its one form
+# posts back to this origin.
 PAGE_CSP = (
-    "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'; "
+    "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'self'; "
     "frame-ancestors 'none'"
 )
+_HTML_RESPONSES: dict[int | str, dict[str, object]] = {
+    code: {"content": {"text/html": {"schema": {"type": "string"}}}, "description": what}
+    for code, what in (
+        (400, "a token in the URL, or a body that is not a form"),
+        (401, "the sign-in form"),
+        (403, "the token's role may not see the page"),
+    )
+}
 
 router = APIRouter(tags=["signal health"])
 
@@ -59,50 +73,132 @@ async def signal_health_json(plane: PlaneDep, actor: ActorDep) -> SignalHealth:
     return await plane.signal_health.report()
 
 
-@router.get(PAGE, response_class=HTMLResponse, include_in_schema=True)
+@router.get(PAGE, response_class=HTMLResponse, responses=_HTML_RESPONSES)
 async def signal_health_page(
-    request: Request,
-    token: Annotated[str | None, Query(description="an API token, moved into a cookie")] = None,
-    cookie: Annotated[str | None, Cookie(alias=COOKIE)] = None,
+    request: Request, cookie: Annotated[str | None, Cookie(alias=COOKIE)] = None
 ) -> Response:
-    """The page; authenticate with a bearer header, ``?token=`` once, or the page's cookie."""
+    """The page; authenticate with a bearer header or the cookie the sign-in form sets."""
     plane: ControlPlane = request.app.state.plane
     _require_flag(plane.flags)
-    header = request.headers.get("authorization", "")
-    bearer = header[7:].strip() if header[:7].lower() == "bearer " else None
-    presented = token or bearer or cookie
+    if "token" in request.query_params:
+        return _token_in_url()
+    presented = _bearer(request) or cookie
     if not presented:
-        return _page_error(401, "Sign in", _SIGN_IN)
-    try:
-        actor = await plane.authenticator.authenticate(presented, caller=caller_of(request))
-        require(actor, Role.VIEWER, "the signal health page")
-    except Unauthenticated as exc:
-        response = _page_error(401, "Sign in", f"{exc.message}. {_SIGN_IN}")
-        response.delete_cookie(COOKIE, path=PAGE)
-        return response
-    except PermissionDenied as exc:
-        return _page_error(403, "Not allowed", exc.message)
-    if token is not None:
-        redirect = RedirectResponse(PAGE, status_code=303)
-        redirect.set_cookie(
-            COOKIE,
-            token,
-            max_age=COOKIE_MAX_AGE,
-            path=PAGE,
-            httponly=True,
-            samesite="strict",
-            secure=request.url.scheme == "https",
-        )
-        redirect.headers["cache-control"] = "no-store"
-        return redirect
+        return _sign_in(401, "")
+    refused = await _refusal(plane, request, presented)
+    if refused is not None:
+        return refused
     report = await plane.signal_health.report()
     return _html(200, render_page(report))
 
 
-_SIGN_IN = (
-    "Open this page once as /signal-health?token=YOUR_TOKEN (a viewer token is enough; an admin "
-    "can issue a temporary one with /token issue NAME viewer 8h in a private chat with the bot)."
+@router.post(
+    PAGE,
+    response_class=HTMLResponse,
+    status_code=303,
+    responses=_HTML_RESPONSES,
+    openapi_extra={
+        "requestBody": {
+            "content": {
+                FORM_TYPE: {
+                    "schema": {
+                        "type": "object",
+                        "properties": {"token": {"type": "string", "format": "password"}},
+                    }
+                }
+            }
+        }
+    },
 )
+async def signal_health_sign_in(request: Request) -> Response:
+    """Sign in from the form (token in the body, or a bearer header): the token moves into the
+    page's cookie and the browser is sent to the page."""
+    plane: ControlPlane = request.app.state.plane
+    _require_flag(plane.flags)
+    if "token" in request.query_params:
+        return _token_in_url()
+    token = await _form_token(request)
+    if token is None:
+        return _page_error(400, "Not a form", f"Send the token as {FORM_TYPE} field 'token'.")
+    presented = token or _bearer(request)
+    if not presented:
+        return _sign_in(401, "")
+    refused = await _refusal(plane, request, presented)
+    if refused is not None:
+        return refused
+    redirect = RedirectResponse(PAGE, status_code=303)
+    redirect.set_cookie(
+        COOKIE,
+        presented,
+        max_age=COOKIE_MAX_AGE,
+        path=PAGE,
+        httponly=True,
+        samesite="strict",
+        # TLS to us, or to a trusted proxy that said so (ProxyHeadersMiddleware set the scheme).
+        secure=request.url.scheme == "https",
+    )
+    redirect.headers["cache-control"] = "no-store"
+    return redirect
+
+
+def _bearer(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    return header[7:].strip() or None if header[:7].lower() == "bearer " else None
+
+
+async def _form_token(request: Request) -> str | None:
+    """The form's ``token`` field ("" when absent); None when the body is not a form."""
+    body = await request.body()
+    if not body:
+        return ""
+    if request.headers.get("content-type", "").split(";")[0].strip().lower() != FORM_TYPE:
+        return None
+    try:
+        fields = parse_qs(body.decode("ascii"), max_num_fields=10)
+    except (UnicodeDecodeError, ValueError):
+        return None
+    return (fields.get("token") or [""])[0].strip()
+
+
+async def _refusal(plane: ControlPlane, request: Request, presented: str) -> Response | None:
+    """The page to answer instead when ``presented`` may not see the page (None: it may)."""
+    try:
+        actor = await plane.authenticator.authenticate(presented, caller=caller_of(request))
+        require(actor, Role.VIEWER, "the signal health page")
+    except Unauthenticated as exc:
+        response = _sign_in(401, f"{exc.message}.")
+        response.delete_cookie(COOKIE, path=PAGE)
+        return response
+    except PermissionDenied as exc:
+        return _page_error(403, "Not allowed", exc.message)
+    return None
+
+
+_SIGN_IN = (
+    "Paste an API token (a viewer token is enough; an admin can issue a temporary one with "
+    "/token issue NAME viewer 8h in a private chat with the bot). Scripts may send it as an "
+    "Authorization: Bearer header instead."
+)
+_FORM = (
+    f'<form method="post" action="{PAGE}"><label>Token <input type="password" name="token" '
+    'autocomplete="off" required></label> <button type="submit">Open</button></form>'
+)
+
+
+def _sign_in(status: int, problem: str) -> HTMLResponse:
+    text = f"{problem} {_SIGN_IN}".strip()
+    body = f"<h1>Sign in</h1><p>{escape(text)}</p>{_FORM}"
+    return _html(status, _document("Sign in", body, 0))
+
+
+def _token_in_url() -> HTMLResponse:
+    text = (
+        "Tokens are not accepted in the URL: addresses end up in proxy logs and browser "
+        "history, so consider this one exposed and have it revoked. Sign in with the form "
+        "below (it sends the token in the request body) or an Authorization: Bearer header."
+    )
+    body = f"<h1>Not in the URL</h1><p>{escape(text)}</p>{_FORM}"
+    return _html(400, _document("Not in the URL", body, 0))
 
 
 def _html(status: int, body: str) -> HTMLResponse:

@@ -7,6 +7,7 @@ never print.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -117,6 +118,8 @@ class Settings(BaseSettings):
     health_check_interval_seconds: float = Field(default=5.0, gt=0, le=300)
     # Requests per minute per bearer token on /api/v1 (alert webhooks exempt); 0 turns it off.
     api_rate_limit_per_minute: int = Field(default=600, ge=0, le=1_000_000)
+    # Reverse proxies (IPs or CIDRs) whose X-Forwarded-Proto/-For are believed; none by default.
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
     # Bearer token Prometheus sends to /metrics: required when set, and under INFRA_PROD_ENABLED
     # (generated into the state dir then if unset; core/security/secrets.py).
     metrics_token: SecretStr | None = None
@@ -229,6 +232,20 @@ class Settings(BaseSettings):
     _split = field_validator(
         "telegram_admins", "telegram_operators", "telegram_viewers", mode="before"
     )(_split_ids)
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _proxies(cls, value: Any) -> Any:
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, list):
+            return value
+        parsed = [str(item).strip() for item in items if str(item).strip()]
+        for item in parsed:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"expected comma-separated IPs or CIDRs, got {item!r}") from None
+        return parsed
 
     @field_validator("exchange_primary", "exchange_failover")
     @classmethod
