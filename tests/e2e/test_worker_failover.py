@@ -122,12 +122,14 @@ def test_a_killed_leader_is_replaced_and_a_frozen_one_stands_down(
     assert took <= TAKEOVER_BOUND, f"takeover took {took:.2f} s"
     wait(lambda: second.ticks() > 0, 5, "the new leader trades")
     first.proc.send_signal(signal.SIGCONT)
-    time.sleep(0.5)
-    for _ in range(20):  # never two leaders, from the moment the old one wakes
+
+    def stood_down() -> bool:
+        """Never two leaders, from the moment the old one wakes until it says it stood down."""
         assert not (first.leads() and second.leads())
-        time.sleep(0.1)
-    assert not first.leads()
-    assert "lost the worker lease: standing by" in first.log.read_text()
+        return "lost the worker lease: standing by" in first.log.read_text()
+
+    wait(stood_down, 10, "the woken leader stands down")
+    assert not first.leads() and second.leads()
 
     # Killed leader: the first worker, now standby, takes over within the bound.
     second.proc.kill()
