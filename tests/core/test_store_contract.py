@@ -27,6 +27,7 @@ from core.models.incidents import (
     Rules,
     acknowledge,
     plan_alert,
+    resolve,
 )
 from core.store import (
     AlertPlanner,
@@ -484,6 +485,73 @@ async def test_resolved_then_refiring_alert_reopens_the_same_incident(store: Sto
         [alert("x1", "cpu", status=AlertStatus.RESOLVED)], planner(), utcnow()
     )
     assert (other.accepted, other.events) == (1, [])
+
+
+async def full_open_count(store: Store) -> dict[Severity, int]:
+    """Open incidents per severity counted from the incidents themselves."""
+    counts = dict.fromkeys(Severity, 0)
+    for incident in await store.list_incidents(limit=1000):
+        if incident.is_open:
+            counts[incident.severity] += 1
+    return counts
+
+
+async def test_open_incident_count_never_drifts_from_the_incidents(
+    open_store: StoreFactory,
+) -> None:
+    store = await open_store()
+    warn, info, gone = Severity.WARNING, Severity.INFO, AlertStatus.RESOLVED
+
+    async def ingest(*alerts: Alert) -> None:
+        await store.ingest_alerts(list(alerts), planner(), utcnow())
+
+    async def change(fingerprint: str, rule: Callable[[Incident], Change | None]) -> None:
+        [incident] = [
+            i
+            for i in await store.list_incidents(limit=1000)
+            if i.key.endswith(f":{fingerprint}") and i.is_open
+        ]
+        await store.change_incident(incident.id, rule)
+
+    steps: list[Callable[[], Awaitable[None]]] = [
+        lambda: ingest(
+            alert("1", "disk"), alert("2", "cpu", severity=warn), alert("3", "mem", severity=info)
+        ),
+        lambda: ingest(alert("4", "disk", severity=warn)),  # an open incident changes severity
+        lambda: change("cpu", lambda i: acknowledge(i, ALICE, utcnow())),
+        lambda: ingest(alert("5", "mem", status=gone)),  # resolved by its alert
+        lambda: change("disk", lambda i: resolve(i, ALICE, utcnow())),  # resolved by a person
+        lambda: ingest(alert("6", "mem", severity=info)),  # re-fires: reopened
+        lambda: ingest(alert("7", "net"), alert("8", "net", status=gone), alert("9", "net")),
+        lambda: ingest(*(alert(f"x{n}", f"k{n % 7}", severity=warn) for n in range(30))),
+    ]
+    for step in steps:
+        await step()
+        assert await store.count_open_incidents() == await full_open_count(store)
+    reopened = await open_store()  # the running count is state like any other
+    assert await reopened.count_open_incidents() == await full_open_count(reopened)
+    assert sum((await reopened.count_open_incidents()).values()) > 0
+
+
+async def test_concurrent_ingests_share_batches_yet_each_gets_its_own_outcome(
+    store: Store,
+) -> None:
+    def failing(a: Alert, open_: Incident | None, resolved: Incident | None) -> Change | None:
+        raise ValueError("this webhook's own problem")
+
+    async def one(n: int) -> IngestOutcome:
+        # Every webhook re-sends the alert of the one before it: a duplicate across batches.
+        alerts = [alert(f"c{n}", f"key{n % 5}"), alert(f"c{n - 1}", f"key{(n - 1) % 5}")]
+        return await store.ingest_alerts(alerts, failing if n == 7 else planner(), utcnow())
+
+    outcomes = await asyncio.gather(*(one(n) for n in range(1, 21)), return_exceptions=True)
+    [error] = [o for o in outcomes if isinstance(o, BaseException)]
+    assert isinstance(error, ValueError)
+    stored = [o for o in outcomes if isinstance(o, IngestOutcome)]
+    # c0 .. c20 all stored once: #7 rolled back alone, so #8's copy of c7 is new, not a duplicate.
+    assert (sum(o.accepted for o in stored), sum(o.duplicates for o in stored)) == (21, 17)
+    assert await store.count_open_incidents() == await full_open_count(store)
+    assert sum((await store.count_open_incidents()).values()) == 5
 
 
 async def test_change_incident_is_read_modify_write_and_audited(store: Store) -> None:
