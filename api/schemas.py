@@ -72,6 +72,12 @@ class FlagUpdate(BaseModel):
 
     value: bool | str = Field(description="new value: true/false, or a venue id")
     confirm: bool = Field(default=False, description="required for dangerous changes")
+    expected_version: int | None = Field(
+        default=None,
+        ge=0,
+        description="the flag's version this change is based on (from a read); refused with 409 "
+        "if it changed since. Default: the version this replica last read",
+    )
 
 
 class BackupCreate(BaseModel):

@@ -16,7 +16,10 @@ _ERRORS: dict[int | str, dict[str, object]] = {
     401: {"model": ErrorBody},
     403: {"model": ErrorBody},
     404: {"model": ErrorBody},
-    409: {"model": ErrorBody, "description": "confirmation required"},
+    409: {
+        "model": ErrorBody,
+        "description": "confirmation required, or the flag changed since the version read",
+    },
     422: {"model": ErrorBody},
 }
 
@@ -35,8 +38,11 @@ async def get_flag(name: str, plane: PlaneDep, _: ViewerDep) -> FlagState:
 
 @router.put("/{name}", response_model=FlagState, responses=_ERRORS)
 async def set_flag(name: str, body: FlagUpdate, plane: PlaneDep, actor: ActorDep) -> FlagState:
-    """Override a flag at runtime (operator; admin and ``confirm`` for dangerous values)."""
-    return await plane.flags.set(name, body.value, actor, confirm=body.confirm)
+    """Override a flag at runtime (operator; admin and ``confirm`` for dangerous values); 409
+    naming who changed it if it is no longer at ``expected_version``."""
+    return await plane.flags.set(
+        name, body.value, actor, confirm=body.confirm, expected_version=body.expected_version
+    )
 
 
 @router.delete("/{name}", response_model=FlagState, responses=_ERRORS)

@@ -64,11 +64,11 @@ async def engine_state(plane: PlaneDep, _: ViewerDep) -> EngineState:
 
 @router.post("/halt", response_model=HaltReport, responses=_ERRORS)
 async def halt(body: HaltIn, plane: PlaneDep, actor: ActorDep) -> HaltReport:
-    """Kill switch (admin, confirmed): stop every core and cancel open orders."""
+    """Kill switch (any operator, confirmed): stop every core and cancel every open order."""
     return await plane.trading.halt(actor, confirm=body.confirm, reason=body.reason)
 
 
 @router.post("/resume", response_model=EngineState, responses=_ERRORS)
 async def resume(body: ConfirmIn, plane: PlaneDep, actor: ActorDep) -> EngineState:
-    """Undo a halt (admin, confirmed)."""
+    """Undo a halt (admin only, confirmed)."""
     return await plane.trading.resume(actor, confirm=body.confirm)

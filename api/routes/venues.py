@@ -28,7 +28,8 @@ async def list_venues(plane: PlaneDep, _: ViewerDep) -> VenuesStatus:
 
 @router.post("/failover", response_model=VenuesStatus, responses=_ERRORS)
 async def failover(body: FailoverIn, plane: PlaneDep, actor: ActorDep) -> VenuesStatus:
-    """Fail over to the standby (operator); 409 with the pre-check result until confirmed."""
+    """Fail over to a configured venue (operator; admin if it would trade live funds); 409 with
+    the pre-check result until confirmed."""
     return await plane.venues.failover(actor, to=body.to, confirm=body.confirm, reason=body.reason)
 
 

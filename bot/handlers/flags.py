@@ -37,12 +37,19 @@ def router() -> Router:
             raise InvalidInput("usage: /flag NAME VALUE (true/false, a venue id, or default)")
         name, value = args
         clear = value.lower() == "default"
+        # The version seen when the command came in: a change made before the confirmation
+        # button is pressed (another replica, the CLI) refuses this one instead of being undone.
+        version = plane.flags.get(name).version
 
         async def apply(confirm: bool) -> str:
             if clear:
-                state = await plane.flags.unset(name, actor, confirm=confirm)
+                state = await plane.flags.unset(
+                    name, actor, confirm=confirm, expected_version=version
+                )
             else:
-                state = await plane.flags.set(name, value, actor, confirm=confirm)
+                state = await plane.flags.set(
+                    name, value, actor, confirm=confirm, expected_version=version
+                )
             return (
                 f"🚩 <code>{e(state.name)}</code> = <b>{e(state.value)}</b> "
                 f"({state.source.value}), effective {e(state.applies)}"

@@ -20,14 +20,14 @@ from core.trading.engine import ORDER_LIST_MAX
 
 COMMANDS = [
     ("venues", "venues: health, latency, errors, which is active"),
-    ("failover", "fail over to the standby venue: /failover [VENUE] (operator, confirmed)"),
+    ("failover", "fail over: /failover [VENUE] (operator, confirmed; admin for live funds)"),
     ("failback", "return to the primary venue (operator)"),
     ("cores", "strategy cores: on/off, essential, PnL"),
     ("toggle", "switch a core on/off: /toggle NAME (operator)"),
     ("pnl", f"PnL chart: /pnl [{'|'.join(PnlWindow)}]"),
     ("exposure", "open exposure against the risk limits"),
     ("orders", "latest orders: /orders [N]"),
-    ("halt", "kill switch: disable every core, cancel open orders (admin, confirmed)"),
+    ("halt", "kill switch: disable every core, cancel open orders (operator, confirmed)"),
     ("resume", "undo /halt (admin, confirmed)"),
 ]
 

@@ -83,20 +83,20 @@ async def test_core_toggled_off_through_the_api_places_no_further_orders(
     assert missing.status_code == 404
 
 
-async def test_halt_needs_admin_and_confirm_and_cancels_open_orders(
+async def test_operator_halts_with_confirm_cancelling_open_orders_and_only_admin_resumes(
     plane: ControlPlane, api: httpx.AsyncClient
 ) -> None:
     resting = await plane.trading.place_order(
         "manual",
         Intent(symbol="ETH/USDT", side=OrderSide.BUY, amount=0.1, type=OrderType.LIMIT, price=1.0),
     )
-    refused = await api.post("/api/v1/halt", json={"confirm": True}, headers=auth(OPERATOR_TOKEN))
-    assert refused.status_code == 403
-    unconfirmed = await api.post("/api/v1/halt", json={}, headers=auth(ADMIN_TOKEN))
+    viewer = await api.post("/api/v1/halt", json={"confirm": True}, headers=auth(VIEWER_TOKEN))
+    assert viewer.status_code == 403
+    unconfirmed = await api.post("/api/v1/halt", json={}, headers=auth(OPERATOR_TOKEN))
     assert unconfirmed.status_code == 409
     assert "confirm" in unconfirmed.json()["error"]["message"]
     halted = await api.post(
-        "/api/v1/halt", json={"confirm": True, "reason": "test"}, headers=auth(ADMIN_TOKEN)
+        "/api/v1/halt", json={"confirm": True, "reason": "test"}, headers=auth(OPERATOR_TOKEN)
     )
     assert halted.status_code == 200
     body = halted.json()
@@ -104,6 +104,8 @@ async def test_halt_needs_admin_and_confirm_and_cancels_open_orders(
     assert [o["client_order_id"] for o in body["canceled"]] == [resting.client_order_id]
     open_now = await api.get("/api/v1/orders", params={"status": "open"}, headers=auth(ADMIN_TOKEN))
     assert open_now.json()["items"] == []
+    refused = await api.post("/api/v1/resume", json={"confirm": True}, headers=auth(OPERATOR_TOKEN))
+    assert refused.status_code == 403
     resumed = await api.post("/api/v1/resume", json={"confirm": True}, headers=auth(ADMIN_TOKEN))
     assert resumed.status_code == 200 and resumed.json()["halted"] is False
 

@@ -60,32 +60,20 @@ async def test_failover_shows_the_precheck_and_needs_confirmation(
     assert not telegram.plane.venues.status().failed_over
 
 
-async def test_halt_is_admin_only_and_confirmed(
+async def test_an_operator_halts_confirmed_and_only_an_admin_resumes(
     telegram: TelegramBot, fake_telegram: FakeTelegram
 ) -> None:
-    fake_telegram.push_message(OPERATOR, OPERATOR, "/halt")
-    assert "admin" in await replies(fake_telegram, OPERATOR, "⛔️")
-    fake_telegram.push_message(ADMIN, ADMIN, "/halt drill")
-    prompt = await incident_message(fake_telegram, ADMIN, "Only you can confirm")
+    fake_telegram.push_message(OPERATOR, OPERATOR, "/halt drill")
+    prompt = await incident_message(fake_telegram, OPERATOR, "Only you can confirm")
     assert not telegram.plane.trading.state().halted
-    fake_telegram.push_callback(ADMIN, ADMIN, prompt.message_id, button(prompt, "Confirm"))
-    await replies(fake_telegram, ADMIN, "Trading halted")
+    fake_telegram.push_callback(OPERATOR, OPERATOR, prompt.message_id, button(prompt, "Confirm"))
+    await replies(fake_telegram, OPERATOR, "Trading halted")
+    assert telegram.plane.trading.state().halted
+    fake_telegram.push_message(OPERATOR, OPERATOR, "/resume")
+    assert "admin" in await replies(fake_telegram, OPERATOR, "⛔️")
     assert telegram.plane.trading.state().halted
     fake_telegram.push_message(ADMIN, ADMIN, "/resume")
-    prompts = await fake_telegram.wait_for(
-        lambda: (
-            found
-            if len(
-                found := [
-                    m
-                    for m in fake_telegram.messages(ADMIN)
-                    if "Only you can confirm" in (m.text or "")
-                ]
-            )
-            == 2
-            else None
-        )
-    )
-    fake_telegram.push_callback(ADMIN, ADMIN, prompts[1].message_id, button(prompts[1], "Confirm"))
+    resume = await incident_message(fake_telegram, ADMIN, "Only you can confirm")
+    fake_telegram.push_callback(ADMIN, ADMIN, resume.message_id, button(resume, "Confirm"))
     await replies(fake_telegram, ADMIN, "Trading resumed")
     assert not telegram.plane.trading.state().halted

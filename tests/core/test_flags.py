@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from core.errors import ConfirmationRequired, Conflict, InvalidInput, NotFound, PermissionDenied
-from core.flags import CATALOGUE, Source
+from core.flags import CATALOGUE, FlagService, Source
 from core.models import Actor, ActorKind, Role
+from core.platform.metrics import Metrics
+from core.store.sqlite import SqliteStore
 from tests.conftest import PlaneFactory, SettingsFactory
 
 
@@ -206,3 +210,27 @@ async def test_chaos_drills_are_refused_while_infra_prod_is_on_at_runtime(
     assert not plane.venues.failed_over
     await plane.flags.unset("INFRA_PROD_ENABLED", ADMIN, confirm=True)
     plane.flags.check_chaos_allowed()
+
+
+async def test_a_flip_based_on_what_this_replica_last_read_is_refused_if_changed_since(
+    make_settings: SettingsFactory, tmp_path: Path
+) -> None:
+    settings = make_settings()
+    store = SqliteStore(tmp_path / "shared.db")
+    await store.open()
+    try:
+        here, there = (FlagService(settings, store, Metrics()) for _ in range(2))
+        await here.load()
+        await there.load()
+        assert here.get("SELF_HEALING_ENABLED").version == 0
+        changed = await there.set("SELF_HEALING_ENABLED", False, OPERATOR)
+        assert changed.version == 1
+        # `here` last read version 0 and has not reloaded: its flip would undo `there`'s.
+        with pytest.raises(Conflict, match="changed meanwhile by telegram:otto .*version 1"):
+            await here.set("SELF_HEALING_ENABLED", True, ADMIN)
+        assert here.get("SELF_HEALING_ENABLED").value is False  # adopted on the refusal
+        with pytest.raises(Conflict):
+            await here.unset("SELF_HEALING_ENABLED", ADMIN, expected_version=0)
+        assert (await here.set("SELF_HEALING_ENABLED", True, ADMIN)).version == 2
+    finally:
+        await store.close()

@@ -387,3 +387,56 @@ async def test_redis_figures_on_metrics_and_healthz(replicas: Replicas) -> None:
         'redis_status{redis_status="ok"} 1.0',
     ):
         assert needle in text, needle
+
+
+async def test_flag_change_based_on_a_stale_version_is_refused_across_replicas(
+    replicas: Replicas,
+) -> None:
+    api1 = await replicas(ProcessRole.API, "api1")
+    api2 = await replicas(ProcessRole.API, "api2")
+    path = "/api/v1/flags/LLM_RATE_LIMITED"
+    async with client(api1) as one, client(api2) as two:
+        read = (await two.get(path, headers=auth(OPERATOR_TOKEN))).json()["version"]
+        first = await one.put(path, json={"value": True}, headers=auth(OPERATOR_TOKEN))
+        assert first.status_code == 200, first.text
+        assert first.json()["version"] == read + 1
+        # api2 would silently undo api1's change; it is refused, naming who changed it.
+        stale = await two.put(
+            path, json={"value": False, "expected_version": read}, headers=auth(OPERATOR_TOKEN)
+        )
+        assert stale.status_code == 409, stale.text
+        assert "changed meanwhile by api:operator" in stale.json()["error"]["message"]
+        assert (await one.get(path, headers=auth(OPERATOR_TOKEN))).json()["value"] is True
+        fresh = (await two.get(path, headers=auth(OPERATOR_TOKEN))).json()
+        assert (fresh["value"], fresh["version"]) == (True, read + 1)  # adopted on the refusal
+        again = await two.put(
+            path,
+            json={"value": False, "expected_version": fresh["version"]},
+            headers=auth(OPERATOR_TOKEN),
+        )
+        assert again.status_code == 200, again.text
+
+
+async def test_halt_on_one_replica_blocks_the_next_order_on_another_at_once(
+    replicas: Replicas,
+) -> None:
+    api1 = await replicas(ProcessRole.API, "api1")
+    api2 = await replicas(ProcessRole.API, "api2")
+    async with client(api1) as one:
+        halted = await one.post(
+            "/api/v1/halt", json={"confirm": True, "reason": "test"}, headers=auth(OPERATOR_TOKEN)
+        )
+        assert halted.status_code == 200, halted.text
+    with pytest.raises(OrderRejected, match="halted"):  # before any 2 s reload of shared state
+        await api2.trading.place_order(
+            "manual", Intent(symbol="BTC/USDT", side=OrderSide.BUY, amount=0.001)
+        )
+    async with client(api2) as two:
+        refused = await two.post(
+            "/api/v1/resume", json={"confirm": True}, headers=auth(OPERATOR_TOKEN)
+        )
+        assert refused.status_code == 403, refused.text
+        resumed = await two.post(
+            "/api/v1/resume", json={"confirm": True}, headers=auth(ADMIN_TOKEN)
+        )
+        assert resumed.status_code == 200, resumed.text
