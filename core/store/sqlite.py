@@ -293,13 +293,16 @@ class _IncidentsByKey:
                 incident = Incident.model_validate_json(row["doc"])
                 self.open[incident.key] = incident
             rows = conn.execute(
+                # By primary key only: a filter on state here would make SQLite walk every
+                # resolved incident through incidents_by_state (cost growing with history).
                 "SELECT doc FROM incidents WHERE id IN (SELECT MAX(id) FROM incidents"  # noqa: S608
-                f" WHERE key IN ({marks}) GROUP BY key) AND state = 'resolved'",
+                f" WHERE key IN ({marks}) GROUP BY key)",
                 chunk,
             ).fetchall()
             for row in rows:
                 incident = Incident.model_validate_json(row["doc"])
-                self.resolved[incident.key] = incident
+                if not incident.is_open:
+                    self.resolved[incident.key] = incident
 
     def saved(self, incident: Incident) -> None:
         """Take in an incident the webhook just saved."""
