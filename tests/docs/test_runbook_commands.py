@@ -202,7 +202,9 @@ COVERAGE: dict[str, tuple[str, ...]] = {
     "/token issue ci-deploy viewer 8h": (
         "tests/bot/test_bot_tokens.py::test_token_issue_list_revoke",
     ),
-    "/halt": ("tests/bot/test_bot_trading.py::test_halt_is_admin_only_and_confirmed",),
+    "/halt": (
+        "tests/bot/test_bot_trading.py::test_an_operator_halts_confirmed_and_only_an_admin_resumes",
+    ),
 }
 
 # What each make target must run (the runbook's "= ..." and comments).
