@@ -1,7 +1,9 @@
 """Alert webhooks: Alertmanager (v4), Grafana unified alerting, falcosidekick.
 
 A 2xx is returned only after the alerts are durably stored; a malformed body gets a 4xx naming
-the bad field and nothing is stored; a store outage answers 503 so the sender retries.
+the bad field and nothing is stored; a store outage answers 503 so the sender retries. Hostile
+bodies are refused before parsing: over 1 MiB (413, in api/app.py) or nested deeper than 64
+levels (422), which would otherwise exhaust the JSON parser's recursion.
 """
 
 from __future__ import annotations
@@ -12,10 +14,10 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request
 
-from api.deps import Credentials, PlaneDep, caller_of, unauthorized
+from api.deps import Credentials, PlaneDep, caller_of, mark_authenticated, unauthorized
 from api.schemas import ErrorBody
 from core.errors import Unauthenticated
-from core.incidents.receivers import parse_alertmanager, parse_falco, parse_grafana
+from core.incidents.receivers import check_nesting, parse_alertmanager, parse_falco, parse_grafana
 from core.incidents.service import IngestResult
 from core.models.alerts import Alert
 
@@ -25,7 +27,10 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorBody, "description": "body is not JSON"},
     401: {"model": ErrorBody, "description": "missing or wrong ALERT_WEBHOOK_TOKEN"},
     413: {"model": ErrorBody, "description": "body over 1 MiB"},
-    422: {"model": ErrorBody, "description": "payload invalid; the message names the field"},
+    422: {
+        "model": ErrorBody,
+        "description": "payload invalid (the message names the field) or nested too deep",
+    },
     503: {"model": ErrorBody, "description": "not stored; retry"},
 }
 
@@ -42,6 +47,7 @@ async def webhook_auth(plane: PlaneDep, request: Request, credentials: Credentia
         )
     except Unauthenticated as exc:
         raise unauthorized(exc) from None
+    mark_authenticated(request)
 
 
 WebhookAuth = Annotated[None, Depends(webhook_auth)]
@@ -52,9 +58,10 @@ async def json_body(request: Request) -> Any:
     raw = await request.body()
     if not raw.strip():
         raise HTTPException(400, "empty body: expected a JSON alert payload")
+    check_nesting(raw)
     try:
         return json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except ValueError as exc:  # also an integer literal past Python's 4,300-digit limit
         raise HTTPException(400, f"body is not valid JSON: {exc}") from None
 
 

@@ -3,6 +3,12 @@
 This module owns the wire formats of the three alert sources and their mapping onto the one
 ``Alert`` model. Parsing is all or nothing: a body either yields every alert it carries or raises
 ``PayloadError`` naming the first bad field (``alerts[2].labels.alertname: field required``).
+
+Strict about what identifies an alert, lenient about the rest, because Alertmanager does not retry
+a 4xx and a refused alert is lost: fields real senders leave out (``version``, ``groupKey``,
+``externalURL``, ``generatorURL``, an alert's ``status``) are derived the way the sender would, a
+Falco ``time`` that cannot be read becomes the receive time, and over-long text is cut rather than
+refused. Whatever was repaired is written into ``Alert.notes`` for the incident's timeline.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from pydantic_core import ErrorDetails
 
 from core.errors import InvalidInput
+from core.models import utcnow
 from core.models.alerts import (
     Alert,
     AlertSource,
@@ -30,6 +37,16 @@ MAX_ALERTS_PER_PAYLOAD = 1000
 SUMMARY_MAX_CHARS = 1000
 TITLE_MAX_CHARS = 300
 FINGERPRINT_MAX_CHARS = 128
+# Bounds on what one stored alert may hold: generous for real alerts (a Prometheus label value is
+# rarely over a few hundred characters), small enough that a hostile body cannot bloat the store
+# or every chat message. Longer text is cut with an ellipsis and a note, never refused.
+MAX_JSON_DEPTH = 64
+NAME_MAX_CHARS = 256
+LABEL_VALUE_MAX_CHARS = 1024
+ANNOTATION_MAX_CHARS = 4096
+DESCRIPTION_MAX_CHARS = 4096
+URL_MAX_CHARS = 4096
+MAX_LABELS = 256
 
 # Alertmanager (and Grafana's fork of it) send Go's zero time as endsAt while an alert fires.
 _GO_ZERO_TIME = datetime(1, 1, 1, tzinfo=UTC)
@@ -37,6 +54,11 @@ _RFC3339 = re.compile(
     r"(\d{4}-\d{2}-\d{2})[Tt](\d{2}:\d{2}:\d{2})(?:\.(\d{1,9}))?([Zz]|[+-]\d{2}:\d{2})"
 )
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# A JSON string literal (escapes included), so brackets inside strings are not counted as nesting.
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_NOT_BRACKET = re.compile(rb"[^\[\]{}]+")
+# JSON may escape half a surrogate pair (``"\ud800"``); such text cannot be stored as UTF-8.
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class PayloadError(InvalidInput):
@@ -46,6 +68,23 @@ class PayloadError(InvalidInput):
         super().__init__(f"{path}: {problem}")
         self.path = path
         self.problem = problem
+
+
+# --- raw bytes ----------------------------------------------------------------------------
+
+
+def check_nesting(raw: bytes, limit: int = MAX_JSON_DEPTH) -> None:
+    """Refuse a body nested deeper than ``limit`` before any JSON parser recurses into it."""
+    openers = raw.count(b"[") + raw.count(b"{")
+    if openers <= limit:
+        return  # cannot be deeper than the number of brackets it opens
+    # Strings may hold any brackets; counting only the ones outside them is a linear scan.
+    brackets = _NOT_BRACKET.sub(b"", _JSON_STRING.sub(b'""', raw))
+    depth = 0
+    for byte in brackets:
+        depth += 1 if byte in b"[{" else -1
+        if depth > limit:
+            raise PayloadError("body", f"JSON nesting deeper than {limit} levels")
 
 
 # --- timestamps ---------------------------------------------------------------------------
@@ -95,39 +134,56 @@ class _Wire(BaseModel):
 class _GroupedAlert(_Wire):
     """One alert inside an Alertmanager-style notification group."""
 
-    status: Literal["firing", "resolved"]
+    # Absent in some senders' bodies: derived from endsAt, as Alertmanager itself does.
+    status: Literal["firing", "resolved"] | None = None
     labels: dict[str, str]
-    annotations: dict[str, str]
-    starts_at: Timestamp = Field(alias="startsAt")
-    ends_at: EndTimestamp = Field(alias="endsAt")
+    # Go marshals an empty annotation map as null.
+    annotations: dict[str, str] | None = None
+    # Absent means "now", as Alertmanager's own API treats a pushed alert without one.
+    starts_at: Timestamp | None = Field(default=None, alias="startsAt")
+    ends_at: EndTimestamp = Field(default=None, alias="endsAt")
     fingerprint: str | None = Field(default=None, max_length=FINGERPRINT_MAX_CHARS)
+    generator_url: str | None = Field(default=None, alias="generatorURL")
 
 
 class _AlertmanagerAlert(_GroupedAlert):
     """One alert of an Alertmanager webhook (v4) body."""
 
-    generator_url: str = Field(alias="generatorURL")
 
+class _GroupedPayload(_Wire):
+    """What Alertmanager and Grafana bodies share; only ``alerts`` and ``receiver`` are required."""
 
-class _AlertmanagerPayload(_Wire):
-    """The Alertmanager webhook (v4) body."""
-
-    version: Literal["4"]
-    group_key: str = Field(alias="groupKey")
+    group_key: str | None = Field(default=None, alias="groupKey")
     truncated_alerts: int = Field(default=0, ge=0, alias="truncatedAlerts")
-    status: Literal["firing", "resolved"]
+    status: Literal["firing", "resolved"] | None = None
     receiver: str
-    group_labels: dict[str, str] = Field(alias="groupLabels")
-    common_labels: dict[str, str] = Field(alias="commonLabels")
-    common_annotations: dict[str, str] = Field(alias="commonAnnotations")
-    external_url: str = Field(alias="externalURL")
+    group_labels: dict[str, str] | None = Field(default=None, alias="groupLabels")
+    common_labels: dict[str, str] | None = Field(default=None, alias="commonLabels")
+    common_annotations: dict[str, str] | None = Field(default=None, alias="commonAnnotations")
+    external_url: str = Field(default="", alias="externalURL")
+
+    @property
+    def derived_group_key(self) -> str:
+        """The sender's groupKey, or the one Alertmanager would form from the group labels."""
+        if self.group_key is not None:
+            return self.group_key
+        labels = ", ".join(
+            f"{name}={json.dumps(value, ensure_ascii=False)}"
+            for name, value in sorted((self.group_labels or {}).items())
+        )
+        return f"{{}}:{{{labels}}}"
+
+
+class _AlertmanagerPayload(_GroupedPayload):
+    """The Alertmanager webhook (v4) body (older Alertmanagers send no ``version``)."""
+
+    version: Literal["4"] = "4"
     alerts: list[_AlertmanagerAlert] = Field(min_length=1, max_length=MAX_ALERTS_PER_PAYLOAD)
 
 
 class _GrafanaAlert(_GroupedAlert):
     """One alert of a Grafana webhook contact point body."""
 
-    generator_url: str = Field(default="", alias="generatorURL")
     silence_url: str = Field(default="", alias="silenceURL")
     dashboard_url: str = Field(default="", alias="dashboardURL")
     panel_url: str = Field(default="", alias="panelURL")
@@ -135,22 +191,14 @@ class _GrafanaAlert(_GroupedAlert):
     value_string: str = Field(default="", alias="valueString")
 
 
-class _GrafanaPayload(_Wire):
+class _GrafanaPayload(_GroupedPayload):
     """The Grafana unified alerting webhook contact point body (version 1)."""
 
-    version: Literal["1"]
-    group_key: str = Field(alias="groupKey")
-    truncated_alerts: int = Field(default=0, ge=0, alias="truncatedAlerts")
-    status: Literal["firing", "resolved"]
-    receiver: str
-    org_id: int = Field(alias="orgId")
-    group_labels: dict[str, str] = Field(alias="groupLabels")
-    common_labels: dict[str, str] = Field(alias="commonLabels")
-    common_annotations: dict[str, str] = Field(alias="commonAnnotations")
-    external_url: str = Field(alias="externalURL")
-    title: str
-    state: str
-    message: str
+    version: Literal["1"] = "1"
+    org_id: int = Field(default=0, alias="orgId")
+    title: str = ""
+    state: str = ""
+    message: str = ""
     alerts: list[_GrafanaAlert] = Field(min_length=1, max_length=MAX_ALERTS_PER_PAYLOAD)
 
 
@@ -191,8 +239,9 @@ class _FalcoEvent(_Wire):
     output: str
     priority: str
     rule: str = Field(min_length=1)
-    time: Timestamp
-    output_fields: dict[str, Any] | None
+    # Read leniently in ``parse_falco``: an unreadable time becomes the receive time.
+    time: Any = None
+    output_fields: dict[str, Any] | None = None
     source: str = ""
     tags: list[str] | None = None
     hostname: str = ""
@@ -295,12 +344,88 @@ def _validate(model: type[_Model], body: Any) -> _Model:
         raise _payload_error(e) from e
 
 
+# --- bounding what is stored ------------------------------------------------------------------
+
+
+def _clean(text: str) -> str:
+    """Text that can be stored and sent: a lone surrogate becomes U+FFFD."""
+    return _LONE_SURROGATE.sub("\ufffd", text)
+
+
+def _cut(text: str, limit: int) -> str:
+    """``text`` at most ``limit`` characters long, an ellipsis marking a cut."""
+    return text if len(text) <= limit else f"{text[: limit - 1]}…"
+
+
+class _Bounds:
+    """Cuts one alert's text to the stored limits, remembering what it cut for the timeline."""
+
+    def __init__(self) -> None:
+        self.notes: list[str] = []
+        self._cut: dict[str, list[str]] = {}
+
+    def text(self, what: str, value: str, limit: int) -> str:
+        """``value`` cleaned and cut to ``limit`` characters (noted under ``what``)."""
+        value = _clean(value)
+        if len(value) <= limit:
+            return value
+        self._cut.setdefault(f"{what} cut to {limit:,} characters", []).append(
+            f"{_cut(value, 40)!r} was {len(value):,}"
+        )
+        return _cut(value, limit)
+
+    def mapping(self, what: str, values: dict[str, str], limit: int) -> dict[str, str]:
+        """Labels or annotations with names and values cut, at most ``MAX_LABELS`` of them."""
+        items = list(values.items())
+        if len(items) > MAX_LABELS:
+            self.notes.append(f"kept the first {MAX_LABELS} of {len(items)} {what}")
+            items = items[:MAX_LABELS]
+        bounded: dict[str, str] = {}
+        for name, value in items:
+            key = self.text(f"{what} names", name, NAME_MAX_CHARS)
+            shown = _cut(key, 40)
+            bounded[key] = self.text(f"{what} {shown!r}", value, limit)
+        return bounded
+
+    def url(self, value: str | None) -> str | None:
+        """A link kept whole or not at all: a cut URL would lead somewhere else."""
+        if not value:
+            return None
+        value = _clean(value)
+        if len(value) > URL_MAX_CHARS:
+            self.notes.append(f"dropped a {len(value):,}-character link (over {URL_MAX_CHARS:,})")
+            return None
+        return value
+
+    def all_notes(self) -> list[str]:
+        """Every note, cuts grouped per field so a hostile body cannot flood the timeline."""
+        cuts = [
+            f"{what} ({'; '.join(examples[:3])}{'; …' if len(examples) > 3 else ''})"
+            for what, examples in self._cut.items()
+        ]
+        return [*self.notes, *cuts][:10]
+
+
+def _alert(bounds: _Bounds, **fields: Any) -> Alert:
+    """An ``Alert`` from already bounded fields, with the bounding notes."""
+    return Alert(**fields, notes=bounds.all_notes())
+
+
 # --- mapping -------------------------------------------------------------------------------
 
 
 def _is_security(labels: dict[str, str]) -> bool:
     """Whether an alert's labels mark it as a security alert."""
     return labels.get("security", "").strip().lower() == "true"
+
+
+def _status(item: _GroupedAlert, received_at: datetime) -> AlertStatus:
+    """The alert's status, or the one its ``endsAt`` implies (an end in the past: resolved)."""
+    if item.status is not None:
+        return AlertStatus(item.status)
+    if item.ends_at is not None and item.ends_at <= received_at:
+        return AlertStatus.RESOLVED
+    return AlertStatus.FIRING
 
 
 def _from_grouped(
@@ -311,34 +436,43 @@ def _from_grouped(
     title: str,
     annotations: dict[str, str],
     generator_url: str | None,
+    received_at: datetime,
 ) -> Alert:
     """Build an ``Alert`` from one alert of an Alertmanager-style group."""
+    # Identity comes from what was sent (before any cut), so a re-delivery hashes the same.
     fingerprint = item.fingerprint or stable_hash(source.value, sorted(item.labels.items()))
+    status = _status(item, received_at)
     dedup_key = stable_hash(
-        source.value, fingerprint, item.status, _iso(item.starts_at), _iso(item.ends_at)
+        source.value, fingerprint, status.value, _iso(item.starts_at), _iso(item.ends_at)
     )
-    return Alert(
+    bounds = _Bounds()
+    labels = bounds.mapping("labels", item.labels, LABEL_VALUE_MAX_CHARS)
+    kept = bounds.mapping("annotations", annotations, ANNOTATION_MAX_CHARS)
+    title = bounds.text("title", title, TITLE_MAX_CHARS)
+    return _alert(
+        bounds,
         source=source,
-        fingerprint=fingerprint,
+        fingerprint=_clean(fingerprint),
         dedup_key=dedup_key,
-        status=AlertStatus(item.status),
+        status=status,
         severity=severity_from_word(item.labels.get("severity")),
-        title=title[:TITLE_MAX_CHARS],
-        summary=annotations.get("summary") or title,
-        description=annotations.get("description", ""),
-        labels=dict(item.labels),
-        annotations=annotations,
-        starts_at=item.starts_at,
+        title=title,
+        summary=bounds.text("summary", kept.get("summary") or title, SUMMARY_MAX_CHARS),
+        description=bounds.text("description", kept.get("description", ""), DESCRIPTION_MAX_CHARS),
+        labels=labels,
+        annotations=kept,
+        starts_at=item.starts_at or received_at,
         ends_at=item.ends_at,
-        generator_url=generator_url,
-        group_key=group_key,
+        generator_url=bounds.url(generator_url),
+        group_key=_clean(group_key),
         security=_is_security(item.labels),
     )
 
 
-def parse_alertmanager(body: Any) -> list[Alert]:
+def parse_alertmanager(body: Any, *, received_at: datetime | None = None) -> list[Alert]:
     """Turn an Alertmanager webhook (v4) body into one ``Alert`` per alert in the group."""
     payload = _validate(_AlertmanagerPayload, body)
+    now = received_at or utcnow()
 
     def convert(index: int, item: _AlertmanagerAlert) -> Alert:
         alertname = item.labels.get("alertname")
@@ -348,19 +482,21 @@ def parse_alertmanager(body: Any) -> list[Alert]:
             raise PayloadError(f"alerts[{index}].labels.alertname", "must not be empty")
         return _from_grouped(
             AlertSource.ALERTMANAGER,
-            payload.group_key,
+            payload.derived_group_key,
             item,
             title=alertname,
-            annotations=dict(item.annotations),
-            generator_url=item.generator_url or None,
+            annotations=dict(item.annotations or {}),
+            generator_url=item.generator_url,
+            received_at=now,
         )
 
     return [convert(index, item) for index, item in enumerate(payload.alerts)]
 
 
-def parse_grafana(body: Any) -> list[Alert]:
+def parse_grafana(body: Any, *, received_at: datetime | None = None) -> list[Alert]:
     """Turn a Grafana webhook contact point body into one ``Alert`` per alert in the group."""
     payload = _validate(_GrafanaPayload, body)
+    now = received_at or utcnow()
 
     def convert(item: _GrafanaAlert) -> Alert:
         title = (
@@ -369,7 +505,7 @@ def parse_grafana(body: Any) -> list[Alert]:
             or payload.title.strip()
             or "Grafana alert"
         )
-        annotations = dict(item.annotations)
+        annotations = dict(item.annotations or {})
         for name, url in (("dashboardURL", item.dashboard_url), ("panelURL", item.panel_url)):
             if url:
                 annotations[name] = url
@@ -377,11 +513,12 @@ def parse_grafana(body: Any) -> list[Alert]:
             annotations.setdefault("valueString", item.value_string)
         return _from_grouped(
             AlertSource.GRAFANA,
-            payload.group_key,
+            payload.derived_group_key,
             item,
             title=title,
             annotations=annotations,
             generator_url=item.generator_url or item.panel_url or item.dashboard_url or None,
+            received_at=now,
         )
 
     return [convert(item) for item in payload.alerts]
@@ -396,9 +533,27 @@ def _field_text(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), default=str)
 
 
-def parse_falco(body: Any) -> list[Alert]:
+def _falco_time(raw: object, received_at: datetime, bounds: _Bounds) -> datetime:
+    """The event's time, or the receive time (noted with the raw value) when it cannot be read."""
+    if raw is None:
+        bounds.notes.append("the event carried no time; the receive time was used")
+        return received_at
+    try:
+        return _parse_timestamp(raw)
+    except ValueError:
+        shown = _cut(_clean(json.dumps(raw, ensure_ascii=False, default=str)), 200)
+        bounds.notes.append(
+            f"the event's time {shown} is not an RFC 3339 timestamp; "
+            f"the receive time {received_at.isoformat()} was used"
+        )
+        return received_at
+
+
+def parse_falco(body: Any, *, received_at: datetime | None = None) -> list[Alert]:
     """Turn one falcosidekick webhook event into a single firing ``Alert``."""
     event = _validate(_FalcoEvent, body)
+    bounds = _Bounds()
+    starts_at = _falco_time(event.time, received_at or utcnow(), bounds)
     fields = event.output_fields or {}
     labels = {"rule": event.rule, "priority": event.priority}
     if event.hostname:
@@ -410,22 +565,26 @@ def parse_falco(body: Any) -> list[Alert]:
         if text and text != "<NA>":
             labels[name] = text
     annotations = {"tags": ",".join(event.tags)} if event.tags else {}
-    raw_time = body["time"]  # validated above; hashed as sent so nanoseconds still tell apart
     fingerprint = stable_hash(
         "falco", event.rule, event.hostname, fields.get("container.id"), fields.get("k8s.pod.name")
     )
-    alert = Alert(
-        source=AlertSource.FALCO,
-        fingerprint=fingerprint,
-        dedup_key=event.uuid or stable_hash(event.rule, raw_time, event.output),
-        status=AlertStatus.FIRING,
-        severity=_FALCO_SEVERITY[event.priority],
-        title=event.rule[:TITLE_MAX_CHARS],
-        summary=event.output[:SUMMARY_MAX_CHARS] or event.rule,
-        description="\n".join(f"{k}={_field_text(v)}" for k, v in sorted(fields.items())),
-        labels=labels,
-        annotations=annotations,
-        starts_at=event.time,
-        security=event.priority in _FALCO_SECURITY_PRIORITIES,
-    )
-    return [alert]
+    description = "\n".join(f"{k}={_field_text(v)}" for k, v in sorted(fields.items()))
+    return [
+        _alert(
+            bounds,
+            source=AlertSource.FALCO,
+            fingerprint=fingerprint,
+            # The time is hashed as sent (not as read), so nanoseconds still tell events apart
+            # and a re-delivery with an unreadable time still matches.
+            dedup_key=_clean(event.uuid) or stable_hash(event.rule, event.time, event.output),
+            status=AlertStatus.FIRING,
+            severity=_FALCO_SEVERITY[event.priority],
+            title=bounds.text("title", event.rule, TITLE_MAX_CHARS),
+            summary=bounds.text("summary", event.output or event.rule, SUMMARY_MAX_CHARS),
+            description=bounds.text("description", description, DESCRIPTION_MAX_CHARS),
+            labels=bounds.mapping("labels", labels, LABEL_VALUE_MAX_CHARS),
+            annotations=bounds.mapping("annotations", annotations, ANNOTATION_MAX_CHARS),
+            starts_at=starts_at,
+            security=event.priority in _FALCO_SECURITY_PRIORITIES,
+        )
+    ]

@@ -105,3 +105,6 @@ class Alert(BaseModel):
     generator_url: str | None = None
     group_key: str | None = None
     security: bool = False
+    # What the receiver had to repair to accept it (an unreadable time, text cut to the stored
+    # limits); the incident's timeline shows these notes.
+    notes: list[str] = Field(default_factory=list)

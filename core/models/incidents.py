@@ -232,6 +232,8 @@ def plan_alert(
         # What an alert source does by itself is kept on the incident's timeline (and its
         # alerts); the audit log is for what people and automation do.
         change.audit = False
+        if alert.notes:  # what the receiver repaired (e.g. an unreadable time) stays visible
+            change.detail = "; ".join(filter(None, [change.detail, *alert.notes]))
     return change
 
 
