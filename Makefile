@@ -44,8 +44,14 @@ enable-self-healing: setup
 smoke: setup
 	$(BIN)/lunia smoke
 
-## verify: the full verification: lint, every test, shipped config checks, audit chain, report
+## verify: the full verification: lint, every test, known-vulnerable dependencies, schemathesis
+## with every role's token, shipped config checks, audit chain, report
 verify: test
+	$(BIN)/uv export --quiet --frozen --format requirements-txt --no-hashes --no-emit-project \
+	  --extra dev -o $(VENV)/audit-requirements.txt
+	$(BIN)/pip-audit --strict --no-deps --disable-pip --progress-spinner off \
+	  --vulnerability-service pypi -r $(VENV)/audit-requirements.txt
+	LUNIA_SCHEMATHESIS_EXAMPLES=25 $(BIN)/pytest -q tests/api/test_schemathesis.py
 	promtool check config deploy/prometheus/prometheus.yml
 	promtool check rules deploy/prometheus/rules/lunia.rules.yml
 	amtool check-config deploy/alertmanager/alertmanager.yml
