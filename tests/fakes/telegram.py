@@ -405,6 +405,7 @@ class _OpenTag:
     offset: int
     text_start: int
     language: str | None = None
+    source_start: int = 0
 
 
 _ALLOWED_TAGS = frozenset(
@@ -425,6 +426,7 @@ _ALLOWED_TAGS = frozenset(
         "span",
         "blockquote",
         "tg-emoji",
+        "tg-time",
     }
 )
 _TAG_ENTITY = {
@@ -444,7 +446,29 @@ _TAG_ENTITY = {
     "blockquote": "blockquote",
     "a": "text_link",
     "tg-emoji": "custom_emoji",
+    "tg-time": "date_time",
 }
+# Schemes a text link may use: the web and Telegram's own links. Anything else (javascript:,
+# data:, file:, ...) is not a link Telegram will show, and the message is refused.
+_LINK_SCHEMES = frozenset({"http", "https", "tg"})
+_SCHEME_RE = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):(?!\d)")
+_DATE_TIME_FORMAT_RE = re.compile(r"r|w?[dD]?[tT]?")
+
+
+def link_problem(url: str) -> str | None:
+    """Why Telegram would refuse ``url`` as a text link's target, or None when it is fine."""
+    if not url or any(char.isspace() or ord(char) < 0x20 or char == "\x7f" for char in url):
+        return "Wrong URL"
+    scheme = _SCHEME_RE.match(url)
+    if scheme is None:  # "example.com/x": Telegram assumes http://
+        return None if url[0] not in "/:?#" else "Wrong URL"
+    name = scheme.group(1).lower()
+    if name not in _LINK_SCHEMES:
+        return f'Unsupported URL protocol "{name}"'
+    rest = url[scheme.end() :]
+    if name != "tg" and (not rest.startswith("//") or rest[2:3] in ("", "/", "?", "#")):
+        return "URL host is empty"
+    return None
 
 
 def utf16_len(text: str) -> int:
@@ -550,7 +574,12 @@ class _HtmlParser:
             raise self.fail('Tag "span" must have class "tg-spoiler"')
         if name == "tg-emoji" and not attrs.get("emoji-id", "").isdigit():
             raise self.fail('Tag "tg-emoji" must have attribute "emoji-id"')
-        self.stack.append(_OpenTag(name, attrs, self.offset, len(self.out)))
+        if name == "tg-time":
+            if not attrs.get("unix", "").isdigit():
+                raise self.fail('Tag "tg-time" must have attribute "unix"')
+            if not _DATE_TIME_FORMAT_RE.fullmatch(attrs.get("format", "")):
+                raise self.fail(f"Invalid date-time format at byte offset {self.at(begin)}")
+        self.stack.append(_OpenTag(name, attrs, self.offset, len(self.out), source_start=begin))
 
     def attributes(self, tag: str, begin: int) -> dict[str, str]:
         """Consume the attributes of a start tag up to and including '>'."""
@@ -647,19 +676,106 @@ class _HtmlParser:
             return
         entity: Json = {"type": _TAG_ENTITY[tag.name], "offset": tag.offset, "length": length}
         if tag.name == "a":
-            entity["url"] = tag.attrs.get("href") or "".join(self.out[tag.text_start :])
+            url = tag.attrs.get("href") or "".join(self.out[tag.text_start :])
+            problem = link_problem(url)
+            if problem is not None:
+                raise self.fail(
+                    f'{problem} in the tag "a" at byte offset {self.at(tag.source_start)}'
+                )
+            entity["url"] = url
         elif tag.name == "pre" and tag.language:
             entity["language"] = tag.language
         elif tag.name == "blockquote" and "expandable" in tag.attrs:
             entity["type"] = "expandable_blockquote"
         elif tag.name == "tg-emoji":
             entity["custom_emoji_id"] = tag.attrs["emoji-id"]
+        elif tag.name == "tg-time":
+            entity["unix_time"] = int(tag.attrs["unix"])
+            entity["date_time_format"] = tag.attrs.get("format", "")
         self.entities.append(entity)
 
 
 def parse_html(source: str) -> tuple[str, list[Json]]:
     """Parse Telegram HTML into (plain text, entities) or raise ``HtmlParseError``."""
     return _HtmlParser(source).run()
+
+
+def check_text(
+    raw: str,
+    parse_mode: str | None = "HTML",
+    *,
+    limit: int = MAX_TEXT_LENGTH,
+    too_long: str = "Bad Request: message is too long",
+    required: bool = True,
+    entities: list[Json] | None = None,
+) -> tuple[str | None, list[Json]]:
+    """Telegram's checks on a message text or caption: parse it in ``parse_mode``, refuse what
+    Telegram refuses (``ApiError`` with its description), and return (text, entities).
+
+    The length is counted after entity parsing, in UTF-16 code units, as Telegram counts it;
+    a text that is empty or only whitespace once parsed is "empty" (Telegram trims it)."""
+    parsed, found = raw, list(entities or [])
+    if parse_mode:
+        lowered = parse_mode.lower()
+        if lowered == "html":
+            try:
+                parsed, found = parse_html(raw)
+            except HtmlParseError as exc:
+                raise ApiError(400, f"Bad Request: can't parse entities: {exc}") from exc
+        elif lowered not in ("markdown", "markdownv2"):
+            raise ApiError(400, "Bad Request: unsupported parse_mode")
+    if not parsed.strip():
+        if required:
+            raise ApiError(400, "Bad Request: message text is empty")
+        return None, []
+    if utf16_len(parsed) > limit:
+        raise ApiError(400, too_long)
+    return parsed, found
+
+
+def check_reply_markup(markup: Any) -> Json | None:
+    """Telegram's checks on ``reply_markup`` (``ApiError`` when refused); returns the inline
+    keyboard it would echo back, or None."""
+    if markup is None:
+        return None
+    if not isinstance(markup, dict):
+        raise ApiError(400, "Bad Request: can't parse reply keyboard markup JSON object")
+    if "inline_keyboard" not in markup:
+        return None
+    rows = markup["inline_keyboard"]
+    if not isinstance(rows, list) or not all(isinstance(row, list) for row in rows):
+        raise ApiError(
+            400,
+            'Bad Request: field "inline_keyboard" of the InlineKeyboardMarkup should be'
+            " an Array of Arrays",
+        )
+    for button in (button for row in rows for button in row):
+        _check_button(button)
+    if not any(rows):
+        return None
+    return {"inline_keyboard": copy.deepcopy(rows)}
+
+
+def _check_button(button: Any) -> None:
+    """Validate one inline keyboard button."""
+    if not isinstance(button, dict) or not isinstance(button.get("text"), str):
+        raise ApiError(
+            400,
+            'Bad Request: can\'t parse inline keyboard button: Field "text" must be of type String',
+        )
+    if "callback_data" in button:
+        data = button["callback_data"]
+        size = len(data.encode()) if isinstance(data, str) else 0
+        if not 1 <= size <= MAX_CALLBACK_DATA_BYTES:
+            raise ApiError(400, "Bad Request: BUTTON_DATA_INVALID")
+    if "url" in button and link_problem(str(button["url"])) is not None:
+        raise ApiError(400, "Bad Request: wrong HTTP URL specified")
+    if not _BUTTON_KINDS & button.keys():
+        raise ApiError(
+            400,
+            "Bad Request: can't parse inline keyboard button: Text buttons are"
+            " unallowed in the inline keyboard",
+        )
 
 
 # --------------------------------------------------------------------------- helpers
@@ -1400,72 +1516,20 @@ class FakeTelegram(LoopbackServer):
             if required:
                 raise ApiError(400, "Bad Request: message text is empty")
             return None, []
-        if not isinstance(raw, str):
-            raw = str(raw)
         mode = call.params.get("parse_mode")
-        entities: list[Json] = []
-        text = raw
-        if mode:
-            lowered = str(mode).lower()
-            if lowered == "html":
-                try:
-                    text, entities = parse_html(raw)
-                except HtmlParseError as exc:
-                    raise ApiError(400, f"Bad Request: can't parse entities: {exc}") from exc
-            elif lowered not in ("markdown", "markdownv2"):
-                raise ApiError(400, "Bad Request: unsupported parse_mode")
-        elif isinstance(call.params.get(entities_field), list):
-            entities = list(call.params[entities_field])
-        if not text.strip():
-            if required:
-                raise ApiError(400, "Bad Request: message text is empty")
-            return None, []
-        if len(text) > limit:
-            raise ApiError(400, too_long)
-        return text, entities
+        given = call.params.get(entities_field)
+        return check_text(
+            raw if isinstance(raw, str) else str(raw),
+            str(mode) if mode else None,
+            limit=limit,
+            too_long=too_long,
+            required=required,
+            entities=given if isinstance(given, list) and not mode else None,
+        )
 
     def _markup(self, call: Call) -> Json | None:
         """Validate ``reply_markup``; return the inline keyboard Telegram echoes back."""
-        markup = call.params.get("reply_markup")
-        if markup is None:
-            return None
-        if not isinstance(markup, dict):
-            raise ApiError(400, "Bad Request: can't parse reply keyboard markup JSON object")
-        if "inline_keyboard" not in markup:
-            return None
-        rows = markup["inline_keyboard"]
-        if not isinstance(rows, list) or not all(isinstance(row, list) for row in rows):
-            raise ApiError(
-                400,
-                'Bad Request: field "inline_keyboard" of the InlineKeyboardMarkup should be'
-                " an Array of Arrays",
-            )
-        for button in (button for row in rows for button in row):
-            self._check_button(button)
-        if not any(rows):
-            return None
-        return {"inline_keyboard": copy.deepcopy(rows)}
-
-    @staticmethod
-    def _check_button(button: Any) -> None:
-        """Validate one inline keyboard button."""
-        if not isinstance(button, dict) or not isinstance(button.get("text"), str):
-            raise ApiError(
-                400,
-                'Bad Request: can\'t parse inline keyboard button: Field "text" must be of'
-                " type String",
-            )
-        if "callback_data" in button:
-            data = button["callback_data"]
-            size = len(data.encode()) if isinstance(data, str) else 0
-            if not 1 <= size <= MAX_CALLBACK_DATA_BYTES:
-                raise ApiError(400, "Bad Request: BUTTON_DATA_INVALID")
-        if not _BUTTON_KINDS & button.keys():
-            raise ApiError(
-                400,
-                "Bad Request: can't parse inline keyboard button: Text buttons are"
-                " unallowed in the inline keyboard",
-            )
+        return check_reply_markup(call.params.get("reply_markup"))
 
     def _reply_target(self, call: Call, chat: _Chat) -> StoredMessage | None:
         """The message a send replies to (reply_parameters or reply_to_message_id)."""

@@ -40,9 +40,12 @@ from aiohttp import web
 from tests.fakes.telegram import (
     NOT_MODIFIED,
     PNG_SIGNATURE,
+    ApiError,
     FakeTelegram,
     FloodLimits,
     HtmlParseError,
+    check_reply_markup,
+    check_text,
     parse_html,
 )
 
@@ -239,6 +242,119 @@ def test_parse_html_entities() -> None:
     with pytest.raises(HtmlParseError, match='Tag "span" must have class'):
         parse_html("<span>x</span>")
     assert parse_html("a > b <u></u>") == ("a > b ", [])
+
+
+@pytest.mark.parametrize(
+    "html",
+    [
+        "<b>b</b><strong>b</strong><i>i</i><em>i</em><u>u</u><ins>u</ins>",
+        "<s>s</s><strike>s</strike><del>s</del>",
+        '<span class="tg-spoiler">x</span><tg-spoiler>x</tg-spoiler>',
+        "<b>bold <i>italic <s>strike <tg-spoiler>spoiler</tg-spoiler></s></i></b>",
+        '<a href="http://www.example.com/">web</a> <a href="https://x.test/a?b=1&amp;c=2">s</a>',
+        '<a href="tg://user?id=123456789">mention</a>',
+        '<tg-emoji emoji-id="5368324170671202286">👍</tg-emoji>',
+        '<tg-time unix="1647531900" format="wDT">22:45</tg-time> <tg-time unix="1">x</tg-time>',
+        "<code>inline</code> <pre>block</pre>",
+        '<pre><code class="language-python">x = 1</code></pre>',
+        '<pre><code language="language-python">x = 1</code></pre>',  # what aiogram emits
+        "<blockquote>quote</blockquote> <blockquote expandable>more</blockquote>",
+        "&lt; &gt; &amp; &quot; &#128640; &#x1F680;",
+        "\u200f\u202eמערכת\u202c 🚀 " + "😀" * 2042,  # RTL marks; 4,096 UTF-16 units in all
+    ],
+)
+def test_the_strict_fake_accepts_what_telegram_accepts(html: str) -> None:
+    """Every tag, entity and link the Bot API's HTML mode lists parses."""
+    text, _ = check_text(html)
+    assert text
+
+
+@pytest.mark.parametrize(
+    ("html", "description"),
+    [
+        (
+            "<foo>x</foo>",
+            'Bad Request: can\'t parse entities: Unsupported start tag "foo" at byte offset 0',
+        ),
+        ("<p>x</p>", 'Unsupported start tag "p"'),
+        ("<b>x", 'Can\'t find end tag corresponding to start tag "b"'),
+        ("<b><i>x</b></i>", "Unmatched end tag"),
+        ("&nbsp;", 'Character "&" at byte offset 0 must start an HTML entity'),
+        ("&#0;", 'Character "&" at byte offset 0 must start an HTML entity'),
+        ("AT&T", 'Character "&" at byte offset 2'),
+        ("1 < 2", 'Unsupported start tag ""'),
+        ('<span class="x">x</span>', 'Tag "span" must have class "tg-spoiler"'),
+        (
+            '<a href="javascript:alert(1)">x</a>',
+            'Unsupported URL protocol "javascript" in the tag "a" at byte offset 0',
+        ),
+        ('<a href="data:text/html,x">x</a>', 'Unsupported URL protocol "data"'),
+        ('<a href="file:///etc/passwd">x</a>', 'Unsupported URL protocol "file"'),
+        ('<a href="https://">x</a>', "URL host is empty"),
+        ('<a href="http://a b">x</a>', "Wrong URL"),
+        ("<a>javascript:x</a>", 'Unsupported URL protocol "javascript"'),
+        ('<tg-time unix="x">t</tg-time>', 'Tag "tg-time" must have attribute "unix"'),
+        ('<tg-time unix="1" format="rt">t</tg-time>', "Invalid date-time format"),
+        ("<b></b> \n ", "Bad Request: message text is empty"),
+        ("x" * 4097, "Bad Request: message is too long"),
+        ("😀" * 2049, "Bad Request: message is too long"),  # 2,049 chars, 4,098 UTF-16 units
+        ("<b>" + "&amp;" * 4097 + "</b>", "Bad Request: message is too long"),
+    ],
+)
+def test_the_strict_fake_refuses_what_telegram_refuses(html: str, description: str) -> None:
+    """Each thing the Bot API refuses is a 400 with Telegram's description."""
+    with pytest.raises(ApiError) as info:
+        check_text(html)
+    assert info.value.status == 400
+    assert description in info.value.description
+    assert info.value.description.startswith("Bad Request: ")
+
+
+def test_text_length_is_counted_after_entity_parsing() -> None:
+    """Markup does not count: 4,096 visible characters inside tags and entities pass."""
+    text, _ = check_text("<b>" + "&lt;" * 4096 + "</b>")
+    assert text == "<" * 4096
+    with pytest.raises(ApiError, match="message caption is too long"):
+        check_text("é" * 1025, limit=1024, too_long="Bad Request: message caption is too long")
+
+
+@pytest.mark.parametrize(
+    ("markup", "description"),
+    [
+        ({"inline_keyboard": [[{"text": "Go", "callback_data": "d" * 65}]]}, "BUTTON_DATA_INVALID"),
+        ({"inline_keyboard": [[{"text": "Go", "callback_data": "é" * 33}]]}, "BUTTON_DATA_INVALID"),
+        ({"inline_keyboard": [[{"text": "Go", "callback_data": ""}]]}, "BUTTON_DATA_INVALID"),
+        ({"inline_keyboard": [{"text": "Go"}]}, "should be an Array of Arrays"),
+        ({"inline_keyboard": [[{"callback_data": "x"}]]}, 'Field "text" must be of type String'),
+        ({"inline_keyboard": [[{"text": "Go"}]]}, "Text buttons are unallowed"),
+        ({"inline_keyboard": [[{"text": "Go", "url": "javascript:x"}]]}, "wrong HTTP URL"),
+        ("[]", "can't parse reply keyboard markup JSON object"),
+    ],
+)
+def test_the_strict_fake_refuses_bad_keyboards(markup: object, description: str) -> None:
+    """callback_data is 1-64 bytes; keyboards are arrays of arrays of typed buttons."""
+    with pytest.raises(ApiError) as info:
+        check_reply_markup(markup)
+    assert info.value.status == 400
+    assert description in info.value.description
+
+
+def test_the_strict_fake_accepts_good_keyboards() -> None:
+    """64 bytes of callback_data (32 two-byte characters) and URL buttons pass."""
+    markup = {
+        "inline_keyboard": [
+            [{"text": "Go", "callback_data": "é" * 32}],
+            [{"text": "Open", "url": "https://x.test/"}],
+        ]
+    }
+    assert check_reply_markup(markup) == markup
+
+
+async def test_a_javascript_link_is_a_400_on_the_wire(fake_tg: FakeTelegram, bot: Bot) -> None:
+    """Through aiogram and HTTP: the refused link surfaces as TelegramBadRequest."""
+    with pytest.raises(TelegramBadRequest, match="Unsupported URL protocol"):
+        await bot.send_message(CHAT, '<a href="javascript:alert(1)">x</a>', parse_mode="HTML")
+    assert fake_tg.messages(CHAT) == []
 
 
 async def test_migrate_and_kicked(fake_tg: FakeTelegram, bot: Bot) -> None:
