@@ -57,6 +57,13 @@ class ConfirmButton(Signed, prefix="c"):
     yes: bool
 
 
+class StormButton(Signed, prefix="b"):
+    """A bulk press on a storm board: a(cknowledge all) or s(ilence the storm for 1 h)."""
+
+    action: str
+    storm: str
+
+
 class Signer:
     """Signs and checks callback data with the state dir's callback-signing key."""
 
@@ -112,6 +119,18 @@ def incident_keyboard(
     if diagnose and IncidentAction.DIAGNOSE in allowed:
         rows.append([b("🩺 Diagnose", "d")])
     return InlineKeyboardMarkup(inline_keyboard=[row for row in rows if row])
+
+
+def storm_keyboard(signer: Signer, storm_id: str) -> InlineKeyboardMarkup:
+    """The bulk buttons on a storm board's first message."""
+    return InlineKeyboardMarkup(
+        inline_keyboard=[
+            [
+                signer.button("👀 Acknowledge all", StormButton(action="a", storm=storm_id)),
+                signer.button("🔕 Silence the storm 1h", StormButton(action="s", storm=storm_id)),
+            ]
+        ]
+    )
 
 
 # The update being handled (set by the access middleware), and whether it is being replayed

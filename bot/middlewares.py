@@ -15,7 +15,7 @@ from typing import Any
 from aiogram import BaseMiddleware
 from aiogram.types import CallbackQuery, Chat, Message, TelegramObject, User
 
-from bot.callbacks import ConfirmButton, IncidentButton, ProposalButton, handling
+from bot.callbacks import ConfirmButton, IncidentButton, ProposalButton, StormButton, handling
 from bot.handlers import all_commands
 from bot.ui import Ui
 from core.control_plane import ControlPlane
@@ -36,7 +36,7 @@ Handler = Callable[[TelegramObject, dict[str, Any]], Awaitable[Any]]
 UNKNOWN = "unknown"
 # Button prefixes the bot packs (bot/callbacks.py); other callback data is a forged press.
 _BUTTONS = frozenset(
-    button.__prefix__ for button in (IncidentButton, ProposalButton, ConfirmButton)
+    button.__prefix__ for button in (IncidentButton, ProposalButton, ConfirmButton, StormButton)
 )
 
 

@@ -1,4 +1,4 @@
-"""Turns incident events into Telegram messages, exactly once, in order, storms coalesced.
+"""Turns incident events into Telegram messages, exactly once, in order, storms as boards.
 
 The incident event log in the store is the source of truth and the bus is only a doorbell: the
 notifier reads events after its saved cursor and queues the resulting outbox messages *with* the
@@ -7,6 +7,8 @@ nor repeats a message.
 
 Which chat an incident goes to (``core.incidents.routing``) and when incidents come too fast for
 one message each (``core.incidents.storm``) are core rules; this module renders what they decide.
+A storm's incidents are named on its *board*: messages edited in place, re-rendered at most every
+``board_interval`` seconds and only where their text changed, through the same paced outbox.
 """
 
 from __future__ import annotations
@@ -15,11 +17,11 @@ import asyncio
 import logging
 from datetime import timedelta
 
-from bot.render import e, storm_digest
+from bot.render import e, storm_board
 from core.control_plane import ControlPlane
 from core.incidents.delivery import CHANNEL
 from core.incidents.routing import ChatRouting
-from core.incidents.storm import StormDetector, Verdict
+from core.incidents.storm import BoardPart, Storm, StormDetector, Verdict
 from core.models import OutboxMessage
 from core.models.incidents import EventKind, Incident, IncidentEvent
 from core.platform.outbox import OutboxWorker
@@ -40,15 +42,28 @@ class Notifier:
         *,
         storm_threshold: int = 5,
         storm_window: float = 10.0,
+        board_delay: float = 0.5,
+        board_interval: float = 3.0,
     ) -> None:
         self._plane = plane
         self._delivery = plane.telegram_delivery
+        self._boards_store = plane.storm_boards
         self._outbox = outbox
         self.routing = ChatRouting.from_settings(plane.settings)
         self._storms = StormDetector(storm_threshold, timedelta(seconds=storm_window))
+        # First board soon after a storm begins (it gathers the burst), then at most one render
+        # per interval: each board message is edited at most that often.
+        self._board_delay = board_delay
+        self._board_interval = board_interval
+        self._boards: dict[str, Storm] = {}  # storm id → storm, for the boards kept up to date
+        self._on_board: dict[int, str] = {}  # incident id → its board's storm id
+        self._seen: dict[int, Incident] = {}  # latest state of every incident on a board
+        self._rendered: dict[tuple[str, int], BoardPart] = {}  # what was last saved per part
+        self._dirty: set[str] = set()
+        self._escalated: set[str] = set()  # storms whose escalation was announced
         self._lock = asyncio.Lock()
         self._processed = 0
-        self._flush_task: asyncio.Task[None] | None = None
+        self._board_task: asyncio.Task[None] | None = None
         self._subscribed = False
         self._running = False
 
@@ -63,10 +78,10 @@ class Notifier:
         await self.catch_up()
 
     async def close(self) -> None:
-        """Flush a pending digest so nothing buffered is lost."""
+        """Bring the boards up to date so nothing seen is left unshown."""
         self._running = False
-        await cancel_and_wait(self._flush_task)
-        await self.flush_digest()
+        await cancel_and_wait(self._board_task)
+        await self.flush_boards()
 
     async def _doorbell(self, _: IncidentEvent) -> None:
         if self._running:
@@ -88,40 +103,91 @@ class Notifier:
         chat = self.routing.chat_for(incident)
         messages: list[OutboxMessage] = []
         if chat is not None:
-            if self._storms.observe(event, chat) is Verdict.STORM:
-                self._schedule_flush()
-            else:
+            verdict = self._storms.observe(event, chat)
+            if verdict is Verdict.STORM and event.kind is EventKind.OPENED:
+                await self._board_grew(chat)
+            elif verdict is Verdict.SINGLE:
                 messages.append(_message(chat, {"op": "incident", "incident_id": incident.id}))
+            if incident.id in self._on_board:
+                self._seen[incident.id] = incident
+                self._dirty.add(self._on_board[incident.id])
+                self._schedule_boards()
         escalation = self.routing.escalation
         if event.kind is EventKind.ESCALATED and escalation is not None:
-            messages.append(_message(escalation, _escalation_notice(event)))
-        # While a storm is held back its events are not yet delivered: the cursor waits for the
-        # digest, so a crash before it replays them rather than losing them.
-        cursor = None if self._storms.holding else event.seq
-        if messages or cursor:
-            await self._delivery.enqueue(messages, cursor)
+            notice = self._escalation(event)
+            if notice is not None:
+                messages.append(_message(escalation, notice))
+        # The board's membership is saved before the cursor moves: a crash replays nothing twice
+        # and loses nothing (the board is rendered again from the saved storm).
+        await self._delivery.enqueue(messages, event.seq)
         if messages:
             self._outbox.wake()
 
-    def _schedule_flush(self) -> None:
-        if self._flush_task is None or self._flush_task.done():
-            self._flush_task = asyncio.create_task(self._flush_later(), name="digest")
+    def _escalation(self, event: IncidentEvent) -> dict[str, object] | None:
+        """The escalation notice; a storm escalates once, not once per incident."""
+        storm_id = self._on_board.get(event.incident.id)
+        if storm_id is None:
+            return _escalation_notice(event)
+        if storm_id in self._escalated:
+            return None
+        self._escalated.add(storm_id)
+        storm = self._boards[storm_id]
+        return {
+            "op": "text",
+            "text": f"⏫ <b>Not acknowledged</b> ({e(event.detail)}): an alert storm of "
+            f"{len(storm.incident_ids)} incidents, e.g. <b>#{event.incident.id}</b> "
+            f"{e(event.incident.title)}\nIts board lists them all; one incident: "
+            f"/incident {event.incident.id}",
+        }
 
-    async def _flush_later(self) -> None:
-        await asyncio.sleep(self._storms.window.total_seconds())
-        await self.flush_digest()
+    async def _board_grew(self, chat: int) -> None:
+        storm = self._storms.storm_at(chat)
+        assert storm is not None  # noqa: S101 - observe just said STORM
+        await self._boards_store.save(storm)
+        self._boards[storm.id] = storm
+        for number in storm.incident_ids:
+            if number not in self._seen:
+                # The openings that made the storm were seen before it began.
+                self._seen[number] = await self._plane.incidents.get(number)
+            self._on_board[number] = storm.id
 
-    async def flush_digest(self) -> None:
-        """Post one digest per chat for the incidents a storm held back."""
+    def _schedule_boards(self) -> None:
+        if self._running and (self._board_task is None or self._board_task.done()):
+            self._board_task = asyncio.create_task(self._board_loop(), name="storm-boards")
+
+    async def _board_loop(self) -> None:
+        await asyncio.sleep(self._board_delay)
+        while self._dirty:
+            await self.flush_boards()
+            await asyncio.sleep(self._board_interval)
+
+    async def flush_boards(self) -> None:
+        """Render the boards that changed and queue the messages whose text changed."""
         async with self._lock:
-            messages = [
-                _message(int(storm.destination), {"op": "text", "text": storm_digest(storm)})
-                for storm in self._storms.take_storms()
-            ]
-            if messages or self._processed:
-                await self._delivery.enqueue(messages, self._processed)
-            if messages:
-                self._outbox.wake()
+            dirty, self._dirty = self._dirty, set()
+            for storm_id in sorted(dirty):
+                await self._render(self._boards[storm_id])
+
+    async def _render(self, storm: Storm) -> None:
+        incidents = [self._seen[number] for number in storm.incident_ids]
+        anything_open = any(i.is_open for i in incidents)
+        chat = int(storm.destination)
+        messages = []
+        for part, text in enumerate(storm_board(storm, incidents)):
+            wanted = BoardPart(text=text, buttons=part == 0 and anything_open)
+            if self._rendered.get((storm.id, part)) == wanted:
+                continue
+            await self._boards_store.set_part(storm.id, part, wanted)
+            self._rendered[(storm.id, part)] = wanted
+            messages.append(_message(chat, {"op": "board", "storm": storm.id, "part": part}))
+        if messages:
+            await self._delivery.enqueue(messages)
+            self._outbox.wake()
+        if not anything_open:  # all resolved: the board is final
+            self._boards.pop(storm.id, None)
+            for number in storm.incident_ids:
+                self._on_board.pop(number, None)
+                self._seen.pop(number, None)
 
 
 def _escalation_notice(event: IncidentEvent) -> dict[str, object]:

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from html import escape
+from html import escape, unescape
+from urllib.parse import urlsplit
 
 from core.flags import FlagState
 from core.incidents.storm import Storm
@@ -24,13 +25,56 @@ _STATE = {
     IncidentState.SILENCED: "🔕 SILENCED",
     IncidentState.RESOLVED: "✅ RESOLVED",
 }
-_DIGEST_SHOWN = 25  # incidents named one by one in a storm digest; the rest are counted
 _HEALTH = {Status.OK: "✅", Status.DEGRADED: "⚠️", Status.DOWN: "❌", Status.DISABLED: "⏸"}
+# Room each dynamic field may take in the incident message, in UTF-16 units (Telegram's unit),
+# so that the whole message stays within one 4,096-unit message whatever the alert carries.
+_TITLE, _TEXT, _LABEL_KEY, _LABEL_VALUE, _LABELS, _NAME, _URL = 256, 600, 40, 100, 12, 64, 200
+_LINK_SCHEMES = ("http", "https")
 
 
 def e(value: object) -> str:
     """Escape any dynamic value for Telegram HTML."""
     return escape(str(value), quote=False)
+
+
+def units(text: str) -> int:
+    """Length in UTF-16 code units, the unit of Telegram's length limits."""
+    return len(text.encode("utf-16-le")) // 2
+
+
+def clip(value: object, limit: int) -> str:
+    """``value`` cut to at most ``limit`` UTF-16 units (with "…"), never inside a surrogate
+    pair; escape it afterwards, so an entity is never cut either."""
+    text = str(value)
+    if units(text) <= limit:
+        return text
+    out, used = [], 1  # the ellipsis
+    for char in text:
+        used += 2 if ord(char) > 0xFFFF else 1
+        if used > limit:
+            break
+        out.append(char)
+    return "".join(out) + "…"
+
+
+def is_web_url(url: str) -> bool:
+    """True for an http(s) URL with a host: the only links we send (Telegram refuses
+    ``javascript:`` and friends, and a link must never run anything)."""
+    if any(char.isspace() or ord(char) < 0x20 or ord(char) == 0x7F for char in url):
+        return False
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError:
+        return False
+    return parts.scheme.lower() in _LINK_SCHEMES and bool(host)
+
+
+def link(url: str, label: str) -> str:
+    """A link labelled ``label`` for a web URL; anything else shown as code, not as a link."""
+    if is_web_url(url) and units(url) <= 2048:
+        return f'<a href="{escape(url, quote=True)}">{e(label)}</a>'
+    return f"{e(label)}: <code>{e(clip(url, _URL))}</code>"
 
 
 def when(moment: datetime | None) -> str:
@@ -52,7 +96,8 @@ def ago(moment: datetime | None, now: datetime | None = None) -> str:
 def incident_line(incident: Incident) -> str:
     """One line for lists: ``🔴 #12 RedisDown · triggered · 3× · 5m``."""
     return (
-        f"{_SEVERITY[incident.severity]} <b>#{incident.id}</b> {e(incident.title)} · "
+        f"{_SEVERITY[incident.severity]} <b>#{incident.id}</b> {e(clip(incident.title, _TITLE))}"
+        " · "
         f"{incident.state.value} · {incident.count}× · {ago(incident.last_seen)}"
     )
 
@@ -60,62 +105,99 @@ def incident_line(incident: Incident) -> str:
 def incident_message(incident: Incident) -> str:
     """The incident's one message, edited in place as it changes."""
     lines = [
-        f"{_SEVERITY[incident.severity]} <b>{e(incident.title)}</b> "
+        f"{_SEVERITY[incident.severity]} <b>{e(clip(incident.title, _TITLE))}</b> "
         f"<i>#{incident.id}</i>{'  🛡 security' if incident.security else ''}",
-        f"<b>{_STATE[incident.state]}</b> · {incident.severity.value} · {e(incident.source.value)}",
+        f"<b>{_STATE[incident.state]}</b> · {incident.severity.value} · "
+        f"{e(clip(incident.source.value, _NAME))}",
     ]
     if incident.summary and incident.summary != incident.title:
-        lines.append(e(incident.summary[:600]))
+        lines.append(e(clip(incident.summary, _TEXT)))
     if incident.description:
-        lines.append(f"<i>{e(incident.description[:600])}</i>")
+        lines.append(f"<i>{e(clip(incident.description, _TEXT))}</i>")
     shown = {k: v for k, v in incident.labels.items() if k not in ("alertname", "severity")}
     if shown:
-        labels = ", ".join(f"{e(k)}=<code>{e(v)}</code>" for k, v in sorted(shown.items())[:12])
-        lines.append(f"🏷 {labels}")
+        labels = ", ".join(
+            f"{e(clip(k, _LABEL_KEY))}=<code>{e(clip(v, _LABEL_VALUE))}</code>"
+            for k, v in sorted(shown.items())[:_LABELS]
+        )
+        more = f" (+{len(shown) - _LABELS} more)" if len(shown) > _LABELS else ""
+        lines.append(f"🏷 {labels}{more}")
     lines.append(
         f"🔁 {incident.count}× · first {when(incident.first_seen)} · last "
         f"{when(incident.last_seen)}"
     )
     if incident.acknowledged_by is not None:
         lines.append(
-            f"👀 acknowledged by {e(incident.acknowledged_by.name)} at "
+            f"👀 acknowledged by {e(clip(incident.acknowledged_by.name, _NAME))} at "
             f"{when(incident.acknowledged_at)}"
         )
     if incident.state is IncidentState.SILENCED:
         by = incident.silenced_by.name if incident.silenced_by else "?"
-        lines.append(f"🔕 silenced by {e(by)} until {when(incident.silenced_until)}")
+        lines.append(f"🔕 silenced by {e(clip(by, _NAME))} until {when(incident.silenced_until)}")
     if incident.escalation_level:
         lines.append(f"⏫ escalated {incident.escalation_level}×")
     if incident.state is IncidentState.RESOLVED:
         by = incident.resolved_by.name if incident.resolved_by else "its source"
-        lines.append(f"✅ resolved by {e(by)} at {when(incident.resolved_at)}")
+        lines.append(f"✅ resolved by {e(clip(by, _NAME))} at {when(incident.resolved_at)}")
     links = []
     if incident.generator_url:
-        links.append(f'<a href="{escape(incident.generator_url, quote=True)}">source</a>')
+        links.append(link(incident.generator_url, "source"))
     runbook = incident.annotations.get("runbook") or incident.annotations.get("runbook_url")
-    if runbook and runbook.startswith(("http://", "https://")):
-        links.append(f'<a href="{escape(runbook, quote=True)}">runbook</a>')
-    elif runbook:
-        links.append(f"runbook: {e(runbook)}")
+    if runbook:
+        links.append(link(runbook, "runbook"))
     if links:
         lines.append("🔗 " + " · ".join(links))
     return "\n".join(lines)
 
 
-def storm_digest(storm: Storm) -> str:
-    """One message naming the incidents an alert storm held back."""
-    incidents = storm.incidents
-    lines = [
-        f"🌪 <b>Alert storm</b>: {len(incidents)} more incidents opened in "
-        f"{int(storm.window_seconds)}s"
-    ]
-    lines += [
-        f"• <b>#{i.id}</b> {e(i.title)} · {i.severity.value}" for i in incidents[:_DIGEST_SHOWN]
-    ]
-    if len(incidents) > _DIGEST_SHOWN:
-        lines.append(f"… and {len(incidents) - _DIGEST_SHOWN} more")
-    lines.append("See them all with /incidents; act with /ack ID")
-    return "\n".join(lines)
+_BOARD_STATE = {
+    IncidentState.TRIGGERED: "🚨 triggered",
+    IncidentState.ACKNOWLEDGED: "👀 acknowledged",
+    IncidentState.SILENCED: "🔕 silenced",
+    IncidentState.RESOLVED: "✅ resolved",
+}
+_BOARD_TITLE = 80  # characters of a title on a board line: every line stays short
+
+
+def _utf16(text: str) -> int:
+    return len(text.encode("utf-16-le")) // 2
+
+
+def _members(incident: Incident) -> int:
+    """Alerts grouped in the incident (1 for an incident that is a single alert)."""
+    members = getattr(incident, "members", None)
+    return len(members) if isinstance(members, list) and members else 1
+
+
+def storm_board_line(incident: Incident) -> str:
+    """One incident on a storm board: ``🔴 #12 RedisDown · critical · 3 alerts · 🚨 triggered``."""
+    members = _members(incident)
+    title = incident.title if len(incident.title) <= _BOARD_TITLE else incident.title[:79] + "…"
+    return (
+        f"{_SEVERITY[incident.severity]} <b>#{incident.id}</b> {e(title)} · "
+        f"{incident.severity.value} · {members} alert{'s' if members != 1 else ''} · "
+        f"{_BOARD_STATE[incident.state]}"
+    )
+
+
+def storm_board(storm: Storm, incidents: list[Incident], limit: int = LIMIT) -> list[str]:
+    """The storm's board: every incident named, over as many messages as ``limit`` needs (in
+    UTF-16 units, as Telegram counts), cut between lines only."""
+    still_open = sum(1 for i in incidents if i.is_open)
+    header = (
+        f"🌪 <b>Alert storm</b> · {len(incidents)} incidents since {when(storm.started)} · "
+        f"{still_open} open"
+    )
+    footer = "One incident with its buttons: /incident ID · the buttons act on every one"
+    parts: list[list[str]] = [[header]]
+    size = _utf16(header)
+    for line in [storm_board_line(i) for i in incidents] + [footer]:
+        if size + 1 + _utf16(line) > limit:
+            parts.append(["🌪 <b>Alert storm</b> (continued)"])
+            size = _utf16(parts[-1][0])
+        parts[-1].append(line)
+        size += 1 + _utf16(line)
+    return ["\n".join(lines) for lines in parts]
 
 
 def health_text(report: HealthReport) -> str:
@@ -160,68 +242,78 @@ def checklist_text(checklist: Checklist) -> str:
 
 
 _TAG = re.compile(r"<(/?)([a-zA-Z][a-zA-Z0-9-]*)([^>]*)>")
+# A tag, a character entity, a newline, or one character of text: the places a cut may fall.
+_TOKEN = re.compile(r"<[^>]*>|&[#a-zA-Z0-9]+;|\n|[^<&\n]|[<&]")
 
 
-def _open_after(line: str, stack: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    stack = list(stack)
-    for closing, name, attrs in _TAG.findall(line):
-        if closing:
-            for i in range(len(stack) - 1, -1, -1):
-                if stack[i][0] == name:
-                    del stack[i]
-                    break
-        else:
-            stack.append((name, attrs))
+def _shows(token: str) -> bool:
+    """True when ``token`` puts a non-blank character on screen (tags and blanks do not;
+    Telegram refuses a message that is blank once its entities are parsed)."""
+    return not token.startswith("<") and not unescape(token).isspace()
+
+
+def _after(stack: list[tuple[str, str]], token: str) -> list[tuple[str, str]]:
+    """The open tags (name, start tag) after ``token``."""
+    tag = _TAG.fullmatch(token)
+    if tag is None:
+        return stack
+    closing, name, _ = tag.groups()
+    if not closing:
+        return [*stack, (name, token)]
+    for index in range(len(stack) - 1, -1, -1):
+        if stack[index][0] == name:
+            return stack[:index] + stack[index + 1 :]
     return stack
 
 
-def _plain_chunks(line: str, size: int) -> list[str]:
-    """Cut an over-long line without splitting an entity or a tag."""
-    parts, current = [], ""
-    for token in re.findall(r"<[^>]*>|&[#a-zA-Z0-9]+;|[^<&]", line):
-        if len(current) + len(token) > size and current:
-            parts.append(current)
-            current = ""
-        current += token
-    if current:
-        parts.append(current)
-    return parts
+def _closing(stack: list[tuple[str, str]]) -> str:
+    return "".join(f"</{name}>" for name, _ in reversed(stack))
 
 
 def split_html(text: str, limit: int = LIMIT) -> list[str]:
-    """Split ``text`` into messages of at most ``limit`` characters, on line boundaries; tags
-    open at a cut are closed at the end of one part and reopened at the start of the next."""
-    if len(text) <= limit:
+    """Split ``text`` into messages of at most ``limit`` UTF-16 units (which bounds the text
+    after entity parsing, what Telegram counts), cut at a line end where one fits, never inside a
+    tag or an entity; tags open at a cut are closed at the end of one part and reopened at the
+    start of the next, and every part shows some non-blank text."""
+    if units(text) <= limit:
         return [text]
+    tokens = _TOKEN.findall(text)
+    shows_from = [False] * (len(tokens) + 1)  # does anything non-blank follow index i?
+    for index in range(len(tokens) - 1, -1, -1):
+        shows_from[index] = shows_from[index + 1] or _shows(tokens[index])
     parts: list[str] = []
-    current: list[str] = []
-    length = 0
     stack: list[tuple[str, str]] = []  # open at the start of the current part
-    reserve = 200  # room for the closing and reopening tags
-
-    def flush() -> None:
-        nonlocal current, length, stack
-        body = "\n".join(current)
-        still_open = _open_after(body, stack)
-        prefix = "".join(f"<{n}{a}>" for n, a in stack)
-        suffix = "".join(f"</{n}>" for n, _ in reversed(still_open))
-        parts.append(prefix + body + suffix)
-        stack, current, length = still_open, [], 0
-
-    for line in text.split("\n"):
-        pieces = [line] if len(line) <= limit - reserve else _plain_chunks(line, limit - reserve)
-        for piece in pieces:
-            if current and length + len(piece) + 1 > limit - reserve:
-                flush()
-            current.append(piece)
-            length += len(piece) + 1
-    if current:
-        flush()
+    start = 0
+    while start < len(tokens) and shows_from[start]:
+        prefix = "".join(tag for _, tag in stack)
+        size, open_, shown = units(prefix), stack, False
+        at_line: tuple[int, list[tuple[str, str]]] | None = None  # cut before a newline
+        anywhere: tuple[int, list[tuple[str, str]]] | None = None  # cut inside a line
+        end = start
+        while end < len(tokens):
+            piece = tokens[end]
+            if piece == "\n" and shown and shows_from[end + 1]:
+                at_line = (end, open_)
+            after = _after(open_, piece)
+            cost = units(piece)
+            if size + cost + units(_closing(after)) > limit and (shown or end > start):
+                break
+            size, open_ = size + cost, after
+            shown = shown or _shows(piece)
+            end += 1
+            if shown and shows_from[end] and not piece.startswith("<"):
+                anywhere = (end, open_)
+        if end == len(tokens):
+            parts.append(prefix + "".join(tokens[start:]) + _closing(open_))
+            return parts
+        cut, skip = (at_line, 1) if at_line is not None else (anywhere, 0)
+        if cut is None:  # nothing shown fits after the reopened tags: take what was read
+            cut, skip = (end, open_), 0
+        parts.append(prefix + "".join(tokens[start : cut[0]]) + _closing(cut[1]))
+        start, stack = cut[0] + skip, cut[1]
     return parts
 
 
 def strip_html(text: str) -> str:
     """Plain text for when Telegram cannot parse our entities."""
-    from html import unescape
-
     return unescape(_TAG.sub("", text))

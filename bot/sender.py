@@ -7,6 +7,7 @@ Payloads (written by ``bot.notifier`` and the handlers) are small JSON dicts:
   it was sent already; the text is rendered from the incident's *current* state at delivery, so
   queued edits coalesce (an unchanged text is not sent again).
 - ``{"op": "photo", "chat_id", "png_b64", "caption"}``
+- ``{"op": "board", "chat_id", "storm", "part"}``: one message of a storm board (``bot.board``)
 
 429 waits exactly ``retry_after``; "message is not modified" counts as done; unparsable HTML is
 resent as plain text; a migrated group is followed and remembered; a chat that blocked or
@@ -33,6 +34,7 @@ from aiogram.exceptions import (
 )
 from aiogram.types import BufferedInputFile, InlineKeyboardMarkup, Message
 
+from bot.board import BoardPoster
 from bot.callbacks import Signer, incident_keyboard
 from bot.pacing import Pacer
 from bot.render import incident_message, strip_html
@@ -68,6 +70,7 @@ class TelegramSender:
         self._pacer = pacer or Pacer()
         self._migrated: dict[int, int] = {}
         self._diagnose = diagnose_button
+        self._board = BoardPoster(bot, plane.storm_boards, signer)
         self.last_success: float | None = None
         self.failed_chats: set[int] = set()
 
@@ -123,6 +126,8 @@ class TelegramSender:
         op = payload.get("op")
         if op == "incident":
             return await self._incident(chat_id, int(payload["incident_id"]))
+        if op == "board":
+            return await self._board.show(chat_id, str(payload["storm"]), int(payload["part"]))
         if op == "photo":
             photo = BufferedInputFile(base64.b64decode(payload["png_b64"]), "chart.png")
             await self._bot.send_photo(
@@ -182,6 +187,8 @@ class TelegramSender:
             (text + (markup.model_dump_json() if markup else "")).encode()
         ).hexdigest()[:16]
         shown = await self._delivery.shown(incident_id)
+        if shown is None and await self._plane.storm_boards.covers(chat_id, incident_id):
+            return False  # a storm's board names it (with its state): no message of its own
         if shown is not None and shown.hash == digest:
             return False  # coalesced: this state is already on screen
         if shown is not None:

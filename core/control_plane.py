@@ -32,6 +32,7 @@ from core.incidents import pagerduty
 from core.incidents.alertmanager import AlertmanagerClient
 from core.incidents.delivery import ChatDeliveryState
 from core.incidents.service import IncidentService
+from core.incidents.storm import StormBoards
 from core.models import Actor, OutboxItem
 from core.models.incidents import Rules
 from core.ops.access_review import AccessReviewService, render_markdown
@@ -161,6 +162,8 @@ class ControlPlane:
         self.scheduler.every(
             "escalation", settings.escalation_check_seconds, self.incidents.run_deadlines
         )
+        # Alert storms as boards in chat, seen by every replica (bulk buttons may reach any).
+        self.storm_boards = StormBoards(self.store, self.incidents)
         # The chat channel's own durable state (shown messages, cursor, outbox): the bot's only
         # way to the store.
         self.telegram_delivery = ChatDeliveryState(self.store, self.metrics)

@@ -8,9 +8,9 @@ from aiogram import Router
 from aiogram.filters import Command, CommandObject
 from aiogram.types import CallbackQuery, Message
 
-from bot.callbacks import IncidentButton
+from bot.callbacks import IncidentButton, StormButton, incident_keyboard
 from bot.handlers.assistant import diagnose
-from bot.render import e, incident_line
+from bot.render import e, incident_line, incident_message
 from bot.ui import Ui
 from core.control_plane import ControlPlane
 from core.errors import Conflict, InvalidInput
@@ -21,6 +21,7 @@ logger = logging.getLogger(__name__)
 
 COMMANDS = [
     ("incidents", "open incidents (/incidents all: the latest 20 of any state)"),
+    ("incident", "one incident with its buttons: /incident ID"),
     ("ack", "acknowledge: /ack ID"),
     ("unack", "hand back: /unack ID"),
     ("resolve", "resolve: /resolve ID"),
@@ -50,6 +51,15 @@ async def list_incidents(
     lines = [f"<b>{title}</b>"] + [incident_line(i) for i in found]
     lines.append("Act with /ack ID, /resolve ID, /silence ID 1h")
     await ui.reply(message.chat.id, "\n".join(lines))
+
+
+async def show_incident(
+    message: Message, command: CommandObject, plane: ControlPlane, ui: Ui
+) -> None:
+    """One incident's message with its buttons (the way in from a storm board)."""
+    incident = await plane.incidents.get(incident_id(command, "/incident ID"))
+    keyboard = incident_keyboard(ui.signer, incident, diagnose=ui.diagnose)
+    await ui.reply(message.chat.id, incident_message(incident), keyboard)
 
 
 _VERBS = {
@@ -157,14 +167,41 @@ async def pressed(
     await query.answer(f"{text}: now {incident.state.value}")
 
 
+async def storm_pressed(
+    query: CallbackQuery,
+    callback_data: StormButton,
+    plane: ControlPlane,
+    ui: Ui,
+    actor: Actor,
+) -> None:
+    """A bulk button on a storm board: every incident of the storm, as the presser; the board
+    shows the outcome as their events arrive."""
+    if not await ui.genuine(query, callback_data, plane, actor):
+        return
+    boards = plane.storm_boards
+    if callback_data.action == "a":
+        outcome = await boards.acknowledge_all(callback_data.storm, actor)
+        verb = "Acknowledged"
+    elif callback_data.action == "s":
+        outcome = await boards.silence_all(callback_data.storm, actor, "1h")
+        verb = "Silenced for 1h"
+    else:
+        await query.answer("This button is no longer supported.")
+        return
+    left = f"; {len(outcome.unchanged)} left as they were" if outcome.unchanged else ""
+    await query.answer(f"{verb} {len(outcome.changed)} incidents{left}.", show_alert=True)
+
+
 def router() -> Router:
     """The incidents feature's handlers."""
     r = Router(name="incidents")
     r.message.register(list_incidents, Command("incidents"))
+    r.message.register(show_incident, Command("incident"))
     r.message.register(ack, Command("ack"))
     r.message.register(unack, Command("unack"))
     r.message.register(resolve, Command("resolve"))
     r.message.register(silence, Command("silence"))
     r.message.register(unsilence, Command("unsilence"))
     r.callback_query.register(pressed, IncidentButton.filter())
+    r.callback_query.register(storm_pressed, StormButton.filter())
     return r

@@ -47,16 +47,17 @@ def test_openings_over_the_threshold_join_a_storm() -> None:
     storms = StormDetector(threshold=5, window=timedelta(seconds=10))
     verdicts = [storms.observe(event(n, seconds=n * 0.5), OPS) for n in range(1, 9)]
     assert verdicts == [Verdict.SINGLE] * 5 + [Verdict.STORM] * 3
-    assert storms.holding
-    [storm] = storms.take_storms()
-    assert storm.destination == OPS
-    assert [i.id for i in storm.incidents] == [6, 7, 8]
-    assert storm.window_seconds == 10
-    assert not storms.holding
-    assert storms.take_storms() == []  # taken once
+    storm = storms.storm_at(OPS)
+    assert storm is not None
+    # The openings that made the storm are on its board too: "acknowledge all" means all.
+    assert storm.incident_ids == [1, 2, 3, 4, 5, 6, 7, 8]
+    assert storm.started == T0 + timedelta(seconds=3)
+    assert storm.last_opened == T0 + timedelta(seconds=4)
+    assert storms.active(T0 + timedelta(seconds=14)) == [storm]
+    assert storms.active(T0 + timedelta(seconds=15)) == []  # a quiet window ends it
 
 
-def test_a_held_incident_stays_in_the_storm_and_others_still_get_messages() -> None:
+def test_a_held_incident_stays_on_the_board_and_others_still_get_messages() -> None:
     storms = StormDetector(threshold=1, window=timedelta(seconds=10))
     assert storms.observe(event(1), OPS) is Verdict.SINGLE
     assert storms.observe(event(2), OPS) is Verdict.STORM
@@ -66,7 +67,10 @@ def test_a_held_incident_stays_in_the_storm_and_others_still_get_messages() -> N
     assert storms.observe(event(1, EventKind.ACKNOWLEDGED, 1), OPS) is Verdict.SINGLE
     # Only openings count towards a storm: updates and reopenings are not new arrivals.
     assert storms.observe(event(1, EventKind.REOPENED, 2), OPS) is Verdict.SINGLE
-    assert [i.id for s in storms.take_storms() for i in s.incidents] == [2]
+    storm = storms.storm_at(OPS)
+    assert storm is not None and storm.incident_ids == [1, 2]
+    # An hour after the storm, the board is no longer the incident's place in chat.
+    assert storms.observe(event(2, EventKind.REOPENED, 3601), OPS) is Verdict.SINGLE
 
 
 def test_the_window_slides_on_event_time() -> None:
@@ -78,6 +82,18 @@ def test_the_window_slides_on_event_time() -> None:
     assert storms.observe(event(4, seconds=20), OPS) is Verdict.SINGLE
 
 
+def test_a_storm_after_a_quiet_window_is_a_new_storm() -> None:
+    storms = StormDetector(threshold=1, window=timedelta(seconds=10))
+    storms.observe(event(1, seconds=0), OPS)
+    storms.observe(event(2, seconds=1), OPS)
+    first = storms.storm_at(OPS)
+    storms.observe(event(3, seconds=30), OPS)
+    storms.observe(event(4, seconds=31), OPS)
+    second = storms.storm_at(OPS)
+    assert first is not None and second is not None and first.id != second.id
+    assert (first.incident_ids, second.incident_ids) == ([1, 2], [3, 4])
+
+
 def test_each_destination_storms_on_its_own() -> None:
     storms = StormDetector(threshold=2, window=timedelta(seconds=10))
     for n in (1, 2, 3):
@@ -85,8 +101,8 @@ def test_each_destination_storms_on_its_own() -> None:
     assert storms.observe(event(4), SECURITY) is Verdict.SINGLE
     assert storms.observe(event(5), SECURITY) is Verdict.SINGLE
     assert storms.observe(event(6), SECURITY) is Verdict.STORM
-    taken = {s.destination: [i.id for i in s.incidents] for s in storms.take_storms()}
-    assert taken == {OPS: [3], SECURITY: [6]}
+    active = {s.destination: s.incident_ids for s in storms.active(T0)}
+    assert active == {OPS: [1, 2, 3], SECURITY: [4, 5, 6]}
 
 
 def test_routing_sends_security_incidents_apart(make_settings: SettingsFactory) -> None:
