@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
+from api.deps import AUTHENTICATED
 from api.errors import install_error_handlers
 from api.routes import (
     alerts,
@@ -42,7 +43,8 @@ MAX_BODY_BYTES = 1024 * 1024
 
 class RequestMetrics:
     """Times every HTTP request into ``request_duration_seconds`` by route template, with
-    labels bounded whatever clients send (core/platform/metrics.py)."""
+    labels bounded whatever clients send (core/platform/metrics.py): unknown paths and methods,
+    and 4xx answers to requests without accepted credentials, share the ``unmatched`` route."""
 
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
@@ -66,6 +68,10 @@ class RequestMetrics:
         finally:
             method: str = scope["method"]
             route = route_label(scope.get("route"), method)
+            # Anyone can provoke a 4xx on any route (a wrong token, a malformed body): only a
+            # request whose credentials were accepted keeps its route in a refusal's labels.
+            if 400 <= status < 500 and not (scope.get("state") or {}).get(AUTHENTICATED):
+                route = UNMATCHED_ROUTE
             method = ANY_METHOD if route == UNMATCHED_ROUTE else method_label(method)
             self.metrics.request_duration.labels(route, method, str(status)).observe(
                 time.perf_counter() - started

@@ -2,7 +2,9 @@
 
 ``/healthz`` answers bytes serialised when the checks last ran; under ``INFRA_PROD_ENABLED`` they
 carry no component details (those can name chats, paths and lease holders). ``/metrics`` asks
-for the bearer token ``METRICS_TOKEN`` whenever one is in force (always in production).
+for the bearer token ``METRICS_TOKEN`` whenever one is in force (always in production) and answers
+from a snapshot at most ``SNAPSHOT_SECONDS`` old (core/platform/metrics.py), so a flood of scrapes
+costs one render per snapshot.
 """
 
 from __future__ import annotations
@@ -60,4 +62,4 @@ async def metrics(plane: PlaneDep, request: Request) -> Response:
             raise HTTPException(
                 401, "metrics need the bearer token METRICS_TOKEN", {"WWW-Authenticate": "Bearer"}
             )
-    return Response(await plane.metrics.exposition(), media_type=CONTENT_TYPE)
+    return Response(plane.metrics.exposition(), media_type=CONTENT_TYPE)

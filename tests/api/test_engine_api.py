@@ -27,6 +27,7 @@ from tests.conftest import (
     PlaneFactory,
     auth,
 )
+from tests.support.metrics import scrape_showing
 from tests.support.services import free_port
 
 QUIET = {"core_tick_seconds": 3600, "venue_probe_seconds": 3600}
@@ -123,11 +124,10 @@ async def test_failover_answers_409_with_the_precheck_then_switches_and_fails_ba
         "/api/v1/failover", json={"to": "okx", "confirm": True}, headers=auth(OPERATOR_TOKEN)
     )
     assert done.status_code == 200 and done.json()["active"] == "okx"
-    metrics = (await api.get("/metrics")).text
-    assert "exchange_failover 1.0" in metrics
+    assert "exchange_failover 1.0" in await scrape_showing(api, "exchange_failover 1.0")
     back = await api.post("/api/v1/failback", headers=auth(OPERATOR_TOKEN))
     assert back.status_code == 200 and back.json()["failed_over"] is False
-    assert "exchange_failover 0.0" in (await api.get("/metrics")).text
+    assert "exchange_failover 0.0" in await scrape_showing(api, "exchange_failover 0.0")
     bad = await api.post(
         "/api/v1/failover", json={"to": "nope!", "confirm": True}, headers=auth(OPERATOR_TOKEN)
     )
