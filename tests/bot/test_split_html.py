@@ -7,11 +7,12 @@ through the entities Telegram would build.
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from bot.render import LIMIT, e, split_html
-from tests.fakes.telegram import parse_html
+from tests.fakes.telegram import check_text, parse_html, utf16_len
 
 RESERVE = 200  # split_html's room for closing and reopening tags; a longer line is cut inside
 
@@ -107,10 +108,15 @@ def rejoined(parts: list[str], original: str) -> Styled:
 @given(documents, limits)
 def test_every_part_fits_parses_and_keeps_text_and_formatting(html: str, limit: int) -> None:
     parts = split_html(html, limit)
-    assert all(len(part) <= limit for part in parts), [len(p) for p in parts]
-    # Every part on its own is HTML Telegram accepts: tags balanced, entities whole.
+    assert all(utf16_len(part) <= limit for part in parts), [utf16_len(p) for p in parts]
+    # Every part on its own is a text Telegram accepts: tags balanced, entities whole, and
+    # some non-blank text once parsed (Telegram refuses an empty message).
+    blank = not parse_html(html)[0].strip()  # nothing to show: no part can show anything
     for part in parts:
-        parse_html(part)
+        shown, _ = parse_html(part)
+        assert blank or shown.strip(), part
+        if not blank:
+            check_text(part, limit=limit)
     # Nothing lost, duplicated or reordered, and every character keeps its formatting.
     assert rejoined(parts, html) == formatted(html)
 
@@ -122,6 +128,28 @@ def test_lines_that_fit_are_never_cut_inside(html: str, limit: int) -> None:
     lines = parse_html(html)[0].split("\n")
     parts = split_html(html, limit)
     assert "\n".join(parse_html(part)[0] for part in parts).split("\n") == lines
+
+
+@pytest.mark.parametrize(
+    "html",
+    [
+        "<pre>\n" + "x" * 5000 + "</pre>",
+        "<pre>\n" + "x" * 4090 + "\n</pre>",
+        "<b>\n\n<i>\n" + "word " * 1500 + "\n</i>\n</b>\n",
+        "<blockquote>\n" + "🚀" * 3000 + "\n</blockquote>",
+    ],
+)
+def test_no_part_is_blank(html: str) -> None:
+    """A line holding only an opening (or closing) tag next to a cut never becomes a part of
+    its own: "<pre></pre>" is an empty message, which Telegram refuses."""
+    parts = split_html(html)
+    assert len(parts) > 1
+    for part in parts:
+        text, _ = check_text(part)
+        assert text is not None and text.strip()
+    # Every non-blank character is kept, in order.
+    kept = "".join(char for part in parts for char in parse_html(part)[0] if not char.isspace())
+    assert kept == "".join(char for char in parse_html(html)[0] if not char.isspace())
 
 
 def test_text_within_the_limit_is_one_unchanged_message() -> None:
