@@ -7,7 +7,8 @@ whose ``/healthz`` returns a tiny JSON and whose ``/metrics`` returns constant b
 size as ours (the framework's ceiling for that body). ``wrk`` (one thread, 16 and 64 connections)
 measures throughput; a small open-loop client sends 500 req/s on a fixed schedule and measures
 each latency from the time the request was due. Last, the event-loop time a scrape costs, in
-process. Prints a table with ours, the reference and their ratio; about a minute and a half.
+process: answered from the snapshot, and rendering after every series changed. Prints a table
+with ours, the reference and their ratio; about a minute and a half.
 
     .venv/bin/python bench/http_probes.py [--seconds 5] [--rate 500]
 """
@@ -24,13 +25,15 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NamedTuple
 
 import httpx
 import uvicorn
 from fastapi import FastAPI, Response
+from prometheus_client import generate_latest
 from uvicorn.loops.auto import auto_loop_factory
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -173,33 +176,89 @@ async def longest_stall(stop: asyncio.Event) -> float:
     return stall
 
 
-async def scrape_loop_time(state: Path, scrapes: int = 300) -> tuple[float, float, float]:
-    """In process: the longest stall of the event loop while ``/metrics`` renders (p50, p99 of
-    the per-scrape worst stall), and the render's own time on the calling thread (median)."""
+class ScrapeCost(NamedTuple):
+    """Event-loop time of one scrape, in seconds (p50, p99 of the worst stall per scrape)."""
+
+    snapshot_p50: float
+    snapshot_p99: float
+    render_p50: float
+    render_p99: float
+    render_cpu_p99: float  # CPU time: the wall-clock p99 includes preemption on a busy machine
+    generate_latest: float  # prometheus_client's own renderer on the same registry (median)
+    lines: int
+
+
+async def stalls(
+    call: Callable[[], object], before: Callable[[], object], n: int
+) -> tuple[list[float], list[float]]:
+    """The event loop's longest stall (a ticker task's lateness) around each of ``n`` calls, and
+    the CPU time of each call."""
+    worst: list[float] = []
+    cpu: list[float] = []
+    for _ in range(n):
+        before()
+        stop = asyncio.Event()
+        task = asyncio.create_task(longest_stall(stop))
+        await asyncio.sleep(0)
+        started = time.thread_time()
+        call()
+        cpu.append(time.thread_time() - started)
+        await asyncio.sleep(0)
+        stop.set()
+        worst.append(await task)
+    return worst, cpu
+
+
+async def scrape_loop_time(state: Path, scrapes: int = 300) -> ScrapeCost:
+    """In process: the event-loop stall of a scrape answered from the snapshot, and of one that
+    renders (what each Prometheus scrape pays, every few seconds) after every request series
+    changed; beside prometheus_client's ``generate_latest`` of the same registry."""
     plane = ControlPlane(bench_settings(state, free_port()))
     await plane.start()
+    metrics = plane.metrics
     try:
-        for route in range(12):  # a realistic exposition: a dozen routes with traffic
-            for status in ("200", "401"):
-                plane.metrics.request_duration.labels(f"/api/v1/r{route}", "GET", status).observe(
-                    0.01
-                )
-        worst: list[float] = []
-        direct: list[float] = []
-        for _ in range(scrapes):
-            stop = asyncio.Event()
-            task = asyncio.create_task(longest_stall(stop))
-            await asyncio.sleep(0)
-            await plane.metrics.exposition()
-            stop.set()
-            stall = await task
-            worst.append(stall)
+        series = [  # a realistic exposition: two dozen (route, method, status) series
+            metrics.request_duration.labels(f"/api/v1/r{route}", "GET", status)
+            for route in range(12)
+            for status in ("200", "403")
+        ]
+
+        def traffic() -> None:
+            for child in series:
+                child.observe(0.01)
+
+        metrics.render()
+        from_snapshot, _ = await stalls(metrics.exposition, lambda: None, scrapes)
+        rendering, rendering_cpu = await stalls(metrics.render, traffic, scrapes)
+        reference = []
+        for _ in range(50):
             started = time.perf_counter()
-            plane.metrics.render()
-            direct.append(time.perf_counter() - started)
-        return statistics.median(worst), p99(worst), statistics.median(direct)
+            generate_latest(metrics.registry)
+            reference.append(time.perf_counter() - started)
+        return ScrapeCost(
+            statistics.median(from_snapshot),
+            p99(from_snapshot),
+            statistics.median(rendering),
+            p99(rendering),
+            p99(rendering_cpu),
+            statistics.median(reference),
+            metrics.render().count(b"\n"),
+        )
     finally:
         await plane.close()
+
+
+# Routes an operator's scripts read; with anonymous refusals they give /metrics its usual series.
+WARM_UP_PATHS = ("/api/v1/flags", "/api/v1/incidents", "/api/v1/audit", "/api/v1/status")
+
+
+def warm_up(url: str) -> None:
+    """Some authenticated and anonymous traffic, so the exposition is not the empty one."""
+    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    for path in WARM_UP_PATHS:
+        httpx.get(url + path, headers=admin)
+        httpx.get(url + path)  # 401
+    httpx.get(url + "/no/such/path")  # 404
 
 
 def row(what: str, ours: float, reference: float | None, unit: str) -> None:
@@ -216,6 +275,7 @@ def main(seconds: int, rate: int) -> None:
         results: dict[str, dict[str, float]] = {"ours": {}, "bare": {}}
         latencies: dict[str, list[float]] = {}
         with server("ours", root / "ours") as url:
+            warm_up(url)
             size = len(httpx.get(url + "/metrics").content)
             for c in (16, 64):
                 results["ours"][f"healthz{c}"] = wrk(url + "/healthz", c, seconds)
@@ -228,7 +288,7 @@ def main(seconds: int, rate: int) -> None:
             latencies["bare"] = asyncio.run(open_loop(url + "/healthz", rate, 10))
         runner = asyncio.Runner(loop_factory=auto_loop_factory(use_subprocess=False))
         with runner:
-            stall50, stall99, render = runner.run(scrape_loop_time(root / "inproc"))
+            cost = runner.run(scrape_loop_time(root / "inproc"))
     ours, bare = results["ours"], results["bare"]
     print(f"\nHTTP probes (wrk -t1, {seconds}s each; /metrics body {size} bytes)")
     print(f"  {'what':<34} {'ours':>10} {'reference':>10} {'ratio':>7}")
@@ -244,9 +304,20 @@ def main(seconds: int, rate: int) -> None:
             f"p99 {p99(values) * 1000:6.2f} ms  max {max(values) * 1000:6.2f} ms  (n={len(values)})"
         )
     print(
-        f"  event loop stalled per scrape: p50 {stall50 * 1000:.2f} ms, p99 {stall99 * 1000:.2f}"
-        f" ms (rendering on the loop would take {render * 1000:.2f} ms)"
+        f"  event loop per request at wrk 16 connections (1 / rate): /metrics"
+        f" {1000 / ours['metrics16']:.2f} ms, /healthz {1000 / ours['healthz16']:.2f} ms"
     )
+    ms = 1000
+    print(f"  event loop stalled per scrape, in process ({cost.lines}-line exposition):")
+    print(
+        f"    from the snapshot      p50 {cost.snapshot_p50 * ms:6.3f} ms"
+        f"  p99 {cost.snapshot_p99 * ms:6.3f} ms"
+    )
+    print(
+        f"    rendering (all changed) p50 {cost.render_p50 * ms:6.3f} ms"
+        f"  p99 {cost.render_p99 * ms:6.3f} ms (CPU p99 {cost.render_cpu_p99 * ms:.3f} ms)"
+    )
+    print(f"    prometheus_client generate_latest of the same: {cost.generate_latest * ms:.2f} ms")
 
 
 if __name__ == "__main__":
