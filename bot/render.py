@@ -159,20 +159,16 @@ _BOARD_STATE = {
 _BOARD_TITLE = 80  # characters of a title on a board line: every line stays short
 
 
-def _utf16(text: str) -> int:
-    return len(text.encode("utf-16-le")) // 2
-
-
 def _members(incident: Incident) -> int:
     """Alerts grouped in the incident (1 for an incident that is a single alert)."""
-    members = getattr(incident, "members", None)
-    return len(members) if isinstance(members, list) and members else 1
+    group = getattr(incident, "group", None)  # alert groups (issue 15 point 3), when present
+    return len(group) if isinstance(group, list) and group else 1
 
 
 def storm_board_line(incident: Incident) -> str:
     """One incident on a storm board: ``🔴 #12 RedisDown · critical · 3 alerts · 🚨 triggered``."""
     members = _members(incident)
-    title = incident.title if len(incident.title) <= _BOARD_TITLE else incident.title[:79] + "…"
+    title = clip(incident.title, _BOARD_TITLE)
     return (
         f"{_SEVERITY[incident.severity]} <b>#{incident.id}</b> {e(title)} · "
         f"{incident.severity.value} · {members} alert{'s' if members != 1 else ''} · "
@@ -190,13 +186,13 @@ def storm_board(storm: Storm, incidents: list[Incident], limit: int = LIMIT) -> 
     )
     footer = "One incident with its buttons: /incident ID · the buttons act on every one"
     parts: list[list[str]] = [[header]]
-    size = _utf16(header)
+    size = units(header)
     for line in [storm_board_line(i) for i in incidents] + [footer]:
-        if size + 1 + _utf16(line) > limit:
+        if size + 1 + units(line) > limit:
             parts.append(["🌪 <b>Alert storm</b> (continued)"])
-            size = _utf16(parts[-1][0])
+            size = units(parts[-1][0])
         parts[-1].append(line)
-        size += 1 + _utf16(line)
+        size += 1 + units(line)
     return ["\n".join(lines) for lines in parts]
 
 
@@ -279,12 +275,8 @@ def split_html(text: str, limit: int = LIMIT) -> list[str]:
         return [text]
     tokens = _TOKEN.findall(text)
     shows_from = [False] * (len(tokens) + 1)  # does anything non-blank follow index i?
-    # Is the next thing after index i (tags aside) a line end? A cut there is a line cut.
-    line_next = [False] * (len(tokens) + 1)
     for index in range(len(tokens) - 1, -1, -1):
         shows_from[index] = shows_from[index + 1] or _shows(tokens[index])
-        starts_tag = tokens[index].startswith("<")
-        line_next[index] = line_next[index + 1] if starts_tag else tokens[index] == "\n"
     parts: list[str] = []
     stack: list[tuple[str, str]] = []  # open at the start of the current part
     start = 0
@@ -305,7 +297,7 @@ def split_html(text: str, limit: int = LIMIT) -> list[str]:
             size, open_ = size + cost, after
             shown = shown or _shows(piece)
             end += 1
-            if shown and shows_from[end] and not piece.startswith("<") and not line_next[end]:
+            if shown and shows_from[end] and not piece.startswith("<"):
                 anywhere = (end, open_)
         if end == len(tokens):
             parts.append(prefix + "".join(tokens[start:]) + _closing(open_))
