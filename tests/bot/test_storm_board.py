@@ -6,12 +6,16 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 
 import pytest
 
 from bot.app import TelegramBot
+from bot.render import storm_board, storm_board_line, units
 from core.incidents.receivers import parse_alertmanager
-from core.models.incidents import IncidentState
+from core.incidents.storm import Storm
+from core.models.alerts import AlertSource, Severity
+from core.models.incidents import Incident, IncidentState
 from tests.bot.conftest import OPERATOR, OPS, VIEWER, BotFactory
 from tests.fakes.telegram import FakeTelegram, FloodLimits, StoredMessage
 from tests.support.payloads import am_alert, am_payload
@@ -154,3 +158,28 @@ async def test_incident_command_shows_one_incident_of_the_storm_with_its_buttons
     message = await fake_telegram.wait_for(shown, timeout=30)
     assert {b["text"] for b in message.buttons} >= {"👀 Acknowledge", "✅ Resolve"}
     assert rate_limited(fake_telegram) == []
+
+
+def test_board_parts_stay_within_telegram_limits_and_cut_between_lines_only() -> None:
+    started = datetime(2026, 11, 28, 9, 0, tzinfo=UTC)
+    incidents = [
+        Incident(
+            id=n,
+            key=f"k{n}",
+            source=AlertSource.ALERTMANAGER,
+            fingerprint=f"f{n}",
+            title=f"Storm{n} " + "🔥<&>" * 100,  # astral emoji count 2 UTF-16 units
+            severity=Severity.CRITICAL,
+            first_seen=started,
+            last_seen=started,
+        )
+        for n in range(1, 401)
+    ]
+    storm = Storm(id="s1", destination=OPS, started=started, last_opened=started, incident_ids=[])
+    parts = storm_board(storm, incidents)
+    assert len(parts) > 1
+    assert all(units(part) <= 4096 for part in parts)
+    lines = [line for part in parts for line in part.split("\n")]
+    for incident in incidents:  # every incident on exactly one whole line
+        [line] = [x for x in lines if f"<b>#{incident.id}</b> " in x]
+        assert line == storm_board_line(incident)
