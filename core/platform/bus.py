@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
 from core.models.incidents import IncidentEvent
@@ -33,6 +33,9 @@ class Bus(Protocol):
 
     async def publish(self, event: IncidentEvent) -> None:
         """Hand ``event`` to every subscriber without waiting for them."""
+
+    async def publish_many(self, events: Sequence[IncidentEvent]) -> None:
+        """Hand ``events`` to every subscriber in their order, as one batch."""
 
     async def start(self) -> None:
         """Start delivering."""
@@ -65,6 +68,12 @@ class InProcessBus:
         """Queue ``event`` for every subscriber."""
         for _, queue in self._subscribers.values():
             queue.put_nowait(event)
+
+    async def publish_many(self, events: Sequence[IncidentEvent]) -> None:
+        """Queue ``events`` for every subscriber, in order."""
+        for _, queue in self._subscribers.values():
+            for event in events:
+                queue.put_nowait(event)
 
     async def start(self) -> None:
         """Start one delivery task per subscriber."""

@@ -183,20 +183,41 @@ class RedisStreamsBus:
 
     async def publish(self, event: IncidentEvent) -> None:
         """Append ``event`` to the stream (or spool it while Redis is unreachable)."""
-        payload = event.model_dump_json()
+        await self.publish_many([event])
+
+    async def publish_many(self, events: Sequence[IncidentEvent]) -> None:
+        """Append ``events`` to the stream in order, all or none, in one round trip (or spool
+        them while Redis is unreachable)."""
+        if not events:
+            return
+        payloads = [event.model_dump_json() for event in events]
+        seqs = f"{events[0].seq}" if len(events) == 1 else f"{events[0].seq}..{events[-1].seq}"
         if self._spool:  # keep order: behind what is already waiting
-            self._spool_put(payload)
+            for payload in payloads:
+                self._spool_put(payload)
             return
         try:
-            await self._append(payload)
+            await self._append_many(payloads)
         except UNREACHABLE as e:
-            logger.warning("bus: Redis unreachable (%s); spooling event %d", e, event.seq)
-            self._spool_put(payload)
+            logger.warning("bus: Redis unreachable (%s); spooling event %s", e, seqs)
+            for payload in payloads:
+                self._spool_put(payload)
         except RedisError as e:
-            raise StoreError(f"the event bus refused event {event.seq}: {e}") from e
+            raise StoreError(f"the event bus refused event {seqs}: {e}") from e
 
     async def _append(self, payload: str) -> None:
         await self._redis.xadd(self.stream, {_FIELD: payload}, maxlen=self._maxlen)
+
+    async def _append_many(self, payloads: Sequence[str]) -> None:
+        """XADD each payload in one MULTI/EXEC: one round trip and, with ``appendfsync
+        always``, one fsync for the batch instead of one per event."""
+        if len(payloads) == 1:
+            await self._append(payloads[0])
+            return
+        async with self._redis.pipeline(transaction=True) as pipe:
+            for payload in payloads:
+                pipe.xadd(self.stream, {_FIELD: payload}, maxlen=self._maxlen)
+            await pipe.execute()
 
     def _spool_put(self, payload: str) -> None:
         if len(self._spool) == self._spool.maxlen:
