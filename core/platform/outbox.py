@@ -110,6 +110,10 @@ class OutboxWorker:
 
     async def _loop(self) -> None:
         while True:
+            # Cleared before looking, not after: a wake() that comes while run_once is reading
+            # (a message queued just after its query) must end the wait below at once; cleared
+            # after, it was lost and the message waited for the next idle poll (up to 1 s).
+            self._wake.clear()
             try:
                 sent = await self.run_once()
             except LuniaError as exc:
@@ -117,7 +121,6 @@ class OutboxWorker:
                 sent = 0
             if sent:
                 continue
-            self._wake.clear()
             try:
                 async with asyncio.timeout(self._idle_poll):
                     await self._wake.wait()
