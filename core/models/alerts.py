@@ -10,6 +10,7 @@ import enum
 import hashlib
 import json
 from datetime import datetime
+from json.encoder import encode_basestring_ascii
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -76,9 +77,19 @@ def severity_from_word(word: str | None, default: Severity = Severity.WARNING) -
     return _SEVERITY_WORDS.get(word.strip().lower(), default)
 
 
+# The canonical form hashed below: stored fingerprints and dedup keys depend on every byte of it.
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=str)
+
+
 def stable_hash(*parts: Any) -> str:
     """A short, stable identifier from JSON-able parts (used for fingerprints and dedup keys)."""
-    canonical = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str)
+    if all(part is None or type(part) is str for part in parts):
+        # Every alert's dedup key: the text ``_CANONICAL`` writes, at a third of its cost.
+        canonical = (
+            f"[{','.join('null' if p is None else encode_basestring_ascii(p) for p in parts)}]"
+        )
+    else:
+        canonical = _CANONICAL.encode(parts)
     return hashlib.sha256(canonical.encode()).hexdigest()[:32]
 
 
