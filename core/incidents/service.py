@@ -456,7 +456,7 @@ class IncidentService:
             return
         for event in events:
             self._observe(event)
-            await self._bus.publish(event)
+        await self._bus.publish_many(events)  # one round trip per webhook, not one per event
         for worker in (self._pagerduty, self._security_mail):
             if worker is not None:
                 worker.wake()
@@ -482,8 +482,15 @@ class IncidentService:
             step = self.rules.escalation.get(incident.severity)
             for target in step.targets if step else []:
                 self._metrics.escalations.labels(incident.severity.value, target).inc()
-        log = logger.info if event.kind is not EventKind.UPDATED else logger.debug
-        log("incident %s %s by %s", incident.describe(), event.kind.value, event.actor.describe())
+        level = logging.INFO if event.kind is not EventKind.UPDATED else logging.DEBUG
+        if logger.isEnabledFor(level):  # the descriptions cost more than the check, per alert
+            logger.log(
+                level,
+                "incident %s %s by %s",
+                incident.describe(),
+                event.kind.value,
+                event.actor.describe(),
+            )
 
 
 def _acknowledging(actor: Actor) -> IncidentMutation:
