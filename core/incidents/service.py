@@ -28,7 +28,7 @@ from core.errors import (
 from core.incidents import email as security_mail
 from core.incidents import pagerduty
 from core.incidents.alertmanager import AlertmanagerClient
-from core.models import Actor, ActorKind, Role, parse_duration, utcnow
+from core.models import Actor, ActorKind, OutboxMessage, Role, parse_duration, utcnow
 from core.models import incidents as rules_
 from core.models.alerts import Alert, AlertSource, AlertStatus, Severity
 from core.models.incidents import (
@@ -85,6 +85,7 @@ class IncidentService:
         pagerduty_outbox: OutboxWorker | None = None,
         security_mail_outbox: OutboxWorker | None = None,
         spool: LocalSpool | None = None,
+        storm_pager: pagerduty.StormPager | None = None,
     ) -> None:
         self._store = store
         self._spool = spool
@@ -94,6 +95,10 @@ class IncidentService:
         self.rules = rules
         self._alertmanager = alertmanager
         self._pagerduty = pagerduty_outbox
+        # A storm pages once: its incidents' escalations update one page instead of each paging.
+        if storm_pager is None and pagerduty_outbox is not None:
+            storm_pager = pagerduty.StormPager(rules)
+        self._storm_pager = storm_pager
         self._security_mail = security_mail_outbox
 
     # -- alerts in -------------------------------------------------------------------------
@@ -374,6 +379,8 @@ class IncidentService:
             if event is not None:
                 handled += 1
                 await self._after([event])
+        if self._storm_pager is not None:  # storm page updates held back until now
+            await self._page(self._storm_pager.due(now))
         return handled
 
     async def sync_silences(self) -> int:
@@ -431,7 +438,8 @@ class IncidentService:
         if change.kind is EventKind.ESCALATED:
             step = self.rules.escalation.get(incident.severity)
             wanted = step is not None and "pagerduty" in step.targets
-            if wanted and incident.id and not incident.pagerduty_triggered:
+            in_storm = self._storm_pager is not None and self._storm_pager.holds(incident.id)
+            if wanted and incident.id and not incident.pagerduty_triggered and not in_storm:
                 change.outbox.append(pagerduty.event_for(incident, "trigger"))
                 change.incident.pagerduty_triggered = True
         elif incident.pagerduty_triggered and change.kind is EventKind.ACKNOWLEDGED:
@@ -457,10 +465,19 @@ class IncidentService:
         for event in events:
             self._observe(event)
         await self._bus.publish_many(events)  # one round trip per webhook, not one per event
+        if self._storm_pager is not None:
+            now = utcnow()
+            await self._page([m for e in events for m in self._storm_pager.observe(e, now)])
         for worker in (self._pagerduty, self._security_mail):
             if worker is not None:
                 worker.wake()
         await self.export_open_counts()
+
+    async def _page(self, messages: Sequence[OutboxMessage]) -> None:
+        """Queue storm page events (a storm, unlike an incident, has no transaction of its own)."""
+        if messages and self._pagerduty is not None:
+            await self._store.outbox_add(messages)
+            self._pagerduty.wake()
 
     async def count_open(self) -> dict[Severity, int]:
         """Open incidents per severity."""

@@ -18,14 +18,17 @@ import enum
 import hashlib
 from collections import deque
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, Field, ValidationError
 
 from core.errors import Conflict, InvalidInput, NotFound
-from core.incidents.service import IncidentService
 from core.models import Actor, utcnow
 from core.models.incidents import EventKind, IncidentEvent
 from core.store import Store
+
+if TYPE_CHECKING:  # the service pages storms through core.incidents.pagerduty, which uses this
+    from core.incidents.service import IncidentService
 
 Destination = int | str
 
