@@ -102,6 +102,20 @@ def incident_line(incident: Incident) -> str:
     )
 
 
+def group_line(incident: Incident) -> str:
+    """The incident's member alerts: ``3 alerts (2 firing, 1 resolved) · differ: instance``."""
+    text = (
+        f"{len(incident.group)} alerts ({incident.firing_members} firing, "
+        f"{incident.resolved_members} resolved)"
+    )
+    differ = incident.differing_labels
+    if differ:
+        names = ", ".join(e(clip(name, _LABEL_KEY)) for name in differ[:_LABELS])
+        more = f" (+{len(differ) - _LABELS} more)" if len(differ) > _LABELS else ""
+        text += f" · differ: {names}{more}"
+    return text
+
+
 def incident_message(incident: Incident) -> str:
     """The incident's one message, edited in place as it changes."""
     lines = [
@@ -126,6 +140,8 @@ def incident_message(incident: Incident) -> str:
         f"🔁 {incident.count}× · first {when(incident.first_seen)} · last "
         f"{when(incident.last_seen)}"
     )
+    if len(incident.group) > 1:
+        lines.append(f"📦 {group_line(incident)}")
     if incident.acknowledged_by is not None:
         lines.append(
             f"👀 acknowledged by {e(clip(incident.acknowledged_by.name, _NAME))} at "

@@ -152,6 +152,7 @@ class ControlPlane:
             self.metrics,
             Rules(
                 reopen_window=timedelta(minutes=settings.incident_reopen_minutes),
+                group_by=tuple(settings.alert_group_by),
                 escalation=settings.escalation_policy,
             ),
             alertmanager=self._alertmanager,

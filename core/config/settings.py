@@ -31,6 +31,8 @@ from core.models.alerts import Severity
 from core.models.incidents import EscalationStep
 
 _VENUE_ID = re.compile(r"^[a-z][a-z0-9_]*$")
+# A Prometheus label name.
+_LABEL_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _SECRET_FIELDS = frozenset(
     {
         "smtp_password",
@@ -184,6 +186,8 @@ class Settings(BaseSettings):
     )
     escalation_check_seconds: float = Field(default=10.0, gt=0, le=3600)
     incident_reopen_minutes: float = Field(default=60.0, ge=0)
+    # Label names (comma separated) to regroup alerts by; empty: each sender's own groups.
+    alert_group_by: Annotated[list[str], NoDecode] = Field(default_factory=list)
     silence_sync_seconds: float = Field(default=30.0, gt=0, le=3600)
 
     smtp_host: str | None = None
@@ -232,6 +236,18 @@ class Settings(BaseSettings):
     _split = field_validator(
         "telegram_admins", "telegram_operators", "telegram_viewers", mode="before"
     )(_split_ids)
+
+    @field_validator("alert_group_by", mode="before")
+    @classmethod
+    def _group_labels(cls, value: Any) -> Any:
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, list):
+            return value
+        parsed = [str(item).strip() for item in items if str(item).strip()]
+        for name in parsed:
+            if not _LABEL_NAME.fullmatch(name):
+                raise ValueError(f"expected comma-separated label names, got {name!r}")
+        return parsed
 
     @field_validator("trusted_proxies", mode="before")
     @classmethod

@@ -14,14 +14,16 @@ KIND_LABELS = frozenset({"alertname", "severity", "security"})
 
 
 def silence_matchers(labels: dict[str, str]) -> list[dict[str, object]]:
-    """Exact matchers on every label of the incident; ``InvalidInput`` when the labels name
-    no more than the alert's kind, since such a silence would match far more than it."""
+    """Exact matchers on ``labels``, the labels every alert of the incident's group shares
+    (so the silence covers the group and no broader set); ``InvalidInput`` when they name no
+    more than the alert's kind, since such a silence would match far more than the group."""
     if not set(labels) - KIND_LABELS:
         shown = ", ".join(f"{k}={v}" for k, v in sorted(labels.items())) or "no labels"
         raise InvalidInput(
-            f"not silencing: the incident carries only {shown}, so an Alertmanager silence "
-            "would mute every such alert, not just this one; acknowledge it instead, or "
-            "silence it in Alertmanager with a narrower matcher"
+            f"not silencing: the incident's alert group carries only {shown} in common, so an "
+            "Alertmanager silence would match too much: it would mute every such alert, not "
+            "just this group; acknowledge it instead, or silence it in Alertmanager with a "
+            "narrower matcher"
         )
     return [
         {"name": k, "value": v, "isRegex": False, "isEqual": True}

@@ -124,6 +124,8 @@ class IncidentService:
             change = rules_.plan_alert(alert, open_, resolved, now, self.rules)
             return self._with_pagerduty(change) if change else None
 
+        if self.rules.group_by:  # ALERT_GROUP_BY: our own groups instead of the senders'
+            alerts = [rules_.regroup(alert, self.rules.group_by) for alert in alerts]
         outcome = await self._store.ingest_alerts(alerts, plan, now)
         for source, received in Counter(alert.source.value for alert in alerts).items():
             self._metrics.alerts_received.labels(source, "received").inc(received)
@@ -333,8 +335,9 @@ class IncidentService:
         until = change.incident.silenced_until
         assert until is not None  # noqa: S101 - rules_.silence always sets it
         try:
+            # The group's common labels: every member matches, nothing narrower would.
             silence_id = await self._alertmanager.create_silence(
-                incident.labels,
+                incident.common_labels,
                 until,
                 actor.describe(),
                 f"Lunia incident {incident.describe()} silenced from the control plane",

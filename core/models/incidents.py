@@ -7,14 +7,21 @@ done: actions are idempotent) and raise ``Conflict`` for impossible transitions.
 ``Incident.allowed_actions`` names the actions that would change something; the functions consult
 it, so the buttons an adapter offers and the transitions it may carry out cannot disagree.
 
-Grouping rule: an incident is keyed by ``<source>:<fingerprint>``; repeats of the same condition
-increment ``count`` and ``last_seen``. A re-fire after resolution **reopens** the incident when it
-was resolved less than ``reopen_window`` ago, and opens a new one otherwise.
+Grouping rule: an incident is the **alert group** its sender formed: Alertmanager's and Grafana's
+``groupKey``, Falco's rule + hostname (``Alert.group_key``), or, with ``Rules.group_by`` set
+(``ALERT_GROUP_BY``), the values of those labels, as if the sender grouped by them. Its key is
+``<source>:group:<hash of the group key>``; engine incidents (no group) keep
+``<source>:<fingerprint>``, as did every incident stored before groups (those keep their key and
+still take their own fingerprint's alerts). The incident lists its ``members`` (one per
+fingerprint, as last heard of); repeats increment ``count`` and ``last_seen``. It resolves when
+every member has resolved. A re-fire after resolution **reopens** the incident when it was
+resolved less than ``reopen_window`` ago, and opens a new one otherwise.
 """
 
 from __future__ import annotations
 
 import enum
+import json
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -22,7 +29,7 @@ from pydantic import BaseModel, Field, computed_field
 
 from core.errors import Conflict, InvalidInput
 from core.models import Actor, ActorKind, OutboxMessage, Role
-from core.models.alerts import Alert, AlertSource, AlertStatus, Severity
+from core.models.alerts import Alert, AlertSource, AlertStatus, Severity, stable_hash
 
 
 class IncidentState(enum.StrEnum):
@@ -60,8 +67,18 @@ class IncidentAction(enum.StrEnum):
     ESCALATE = "escalate"
 
 
+class Member(BaseModel):
+    """One alert of an incident's group (one fingerprint), as last heard of."""
+
+    fingerprint: str
+    status: AlertStatus
+    severity: Severity
+    labels: dict[str, str] = Field(default_factory=dict)
+    last_seen: datetime
+
+
 class Incident(BaseModel):
-    """One incident: a grouped, stateful view of an alerting condition."""
+    """One incident: a stateful view of one alert group (or one engine condition)."""
 
     id: int = 0
     key: str
@@ -93,6 +110,54 @@ class Incident(BaseModel):
     next_escalation_at: datetime | None = None
     pagerduty_triggered: bool = False
     version: int = 0
+    # Empty only in documents written before groups and not migrated: see ``group``.
+    members: list[Member] = Field(default_factory=list)
+
+    @property
+    def group(self) -> list[Member]:
+        """The member alerts (an incident from before groups is its own one member)."""
+        if self.members:
+            return self.members
+        status = AlertStatus.FIRING if self.firing else AlertStatus.RESOLVED
+        return [
+            Member(
+                fingerprint=self.fingerprint,
+                status=status,
+                severity=self.severity,
+                labels=self.labels,
+                last_seen=self.last_seen,
+            )
+        ]
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def firing_members(self) -> int:
+        """How many member alerts are firing."""
+        return sum(m.status is AlertStatus.FIRING for m in self.group)
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def resolved_members(self) -> int:
+        """How many member alerts have resolved."""
+        return sum(m.status is AlertStatus.RESOLVED for m in self.group)
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def common_labels(self) -> dict[str, str]:
+        """The labels every member carries with the same value (what a silence matches)."""
+        first, *rest = self.group
+        return {
+            name: value
+            for name, value in sorted(first.labels.items())
+            if all(m.labels.get(name) == value for m in rest)
+        }
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def differing_labels(self) -> list[str]:
+        """Names of the labels whose values differ between members (or some lack)."""
+        common = self.common_labels
+        return sorted({name for m in self.group for name in m.labels} - set(common))
 
     @property
     def is_open(self) -> bool:
@@ -169,6 +234,8 @@ class Rules(BaseModel):
     """Tunable parts of the lifecycle."""
 
     reopen_window: timedelta = timedelta(hours=1)
+    # Label names to regroup alerts by (``ALERT_GROUP_BY``); empty: the sender's own groups.
+    group_by: tuple[str, ...] = ()
     escalation: dict[Severity, EscalationStep] = Field(default_factory=dict)
     max_silence: timedelta = timedelta(days=7)
 
@@ -185,9 +252,67 @@ def source_actor(source: AlertSource) -> Actor:
     return Actor(kind=ActorKind.SYSTEM, id=source.value, name=source.value, role=Role.OPERATOR)
 
 
+def regroup(alert: Alert, group_by: tuple[str, ...]) -> Alert:
+    """``alert`` with the group key its sender would form grouping by the labels ``group_by``
+    (Alertmanager's format; a missing label counts as empty); unchanged without ``group_by``
+    and for the engine's own alerts, which form no groups."""
+    if not group_by or alert.source is AlertSource.ENGINE:
+        return alert
+    values = ", ".join(
+        f"{name}={json.dumps(alert.labels.get(name, ''), ensure_ascii=False)}"
+        for name in sorted(set(group_by))
+    )
+    return alert.model_copy(update={"group_key": f"{{}}:{{{values}}}"})
+
+
+def incident_key(alert: Alert) -> str:
+    """The key of the incident ``alert`` belongs to: its group, or its own condition."""
+    if alert.group_key is None or alert.source is AlertSource.ENGINE:
+        return legacy_key(alert)
+    # Hashed: a group key can be long (every group label), the store indexes this one.
+    return f"{alert.source.value}:group:{stable_hash(alert.group_key)}"
+
+
+def legacy_key(alert: Alert) -> str:
+    """The key incidents had before groups (one per fingerprint); open ones stored by the
+    old code keep it and still take their own alerts."""
+    return f"{alert.source.value}:{alert.fingerprint}"
+
+
+def _member(alert: Alert, now: datetime) -> Member:
+    return Member(
+        fingerprint=alert.fingerprint,
+        status=alert.status,
+        severity=alert.severity,
+        labels=alert.labels,
+        last_seen=now,
+    )
+
+
+def _with_member(incident: Incident, alert: Alert, now: datetime) -> list[Member]:
+    """The incident's members with ``alert``'s one replaced (or added) as just heard of."""
+    members = [m for m in incident.group if m.fingerprint != alert.fingerprint]
+    member = _member(alert, now)
+    known = next((m for m in incident.group if m.fingerprint == alert.fingerprint), None)
+    if known is not None:
+        # A resolution may come bare (the engine's clear names no labels or severity): it
+        # does not change what the alert was about.
+        if not alert.labels:
+            member.labels = known.labels
+        if alert.status is AlertStatus.RESOLVED:
+            member.severity = known.severity
+    return [*members, member]
+
+
+def _group_severity(members: list[Member], current: Severity) -> Severity:
+    """The most severe firing member's severity (``current`` when none fires)."""
+    firing = [m.severity for m in members if m.status is AlertStatus.FIRING]
+    return max(firing, key=lambda s: s.rank) if firing else current
+
+
 def _new_incident(alert: Alert, now: datetime, rules: Rules) -> Incident:
     return Incident(
-        key=f"{alert.source.value}:{alert.fingerprint}",
+        key=incident_key(alert),
         source=alert.source,
         fingerprint=alert.fingerprint,
         title=alert.title,
@@ -202,21 +327,31 @@ def _new_incident(alert: Alert, now: datetime, rules: Rules) -> Incident:
         first_seen=now,
         last_seen=now,
         next_escalation_at=rules.first_escalation(alert.severity, now),
+        members=[_member(alert, now)],
     )
 
 
 def _refresh_from(incident: Incident, alert: Alert, now: datetime) -> dict[str, Any]:
-    return {
-        "title": alert.title,
-        "summary": alert.summary or incident.summary,
-        "description": alert.description or incident.description,
-        "labels": alert.labels or incident.labels,
-        "annotations": alert.annotations or incident.annotations,
-        "generator_url": alert.generator_url or incident.generator_url,
-        "severity": alert.severity,
+    """What ``alert`` updates on its incident: the members, severity and last-seen always;
+    the text only when it is the alert that opened the incident (a group keeps one face)."""
+    members = _with_member(incident, alert, now)
+    update: dict[str, Any] = {
+        "members": members,
+        "severity": _group_severity(members, incident.severity),
         "security": incident.security or alert.security,
+        "firing": any(m.status is AlertStatus.FIRING for m in members),
         "last_seen": now,
     }
+    if alert.fingerprint == incident.fingerprint:
+        update |= {
+            "title": alert.title,
+            "summary": alert.summary or incident.summary,
+            "description": alert.description or incident.description,
+            "labels": alert.labels or incident.labels,
+            "annotations": alert.annotations or incident.annotations,
+            "generator_url": alert.generator_url or incident.generator_url,
+        }
+    return update
 
 
 def plan_alert(
@@ -226,7 +361,7 @@ def plan_alert(
     now: datetime,
     rules: Rules,
 ) -> Change | None:
-    """Decide what one newly received alert does to its incident."""
+    """Decide what one newly received alert does to its incident (its group)."""
     change = _plan_alert(alert, open_incident, last_resolved, now, rules)
     if change is not None:
         # What an alert source does by itself is kept on the incident's timeline (and its
@@ -247,33 +382,7 @@ def _plan_alert(
     """The transition one alert causes (see ``plan_alert``)."""
     actor = source_actor(alert.source)
     if open_incident is not None:
-        if alert.status is AlertStatus.RESOLVED:
-            resolved = open_incident.model_copy(
-                update={
-                    "state": IncidentState.RESOLVED,
-                    "firing": False,
-                    "resolved_by": actor,
-                    "resolved_at": now,
-                    "last_seen": now,
-                    "next_escalation_at": None,
-                    "silenced_until": None,
-                    "state_before_silence": None,
-                }
-            )
-            return Change(
-                incident=resolved,
-                kind=EventKind.RESOLVED,
-                actor=actor,
-                detail="the alert cleared at its source",
-            )
-        updated = open_incident.model_copy(
-            update={
-                **_refresh_from(open_incident, alert, now),
-                "firing": True,
-                "count": open_incident.count + 1,
-            }
-        )
-        return Change(incident=updated, kind=EventKind.UPDATED, actor=actor)
+        return _plan_for_open(alert, open_incident, now, actor)
     if alert.status is AlertStatus.RESOLVED:
         return None  # already resolved here (by hand, or never seen firing): nothing to change
     if (
@@ -281,11 +390,11 @@ def _plan_alert(
         and last_resolved.resolved_at is not None
         and (now - last_resolved.resolved_at < rules.reopen_window)
     ):
+        refreshed = _refresh_from(last_resolved, alert, now)
         reopened = last_resolved.model_copy(
             update={
-                **_refresh_from(last_resolved, alert, now),
+                **refreshed,
                 "state": IncidentState.TRIGGERED,
-                "firing": True,
                 "count": last_resolved.count + 1,
                 "acknowledged_by": None,
                 "acknowledged_at": None,
@@ -293,7 +402,7 @@ def _plan_alert(
                 "resolved_at": None,
                 "escalation_level": 0,
                 "pagerduty_triggered": False,
-                "next_escalation_at": rules.first_escalation(alert.severity, now),
+                "next_escalation_at": rules.first_escalation(refreshed["severity"], now),
             }
         )
         return Change(
@@ -303,6 +412,43 @@ def _plan_alert(
             detail="fired again shortly after it was resolved",
         )
     return Change(incident=_new_incident(alert, now, rules), kind=EventKind.OPENED, actor=actor)
+
+
+def _plan_for_open(alert: Alert, incident: Incident, now: datetime, actor: Actor) -> Change:
+    """What one alert of an open incident's group does: it resolves the incident when it was
+    the last member still firing, and updates it otherwise."""
+    joined = all(m.fingerprint != alert.fingerprint for m in incident.group)
+    refreshed = _refresh_from(incident, alert, now)
+    members: list[Member] = refreshed["members"]
+    if alert.status is AlertStatus.RESOLVED:
+        if not refreshed["firing"]:
+            resolved = incident.model_copy(
+                update={
+                    **refreshed,
+                    "state": IncidentState.RESOLVED,
+                    "resolved_by": actor,
+                    "resolved_at": now,
+                    "next_escalation_at": None,
+                    "silenced_until": None,
+                    "state_before_silence": None,
+                }
+            )
+            detail = (
+                "the alert cleared at its source"
+                if len(members) == 1
+                else f"all {len(members)} alerts of the group cleared at their source"
+            )
+            return Change(incident=resolved, kind=EventKind.RESOLVED, actor=actor, detail=detail)
+        firing = sum(m.status is AlertStatus.FIRING for m in members)
+        return Change(
+            incident=incident.model_copy(update=refreshed),
+            kind=EventKind.UPDATED,
+            actor=actor,
+            detail=f"{alert.title} resolved; {firing} of {len(members)} alerts still firing",
+        )
+    updated = incident.model_copy(update={**refreshed, "count": incident.count + 1})
+    detail = f"{alert.title} joined the group ({len(members)} alerts)" if joined else ""
+    return Change(incident=updated, kind=EventKind.UPDATED, actor=actor, detail=detail)
 
 
 def _refuse_resolved(incident: Incident, verb: str) -> None:

@@ -102,7 +102,14 @@ from core.models import (
 )
 from core.models.alerts import Alert, Severity
 from core.models.audit import GENESIS_HASH, seal
-from core.models.incidents import Change, Incident, IncidentEvent, IncidentState
+from core.models.incidents import (
+    Change,
+    Incident,
+    IncidentEvent,
+    IncidentState,
+    incident_key,
+    legacy_key,
+)
 from core.models.venues import OrderRecord, OrderStatus
 from core.store import (
     AlertPlanner,
@@ -146,6 +153,37 @@ for _, id in ipairs(ids) do
   end
 end
 return #ids""",
+    """-- 3: incidents are alert groups: each incident stored before gets its member list from its
+-- stored alerts (the newest alert of each fingerprint); its key stays. The document is
+-- extended as text, so nothing else in it goes through cjson.
+local root = ARGV[1]
+local ids = redis.call('HKEYS', root .. ':incidents')
+local migrated = 0
+for _, id in ipairs(ids) do
+  local raw = redis.call('HGET', root .. ':incidents', id)
+  if cjson.decode(raw).members == nil then
+    local newest, order = {}, {}
+    for _, alert_id in ipairs(redis.call('ZRANGE', root .. ':alerts:incident:' .. id, 0, -1)) do
+      local stored = redis.call('HGET', root .. ':alerts', alert_id)
+      if stored then
+        local doc = cjson.decode(stored)
+        local fp = doc.alert.fingerprint
+        if newest[fp] == nil then order[#order + 1] = fp end
+        newest[fp] = {fingerprint = fp, status = doc.alert.status,
+          severity = doc.alert.severity, labels = doc.alert.labels or {},
+          last_seen = doc.received_at}
+      end
+    end
+    if #order > 0 then
+      local members = {}
+      for i, fp in ipairs(order) do members[i] = cjson.encode(newest[fp]) end
+      local list = ',"members":[' .. table.concat(members, ',') .. ']}'
+      redis.call('HSET', root .. ':incidents', id, string.sub(raw, 1, -2) .. list)
+      migrated = migrated + 1
+    end
+  end
+end
+return migrated""",
 ]
 
 # What "Redis cannot be reached" looks like; any other RedisError is a refusal by Redis.
@@ -283,10 +321,6 @@ def _stream_seq(entry_id: bytes | str) -> int:
 
 def _glob_escape(text: str) -> str:
     return "".join("\\" + c if c in "*?[]\\" else c for c in text)
-
-
-def _incident_key(alert: Alert) -> str:
-    return f"{alert.source.value}:{alert.fingerprint}"
 
 
 @contextlib.contextmanager
@@ -1003,7 +1037,14 @@ class RedisStore:
             taken.update(fresh)
             fresh_per_job.append(fresh)
         work = _IncidentWork(tx, k)
-        await work.prefetch([_incident_key(a) for fresh in fresh_per_job for a in fresh.values()])
+        await work.prefetch(
+            [
+                key
+                for fresh in fresh_per_job
+                for a in fresh.values()
+                for key in (incident_key(a), legacy_key(a))
+            ]
+        )
         received = _ts(utcnow())
         return [
             await self._ingest_fresh(tx, work, fresh, len(alerts), plan, received)
@@ -1022,8 +1063,9 @@ class RedisStore:
         k = self._k
         events: list[IncidentEvent] = []
         for dedup, alert in fresh.items():
-            key = _incident_key(alert)
-            open_incident = await work.open_for(key)
+            key = incident_key(alert)
+            # An open incident stored before groups keeps taking its own fingerprint's alerts.
+            open_incident = await work.open_for(legacy_key(alert)) or await work.open_for(key)
             latest = await work.latest_for(key)
             last_resolved = latest if latest is not None and not latest.is_open else None
             change = plan(alert, open_incident, last_resolved)

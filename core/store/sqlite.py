@@ -33,7 +33,15 @@ from core.models import (
 )
 from core.models.alerts import Alert, Severity
 from core.models.audit import GENESIS_HASH, seal
-from core.models.incidents import Change, EventKind, Incident, IncidentEvent, IncidentState
+from core.models.incidents import (
+    Change,
+    EventKind,
+    Incident,
+    IncidentEvent,
+    IncidentState,
+    incident_key,
+    legacy_key,
+)
 from core.models.venues import OrderRecord, OrderStatus
 from core.store import (
     AlertPlanner,
@@ -196,6 +204,21 @@ MIGRATIONS: list[str] = [
         UPDATE incident_counts SET n = n - 1 WHERE severity = old.severity;
     END;
     """,
+    # -- incidents are alert groups (issue 15 point 3): each incident stored before gets its
+    # member list from its stored alerts, the newest alert of each fingerprint; its key stays.
+    """
+    UPDATE incidents SET doc = json_set(doc, '$.members', json((
+        SELECT json_group_array(json_object(
+            'fingerprint', json_extract(a.doc, '$.fingerprint'),
+            'status', json_extract(a.doc, '$.status'),
+            'severity', json_extract(a.doc, '$.severity'),
+            'labels', json(COALESCE(json_extract(a.doc, '$.labels'), '{}')),
+            'last_seen', a.received_at))
+        FROM (SELECT doc, received_at FROM alerts WHERE id IN (
+            SELECT MAX(id) FROM alerts WHERE incident_id = incidents.id
+            GROUP BY json_extract(doc, '$.fingerprint')) ORDER BY id) AS a)))
+    WHERE json_extract(doc, '$.members') IS NULL;
+    """,
 ]
 
 # Tables of short-lived security state: left out of ``counts`` (a backup's figures describe the
@@ -256,10 +279,6 @@ class _EventDoc(BaseModel):
 _IngestJob = tuple[Sequence[Alert], AlertPlanner]
 # Bound variables per statement: far below SQLite's limit (32766), so any build accepts it.
 _CHUNK = 500
-
-
-def _incident_key(alert: Alert) -> str:
-    return f"{alert.source.value}:{alert.fingerprint}"
 
 
 def _existing(conn: sqlite3.Connection, select_in: str, values: Sequence[str]) -> set[str]:
@@ -704,12 +723,14 @@ class SqliteStore:
         for alert, dedup in zip(alerts, dedups, strict=True):
             if dedup not in seen:
                 fresh.setdefault(dedup, alert)
-        incidents = _IncidentsByKey(conn, [_incident_key(a) for a in fresh.values()])
+        keys = [(incident_key(a), legacy_key(a)) for a in fresh.values()]
+        incidents = _IncidentsByKey(conn, [key for pair in keys for key in pair])
         events: list[IncidentEvent] = []
         rows: list[tuple[str, int | None, str, str]] = []
-        for dedup, alert in fresh.items():
-            key = _incident_key(alert)
-            open_incident, last_resolved = incidents.open[key], incidents.resolved[key]
+        for (dedup, alert), (key, legacy) in zip(fresh.items(), keys, strict=True):
+            # An open incident stored before groups keeps taking its own fingerprint's alerts.
+            open_incident = incidents.open[legacy] or incidents.open[key]
+            last_resolved = incidents.resolved[key]
             change = plan(alert, open_incident, last_resolved)
             target = open_incident or last_resolved
             incident_id = target.id if target else None

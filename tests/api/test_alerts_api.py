@@ -42,10 +42,11 @@ async def test_alertmanager_delivery_and_redelivery(
     again = await client.post("/api/v1/alerts/alertmanager", json=body, headers=HOOK)
     assert (again.json()["accepted"], again.json()["duplicates"]) == (0, 2)
     listed = await client.get("/api/v1/incidents", headers=auth(VIEWER_TOKEN))
-    assert sorted(i["title"] for i in listed.json()["items"]) == [
-        "ExchangeFailoverActive",
-        "RedisDown",
-    ]
+    # One notification is one alert group: one incident with both alerts as its members.
+    [group] = listed.json()["items"]
+    assert group["title"] == "RedisDown"
+    assert (group["firing_members"], group["resolved_members"]) == (2, 0)
+    assert group["differing_labels"] == ["alertname"]
     assert await stored_alert_count(plane) == 2
 
 

@@ -342,10 +342,11 @@ async def test_escalation_posts_to_the_escalation_chat(
 async def test_alert_storm_becomes_a_board_naming_every_incident(
     telegram: TelegramBot, fake_telegram: FakeTelegram
 ) -> None:
-    alerts = [am_alert(f"Storm{i}", fingerprint=f"storm-{i}") for i in range(40)]
+    # 40 alert groups (one notification each), ingested 10 at a time.
+    groups = [parse_alertmanager(am_payload(am_alert(f"Storm{i}"))) for i in range(40)]
     for start in range(0, 40, 10):
         await telegram.plane.incidents.ingest(
-            parse_alertmanager(am_payload(*alerts[start : start + 10]))
+            [alert for group in groups[start : start + 10] for alert in group]
         )
     await telegram.notifier.catch_up()  # every stored event handled, then the board
     await telegram.notifier.flush_boards()

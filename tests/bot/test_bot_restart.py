@@ -72,14 +72,15 @@ async def test_queued_messages_survive_kill_9(tmp_path: Path) -> None:
         first = start(tmp_path, fake, port)
         try:
             await wait_healthy(url, first)
-            body = am_payload(*(am_alert(f"Queued{i}", fingerprint=f"q{i}") for i in range(3)))
+            # Three alert groups (one notification each): three incidents, three messages.
             async with httpx.AsyncClient() as client:
-                response = await client.post(
-                    f"{url}/api/v1/alerts/alertmanager",
-                    json=body,
-                    headers={"Authorization": f"Bearer {WEBHOOK_TOKEN}"},
-                )
-            assert response.status_code == 200
+                for i in range(3):
+                    response = await client.post(
+                        f"{url}/api/v1/alerts/alertmanager",
+                        json=am_payload(am_alert(f"Queued{i}", fingerprint=f"q{i}")),
+                        headers={"Authorization": f"Bearer {WEBHOOK_TOKEN}"},
+                    )
+                    assert response.status_code == 200
             await fake.wait_for(
                 lambda: (
                     True if any(c.status == 502 for c in fake.calls_to("sendMessage")) else None

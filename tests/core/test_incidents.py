@@ -32,9 +32,11 @@ async def fire(plane: ControlPlane, *alerts: dict[str, Any]) -> list[int]:
 
 
 async def test_redelivery_creates_nothing_and_repeats_count(plane: ControlPlane) -> None:
-    payload = am_payload(am_alert("RedisDown"), am_alert("ExchangeFailoverActive"))
-    first = await plane.incidents.ingest(parse_alertmanager(payload))
-    again = await plane.incidents.ingest(parse_alertmanager(payload))
+    # Two conditions of two groups (one notification each), delivered together.
+    groups = [am_payload(am_alert("RedisDown")), am_payload(am_alert("ExchangeFailoverActive"))]
+    alerts = [alert for body in groups for alert in parse_alertmanager(body)]
+    first = await plane.incidents.ingest(alerts)
+    again = await plane.incidents.ingest(alerts)
     assert (first.accepted, first.duplicates) == (2, 0)
     assert (again.accepted, again.duplicates, again.incidents) == (0, 2, [])
     assert len(await plane.incidents.list()) == 2

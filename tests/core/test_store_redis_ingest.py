@@ -190,7 +190,7 @@ async def test_upgrading_to_schema_2_indexes_the_open_incidents_by_severity(
     restored = await open_on(stores, shared_redis.url)
     await restored.restore(tmp_path / "schema-1")
     for migrated in (upgraded, restored):
-        assert await migrated.schema_version() == len(MIGRATIONS) == 2
+        assert await migrated.schema_version() == len(MIGRATIONS) >= 2
         assert await migrated.integrity_problems() == []
         assert await migrated.count_open_incidents() == {
             Severity.CRITICAL: 1,

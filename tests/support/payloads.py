@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 NOT_ENDED = "0001-01-01T00:00:00Z"
@@ -41,15 +42,20 @@ def am_alert(
 
 
 def am_payload(*alerts: dict[str, Any], status: str | None = None) -> dict[str, Any]:
-    """An Alertmanager webhook (version 4) body grouping ``alerts``."""
+    """An Alertmanager webhook (version 4) body: one notification group of ``alerts``, grouped
+    the way a route with ``group_by: [alertname]`` groups them (by ``job`` when the alerts do
+    not share an alertname, since one notification carries one group)."""
     firing = any(a["status"] == "firing" for a in alerts)
+    names = {a.get("labels", {}).get("alertname") for a in alerts}
+    by = "alertname" if len(names) == 1 else "job"
+    group = {by: str(alerts[0].get("labels", {}).get(by, "")) if alerts else ""}
     return {
         "version": "4",
-        "groupKey": '{}:{alertname="group"}',
+        "groupKey": f"{{}}:{{{by}={json.dumps(group[by])}}}",
         "truncatedAlerts": 0,
         "status": status or ("firing" if firing else "resolved"),
         "receiver": "lunia",
-        "groupLabels": {"alertname": "group"},
+        "groupLabels": group,
         "commonLabels": {"job": "lunia"},
         "commonAnnotations": {},
         "externalURL": "http://alertmanager:9093",
