@@ -22,6 +22,7 @@ from core.backups import (
     JOB_VERIFY,
     JOBS_WITH_OWN_INCIDENTS,
     BackupService,
+    ManifestSigner,
 )
 from core.config.hardening import check_production
 from core.config.settings import Settings
@@ -205,6 +206,9 @@ class ControlPlane:
             self.flags,
             self.incidents,
             self.metrics,
+            signer=ManifestSigner(
+                self.secrets.backup_signing_key, self.secrets.backup_signing_keys_old
+            ),
             s3=self._s3,
             before_restore=quiesce.before,
             after_restore=quiesce.after,

@@ -1,4 +1,4 @@
-"""``lunia backup create|list|verify|restore`` (runbook §3).
+"""``lunia backup create|list|verify|sign|restore`` (runbook §3).
 
 Assembled into ``lunia`` by ``api.cli``; every command is one core call through ``with_plane``,
 so exit codes and one-line errors are the CLI's usual ones.
@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from api.cli.base import JsonOption, cli_actor, fail, with_plane
-from core.backups import BackupInfo, BackupReason, RestoreReport, Verification
+from core.backups import BackupInfo, BackupManifest, BackupReason, RestoreReport, Verification
 from core.control_plane import ControlPlane
 
 backup_app = typer.Typer(
@@ -106,6 +106,24 @@ def backup_verify(backup_id: str, as_json: JsonOption = False) -> None:
             f"{len(result.counts)} tables match the manifest, "
             f"{result.audit_entries_checked} audit entries chain ({result.duration_seconds:.2f}s)"
         )
+
+
+@backup_app.command("sign")
+def backup_sign(backup_id: str, as_json: JsonOption = False) -> None:
+    """Sign an unsigned backup whose origin you trust with BACKUP_SIGNING_KEY (admin; audited),
+    after checking its files against its manifest."""
+
+    async def go(plane: ControlPlane) -> BackupManifest:
+        return await plane.backups.sign(backup_id, cli_actor())
+
+    manifest = with_plane(go)
+    if as_json:
+        typer.echo(manifest.model_dump_json(indent=2))
+        return
+    typer.echo(
+        f"backup {backup_id} signed with key {manifest.key_id}: checksums of its "
+        f"{len(manifest.files)} files match its manifest"
+    )
 
 
 @backup_app.command("restore")

@@ -125,6 +125,8 @@ class Redactor:
         values = [t.token for t in secrets.api_tokens]
         values += [secrets.alert_webhook_token.get_secret_value()]
         values += [secrets.callback_signing_key.get_secret_value()]
+        values += [secrets.backup_signing_key.get_secret_value()]
+        values += [k.get_secret_value() for k in secrets.backup_signing_keys_old]
         for name in _SECRET_SETTINGS:
             value = getattr(settings, name, None)
             if isinstance(value, SecretStr):

@@ -26,6 +26,7 @@ from core.backups.service import (
     OVERDUE_FACTOR,
     BackupService,
 )
+from core.backups.signing import ManifestSigner
 
 __all__ = [
     "JOBS_WITH_OWN_INCIDENTS",
@@ -41,6 +42,7 @@ __all__ = [
     "BackupStatus",
     "FlagChange",
     "Hook",
+    "ManifestSigner",
     "RestoreReport",
     "Verification",
     "newest",

@@ -37,6 +37,7 @@ from core.backups.models import (
     BackupReason,
     Verification,
 )
+from core.backups.signing import ManifestSigner
 from core.errors import InvalidInput, LuniaError
 from core.platform.files import write_atomically
 from core.store import Store
@@ -49,10 +50,11 @@ _STALE_TEMP = timedelta(hours=12)
 
 
 class BackupCatalog:
-    """The backups in one directory: list, describe, add (atomically) and delete them."""
+    """The backups in one directory: list, describe, add (atomically, signed) and delete them."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, signer: ManifestSigner) -> None:
         self.root = root
+        self.signer = signer
 
     def prepare(self) -> None:
         """Create the directory owner-only and remove old temp directories left by a crash."""
@@ -120,6 +122,22 @@ class BackupCatalog:
             offsite=str(remote.get("url")) if remote else None,
         )
 
+    def trusted_manifest(self, directory: Path) -> BackupManifest | str:
+        """The manifest if it is readable and signed with one of our keys, else the problem
+        (blocking: run it in a thread). The files still need checking against it."""
+        manifest = load_manifest(directory)
+        if isinstance(manifest, str):
+            return manifest
+        return self.signer.problem(manifest) or manifest
+
+    def write_signed(self, directory: Path, manifest: BackupManifest) -> BackupManifest:
+        """Sign ``manifest`` with the current key and replace the backup's manifest with it."""
+        signed = self.signer.sign(manifest)
+        write_atomically(
+            directory / MANIFEST, signed.model_dump_json(indent=2).encode(), mode=0o600
+        )
+        return signed
+
     async def take(
         self, store: Store, reason: BackupReason, created_by: str, created_at: datetime
     ) -> BackupManifest:
@@ -150,6 +168,7 @@ class BackupCatalog:
                 files=files,
                 duration_seconds=round(time.perf_counter() - started, 4),
             )
+            manifest = self.signer.sign(manifest)
             await asyncio.to_thread(_seal, tmp, self.root / backup_id, manifest)
         except (LuniaError, OSError):
             await asyncio.to_thread(shutil.rmtree, tmp, True)

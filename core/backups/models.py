@@ -4,7 +4,8 @@ A backup is one directory under ``BACKUP_DIR`` named by its UTC creation time::
 
     20261128T093000Z/
         state.db            the store's snapshot (SQLite online backup API), mode 0600
-        manifest.json       format, versions, reason, who, counts per table, sha256 of each file
+        manifest.json       format, versions, reason, who, counts per table, sha256 of each file,
+                            signed (HMAC-SHA256, BACKUP_SIGNING_KEY); no other file may be added
         verification.json   the last verification's verdict (written by ``verify``)
         remote.json         where the off-site copy went (when BACKUP_S3_URL is set)
 """
@@ -55,6 +56,11 @@ class BackupManifest(BaseModel):
     counts: dict[str, int]
     files: list[BackupFile]
     duration_seconds: float
+    # HMAC-SHA256 of everything above under BACKUP_SIGNING_KEY (core/backups/signing.py): verify
+    # and restore refuse a backup without a valid one.
+    key_id: str | None = None
+    signature_algorithm: str | None = None
+    signature: str | None = None
 
     @property
     def size_bytes(self) -> int:

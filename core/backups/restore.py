@@ -14,7 +14,7 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from core.backups.catalog import BackupCatalog, load_manifest
+from core.backups.catalog import BackupCatalog
 from core.backups.journal import ROLLBACK, BackupJournal, reason_of
 from core.backups.models import BackupManifest, FlagChange, RestoreReport
 from core.backups.offsite import OffsiteCopies, local_copy
@@ -72,7 +72,8 @@ class Restorer:
         authorized and confirmed it and holds the backups' lock."""
         started_at, started = utcnow(), time.perf_counter()
         directory = await local_copy(self._catalog, self._offsite, backup_id)
-        manifest = await asyncio.to_thread(load_manifest, directory)
+        # Signed with our key, then every file as the manifest lists it and nothing more.
+        manifest = await asyncio.to_thread(self._catalog.trusted_manifest, directory)
         problems = (
             [manifest]
             if isinstance(manifest, str)

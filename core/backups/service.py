@@ -15,7 +15,7 @@ import time
 from datetime import datetime, timedelta
 from typing import Any
 
-from core.backups.catalog import BackupCatalog, newest
+from core.backups.catalog import BackupCatalog, load_manifest, newest
 from core.backups.journal import FAILED, OFFSITE, STALE, VERIFY, BackupJournal, reason_of
 from core.backups.models import (
     MANIFEST,
@@ -28,7 +28,8 @@ from core.backups.models import (
 )
 from core.backups.offsite import OffsiteCopies
 from core.backups.restore import Hook, Restorer
-from core.backups.verify import Verifier
+from core.backups.signing import ManifestSigner
+from core.backups.verify import Verifier, check_files
 from core.config.settings import Settings
 from core.errors import ConfirmationRequired, InvalidInput, LuniaError, NotFound, OperationError
 from core.flags import FlagService
@@ -68,6 +69,7 @@ class BackupService:
         incidents: IncidentService,
         metrics: Metrics,
         *,
+        signer: ManifestSigner,
         s3: S3Client | None = None,
         before_restore: Hook | None = None,
         after_restore: Hook | None = None,
@@ -78,7 +80,7 @@ class BackupService:
         self._flags = flags
         self._metrics = metrics
         self._guard = Guard(audit, metrics)
-        self._catalog = BackupCatalog(self.root)
+        self._catalog = BackupCatalog(self.root, signer)
         location = S3Location.parse(settings.backup_s3_url) if settings.backup_s3_url else None
         self._offsite = (
             OffsiteCopies(s3, location, self._catalog)
@@ -357,6 +359,37 @@ class BackupService:
             detail="; ".join(verification.problems),
         )
         return verification
+
+    async def sign(self, backup_id: str, actor: Actor) -> BackupManifest:
+        """Sign an unsigned (or differently signed) local backup with the current key (admin),
+        after checking its files against its manifest: for backups whose origin the admin
+        trusts, e.g. taken before backups were signed. Audited either way."""
+        await self._authorize(actor, Role.ADMIN, "signing a backup", "backup.sign", backup_id)
+        directory = self._catalog.directory(backup_id)
+        async with self._lock:
+            manifest = await asyncio.to_thread(load_manifest, directory)
+            problems = (
+                [manifest]
+                if isinstance(manifest, str)
+                else await asyncio.to_thread(check_files, directory, manifest)
+            )
+            if problems or isinstance(manifest, str):
+                detail = "; ".join(problems)
+                await self._journal.record(
+                    actor, "backup.sign", backup_id, outcome="failed", detail=detail
+                )
+                raise OperationError(f"backup {backup_id} was not signed: {detail}")
+            before = manifest.key_id
+            signed = await asyncio.to_thread(self._catalog.write_signed, directory, manifest)
+        await self._journal.record(
+            actor,
+            "backup.sign",
+            backup_id,
+            detail=f"checksums of {len(signed.files)} files match; signed with key {signed.key_id}",
+            before={"key_id": before},
+            after={"key_id": signed.key_id},
+        )
+        return signed
 
     async def verify_latest(self) -> Verification | None:
         """The daily job: verify the newest backup; a failure raises an incident."""

@@ -10,8 +10,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from core.backups.catalog import BackupCatalog, load_manifest, sha256
-from core.backups.models import MANIFEST, VERIFICATION, BackupManifest, Verification
+from core.backups.catalog import BackupCatalog, sha256
+from core.backups.models import MANIFEST, REMOTE, VERIFICATION, BackupManifest, Verification
 from core.backups.offsite import OffsiteCopies, local_copy
 from core.errors import LuniaError
 from core.models import utcnow
@@ -45,7 +45,7 @@ class Verifier:
         problems: list[str] = []
         counts: dict[str, int] = {}
         checked = 0
-        manifest = await asyncio.to_thread(load_manifest, directory)
+        manifest = await asyncio.to_thread(self._catalog.trusted_manifest, directory)
         if isinstance(manifest, str):
             problems.append(manifest)
         else:
@@ -103,6 +103,11 @@ class Verifier:
         return counts, checked, problems
 
 
+# Written beside a backup after it is sealed (its manifest, verdicts, where its copy went); none
+# of them is ever restored.
+_OWN_FILES = frozenset({MANIFEST, VERIFICATION, REMOTE})
+
+
 def check_files(directory: Path, manifest: BackupManifest) -> list[str]:
     """Problems with a backup's files against its manifest, each naming the file."""
     problems: list[str] = []
@@ -123,6 +128,13 @@ def check_files(directory: Path, manifest: BackupManifest) -> list[str]:
             )
     if not manifest.files:
         problems.append(f"{MANIFEST}: lists no files")
+    listed = {entry.name for entry in manifest.files} | _OWN_FILES
+    problems += [
+        f"{child.name}: not listed in the manifest (added after the backup was taken); "
+        "a backup with unlisted files is not trusted"
+        for child in sorted(directory.iterdir())
+        if child.name not in listed
+    ]
     return problems
 
 

@@ -42,6 +42,8 @@ _SECRET_FIELDS = frozenset(
         "telegram_bot_token",
         "telegram_webhook_secret",
         "callback_signing_key",
+        "backup_signing_key",
+        "backup_signing_keys_old",
         "redis_url",
         "openai_api_key",
         "pagerduty_routing_key",
@@ -227,6 +229,10 @@ class Settings(BaseSettings):
     backup_keep_weekly: int = Field(default=4, ge=0)
     backup_verify_hour: int = Field(default=3, ge=0, le=23)
     backup_s3_url: str | None = None
+    # HMAC key signing every backup's manifest (generated into the state dir's secrets/ when
+    # unset; never inside a backup). Previous keys, comma separated, still verify old backups.
+    backup_signing_key: SecretStr | None = None
+    backup_signing_keys_old: SecretStr | None = None
     audit_export_dest: str | None = None
     s3_endpoint_url: str | None = None
     s3_region: str = "us-east-1"

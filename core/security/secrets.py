@@ -23,6 +23,7 @@ ADMIN_TOKEN_FILE = "api-admin-token"  # noqa: S105
 WEBHOOK_TOKEN_FILE = "alert-webhook-token"  # noqa: S105
 SIGNING_KEY_FILE = "callback-signing-key"
 METRICS_TOKEN_FILE = "metrics-token"  # noqa: S105
+BACKUP_SIGNING_KEY_FILE = "backup-signing-key"
 
 
 @dataclass
@@ -35,6 +36,9 @@ class RuntimeSecrets:
     generated: dict[str, Path] = field(default_factory=dict)
     # Bearer token /metrics requires (None: open, outside production with no METRICS_TOKEN).
     metrics_token: SecretStr | None = None
+    # HMAC key signing backup manifests, and the previous ones still accepted when verifying.
+    backup_signing_key: SecretStr = SecretStr("")
+    backup_signing_keys_old: list[SecretStr] = field(default_factory=list)
 
 
 def resolve_secrets(settings: Settings) -> RuntimeSecrets:
@@ -58,4 +62,19 @@ def resolve_secrets(settings: Settings) -> RuntimeSecrets:
     metrics = settings.metrics_token
     if metrics is None and settings.infra_prod_enabled:
         metrics = SecretStr(generated_secret(METRICS_TOKEN_FILE))
-    return RuntimeSecrets(tokens, webhook, signing, generated, metrics_token=metrics)
+    backup_key = settings.backup_signing_key or SecretStr(generated_secret(BACKUP_SIGNING_KEY_FILE))
+    old = settings.backup_signing_keys_old
+    old_keys = [
+        SecretStr(part.strip())
+        for part in (old.get_secret_value().split(",") if old else [])
+        if part.strip()
+    ]
+    return RuntimeSecrets(
+        tokens,
+        webhook,
+        signing,
+        generated,
+        metrics_token=metrics,
+        backup_signing_key=backup_key,
+        backup_signing_keys_old=old_keys,
+    )

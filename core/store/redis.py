@@ -81,6 +81,7 @@ from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar, cast
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
@@ -674,6 +675,28 @@ class _IncidentWork:
 
 
 _IngestJob = tuple[Sequence[Alert], AlertPlanner]
+
+
+# The database number trial restores (backup verification) load into; 14 if production uses 15.
+VERIFY_DB = 15
+
+
+def scratch_db_url(url: str) -> str:
+    """``url`` pointing at the scratch database (``VERIFY_DB``) of the same server."""
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query))
+    path = parts.path.strip("/")
+    if parts.scheme == "unix":  # unix:///path/redis.sock?db=N
+        current, path_part = int(query.get("db", "0")), parts.path
+    else:  # redis[s]://host:port/N
+        current, path_part = int(path if path.isdigit() else query.get("db", "0")), ""
+        query.pop("db", None)
+    scratch = VERIFY_DB if current != VERIFY_DB else VERIFY_DB - 1
+    if parts.scheme == "unix":
+        query["db"] = str(scratch)
+    else:
+        path_part = f"/{scratch}"
+    return urlunsplit(parts._replace(path=path_part, query=urlencode(query)))
 
 
 class RedisStore:
@@ -1755,10 +1778,11 @@ class RedisStore:
         return problems
 
     def trial_store(self, workdir: Path) -> Store:
-        """An empty store on the same Redis under a scratch prefix of its own (``workdir`` is
-        not needed); closing it deletes its keys."""
+        """An empty store on the same Redis server but in a scratch database number
+        (``VERIFY_DB``), under a scratch prefix of its own (``workdir`` is not needed), so a
+        trial restore never writes to the production keyspace; closing it deletes its keys."""
         scratch = f"{self.prefix}:trial:{secrets.token_hex(6)}"
-        return RedisStore(self._url, prefix=scratch, scratch=True)
+        return RedisStore(scratch_db_url(self._url), prefix=scratch, scratch=True)
 
     # -- security state --------------------------------------------------------------------
     # Short-lived keys beside the store's root (``{prefix}:security:*``), like the bus and the

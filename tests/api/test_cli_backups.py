@@ -69,6 +69,24 @@ def test_backup_verify_exits_1_naming_the_damaged_file(state: Path) -> None:
     assert "no backup" in err
 
 
+def test_backup_sign_signs_an_unsigned_backup_after_checking_its_files(state: Path) -> None:
+    code, out, _ = lunia("backup", "create", "--json")
+    backup_id = json.loads(out)["id"]
+    path = state / "backups" / backup_id / "manifest.json"
+    manifest = json.loads(path.read_text())
+    del manifest["signature"]
+    path.write_text(json.dumps(manifest))
+    code, _, err = lunia("backup", "verify", backup_id)
+    assert code == 1
+    assert "not signed" in err and f"lunia backup sign {backup_id}" in err
+
+    code, out, _ = lunia("backup", "sign", backup_id)
+    assert code == 0
+    assert out.startswith(f"backup {backup_id} signed with key ")
+    code, out, _ = lunia("backup", "verify", backup_id)
+    assert (code, out.startswith(f"backup {backup_id} OK")) == (0, True)
+
+
 def test_report_writes_the_access_review_without_tokens(state: Path, tmp_path: Path) -> None:
     lunia("backup", "create")
     out_file = tmp_path / "docs" / "RELEASE_REPORT.md"

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from core.backups import BackupReason, select_kept
+from core.backups import BackupManifest, BackupReason, ManifestSigner, select_kept
 from core.control_plane import ControlPlane
 from core.errors import (
     ConfirmationRequired,
@@ -155,11 +155,20 @@ async def test_verify_catches_a_manifest_whose_counts_lie(plane: ControlPlane) -
     assert result.problems == ["incidents: manifest says 5 rows, the restored copy has 2"]
 
 
+def write_signed_manifest(plane: ControlPlane, backup_id: str, manifest: dict[str, Any]) -> None:
+    """Replace a backup's manifest with ``manifest`` signed with the deployment's own key: a
+    backup this deployment made wrong (a bug), not a planted one, which the signature refuses."""
+    signer = ManifestSigner(plane.secrets.backup_signing_key)
+    signed = signer.sign(BackupManifest.model_validate(manifest))
+    path = plane.backups.root / backup_id / "manifest.json"
+    path.write_text(signed.model_dump_json())
+
+
 def lie_about_counts(plane: ControlPlane, backup_id: str, table: str, delta: int) -> None:
     path = plane.backups.root / backup_id / "manifest.json"
     manifest = json.loads(path.read_text())
     manifest["counts"][table] += delta
-    path.write_text(json.dumps(manifest))
+    write_signed_manifest(plane, backup_id, manifest)
 
 
 async def test_restore_brings_back_flags_incidents_and_audit_log_exactly(
@@ -266,7 +275,7 @@ async def test_restore_of_a_damaged_database_with_matching_checksums_rolls_back(
     (directory / "state.db").write_bytes(bytes(data))
     manifest = json.loads((directory / "manifest.json").read_text())
     manifest["files"][0]["sha256"] = hashlib.sha256(data).hexdigest()
-    (directory / "manifest.json").write_text(json.dumps(manifest))
+    write_signed_manifest(plane, info.id, manifest)
 
     with pytest.raises(OperationError, match="previous state was put back"):
         await plane.backups.restore(info.id, ADMIN, confirm=True)

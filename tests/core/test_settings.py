@@ -97,6 +97,7 @@ def test_generated_secrets_are_owner_only_and_stable(tmp_path: Path) -> None:
         "api-admin-token",
         "alert-webhook-token",
         "callback-signing-key",
+        "backup-signing-key",
     }
     for path in first.generated.values():
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
