@@ -6,9 +6,12 @@ This module owns the wire formats of the three alert sources and their mapping o
 
 Strict about what identifies an alert, lenient about the rest, because Alertmanager does not retry
 a 4xx and a refused alert is lost: fields real senders leave out (``version``, ``groupKey``,
-``externalURL``, ``generatorURL``, an alert's ``status``) are derived the way the sender would, a
-Falco ``time`` that cannot be read becomes the receive time, and over-long text is cut rather than
-refused. Whatever was repaired is written into ``Alert.notes`` for the incident's timeline.
+``externalURL``, ``generatorURL``, ``receiver``, an alert's ``status``, ``labels`` or
+``alertname``) are derived the way the sender would, a timestamp that cannot be read becomes the
+receive time (``startsAt``, a Falco ``time``, a resolved alert's ``endsAt``), and over-long text
+is cut rather than refused. Whatever was repaired is written into ``Alert.notes`` for the
+incident's timeline. Only a body that carries no alert at all, or fields of the wrong JSON type,
+is refused.
 """
 
 from __future__ import annotations
@@ -17,9 +20,9 @@ import json
 import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_core import ErrorDetails
 
 from core.errors import InvalidInput
@@ -47,6 +50,8 @@ ANNOTATION_MAX_CHARS = 4096
 DESCRIPTION_MAX_CHARS = 4096
 URL_MAX_CHARS = 4096
 MAX_LABELS = 256
+# The title of an alert that names nothing: no alertname, no rule title, no telling labels.
+UNNAMED_ALERT = "unnamed alert"
 
 # Alertmanager (and Grafana's fork of it) send Go's zero time as endsAt while an alert fires.
 _GO_ZERO_TIME = datetime(1, 1, 1, tzinfo=UTC)
@@ -113,10 +118,6 @@ def _parse_end_timestamp(value: object) -> datetime | None:
     return None if parsed == _GO_ZERO_TIME else parsed
 
 
-Timestamp = Annotated[datetime, BeforeValidator(_parse_timestamp)]
-EndTimestamp = Annotated[datetime | None, BeforeValidator(_parse_end_timestamp)]
-
-
 def _iso(moment: datetime | None) -> str | None:
     """The canonical text of a parsed timestamp, for hashing."""
     return None if moment is None else moment.isoformat()
@@ -136,12 +137,13 @@ class _GroupedAlert(_Wire):
 
     # Absent in some senders' bodies: derived from endsAt, as Alertmanager itself does.
     status: Literal["firing", "resolved"] | None = None
-    labels: dict[str, str]
-    # Go marshals an empty annotation map as null.
+    # Go marshals an empty map as null; an alert without labels is still an alert.
+    labels: dict[str, str] | None = None
     annotations: dict[str, str] | None = None
-    # Absent means "now", as Alertmanager's own API treats a pushed alert without one.
-    starts_at: Timestamp | None = Field(default=None, alias="startsAt")
-    ends_at: EndTimestamp = Field(default=None, alias="endsAt")
+    # Read leniently in ``_from_grouped``: absent means "now", as Alertmanager's own API treats a
+    # pushed alert without one; an unreadable one becomes the receive time, noted.
+    starts_at: Any = Field(default=None, alias="startsAt")
+    ends_at: Any = Field(default=None, alias="endsAt")
     fingerprint: str | None = Field(default=None, max_length=FINGERPRINT_MAX_CHARS)
     generator_url: str | None = Field(default=None, alias="generatorURL")
 
@@ -156,7 +158,7 @@ class _GroupedPayload(_Wire):
     group_key: str | None = Field(default=None, alias="groupKey")
     truncated_alerts: int = Field(default=0, ge=0, alias="truncatedAlerts")
     status: Literal["firing", "resolved"] | None = None
-    receiver: str
+    receiver: str = ""  # only names the sender's route; some senders leave it out
     group_labels: dict[str, str] | None = Field(default=None, alias="groupLabels")
     common_labels: dict[str, str] | None = Field(default=None, alias="commonLabels")
     common_annotations: dict[str, str] | None = Field(default=None, alias="commonAnnotations")
@@ -419,13 +421,70 @@ def _is_security(labels: dict[str, str]) -> bool:
     return labels.get("security", "").strip().lower() == "true"
 
 
-def _status(item: _GroupedAlert, received_at: datetime) -> AlertStatus:
+def _status(item: _GroupedAlert, ends_at: datetime | None, received_at: datetime) -> AlertStatus:
     """The alert's status, or the one its ``endsAt`` implies (an end in the past: resolved)."""
     if item.status is not None:
         return AlertStatus(item.status)
-    if item.ends_at is not None and item.ends_at <= received_at:
+    if ends_at is not None and ends_at <= received_at:
         return AlertStatus.RESOLVED
     return AlertStatus.FIRING
+
+
+class _Times(BaseModel):
+    """An alert's start and end as read, and as hashed for its dedup key (as sent, when
+    unreadable, so a sender's retry still matches)."""
+
+    starts_at: datetime
+    ends_at: datetime | None
+    hashed: tuple[str | None, str | None]
+
+
+def _unreadable(raw: object) -> str:
+    """A timestamp that cannot be read, as sent (for the note and the dedup key)."""
+    return _cut(_clean(json.dumps(raw, ensure_ascii=False, default=str)), 200)
+
+
+def _grouped_times(item: _GroupedAlert, received_at: datetime, bounds: _Bounds) -> _Times:
+    """Read ``startsAt`` and ``endsAt``; what cannot be read is replaced and noted."""
+    starts_at, start_hash = received_at, None
+    if item.starts_at is not None:
+        try:
+            starts_at = _parse_timestamp(item.starts_at)
+            start_hash = _iso(starts_at)
+        except ValueError:
+            start_hash = _unreadable(item.starts_at)
+            bounds.notes.append(
+                f"startsAt {start_hash} is not an RFC 3339 timestamp; "
+                f"the receive time {received_at.isoformat()} was used"
+            )
+    ends_at: datetime | None = None
+    end_hash = None
+    if item.ends_at is not None:
+        try:
+            ends_at = _parse_end_timestamp(item.ends_at)
+            end_hash = _iso(ends_at)
+        except ValueError:
+            end_hash = _unreadable(item.ends_at)
+            # An unreadable end must not resolve a firing alert: only a resolved one ends now.
+            if item.status == "resolved":
+                ends_at = received_at
+                outcome = f"the receive time {received_at.isoformat()} was used"
+            else:
+                outcome = "the alert was taken as not ended"
+            bounds.notes.append(f"endsAt {end_hash} is not an RFC 3339 timestamp; {outcome}")
+    return _Times(starts_at=starts_at, ends_at=ends_at, hashed=(start_hash, end_hash))
+
+
+def _title_from_labels(labels: dict[str, str]) -> str:
+    """A title for an alert without an alertname: its identifying labels, as Prometheus writes
+    a label set (severity says how bad, not what)."""
+    names = sorted(n for n in labels if n not in ("alertname", "severity") and labels[n].strip())
+    if not names:
+        return UNNAMED_ALERT
+    shown = ", ".join(
+        f"{name}={json.dumps(labels[name], ensure_ascii=False)}" for name in names[:5]
+    )
+    return f"{{{shown}{', …' if len(names) > 5 else ''}}}"
 
 
 def _from_grouped(
@@ -437,16 +496,19 @@ def _from_grouped(
     annotations: dict[str, str],
     generator_url: str | None,
     received_at: datetime,
+    repaired: Sequence[str] = (),
 ) -> Alert:
-    """Build an ``Alert`` from one alert of an Alertmanager-style group."""
-    # Identity comes from what was sent (before any cut), so a re-delivery hashes the same.
-    fingerprint = item.fingerprint or stable_hash(source.value, sorted(item.labels.items()))
-    status = _status(item, received_at)
-    dedup_key = stable_hash(
-        source.value, fingerprint, status.value, _iso(item.starts_at), _iso(item.ends_at)
-    )
+    """Build an ``Alert`` from one alert of an Alertmanager-style group (``repaired``: notes
+    on what the caller derived)."""
     bounds = _Bounds()
-    labels = bounds.mapping("labels", item.labels, LABEL_VALUE_MAX_CHARS)
+    bounds.notes.extend(repaired)
+    sent_labels = item.labels or {}
+    times = _grouped_times(item, received_at, bounds)
+    # Identity comes from what was sent (before any cut), so a re-delivery hashes the same.
+    fingerprint = item.fingerprint or stable_hash(source.value, sorted(sent_labels.items()))
+    status = _status(item, times.ends_at, received_at)
+    dedup_key = stable_hash(source.value, fingerprint, status.value, *times.hashed)
+    labels = bounds.mapping("labels", sent_labels, LABEL_VALUE_MAX_CHARS)
     kept = bounds.mapping("annotations", annotations, ANNOTATION_MAX_CHARS)
     title = bounds.text("title", title, TITLE_MAX_CHARS)
     return _alert(
@@ -455,17 +517,17 @@ def _from_grouped(
         fingerprint=_clean(fingerprint),
         dedup_key=dedup_key,
         status=status,
-        severity=severity_from_word(item.labels.get("severity")),
+        severity=severity_from_word(sent_labels.get("severity")),
         title=title,
         summary=bounds.text("summary", kept.get("summary") or title, SUMMARY_MAX_CHARS),
         description=bounds.text("description", kept.get("description", ""), DESCRIPTION_MAX_CHARS),
         labels=labels,
         annotations=kept,
-        starts_at=item.starts_at or received_at,
-        ends_at=item.ends_at,
+        starts_at=times.starts_at,
+        ends_at=times.ends_at,
         generator_url=bounds.url(generator_url),
         group_key=_clean(group_key),
-        security=_is_security(item.labels),
+        security=_is_security(sent_labels),
     )
 
 
@@ -474,23 +536,24 @@ def parse_alertmanager(body: Any, *, received_at: datetime | None = None) -> lis
     payload = _validate(_AlertmanagerPayload, body)
     now = received_at or utcnow()
 
-    def convert(index: int, item: _AlertmanagerAlert) -> Alert:
-        alertname = item.labels.get("alertname")
-        if alertname is None:
-            raise PayloadError(f"alerts[{index}].labels.alertname", "field required")
-        if not alertname.strip():
-            raise PayloadError(f"alerts[{index}].labels.alertname", "must not be empty")
+    def convert(item: _AlertmanagerAlert) -> Alert:
+        labels = item.labels or {}
+        title, repaired = labels.get("alertname", "").strip(), []
+        if not title:
+            title = _title_from_labels(labels)
+            repaired.append(f"the alert carried no alertname; titled {title}")
         return _from_grouped(
             AlertSource.ALERTMANAGER,
             payload.derived_group_key,
             item,
-            title=alertname,
+            title=title,
             annotations=dict(item.annotations or {}),
             generator_url=item.generator_url,
             received_at=now,
+            repaired=repaired,
         )
 
-    return [convert(index, item) for index, item in enumerate(payload.alerts)]
+    return [convert(item) for item in payload.alerts]
 
 
 def parse_grafana(body: Any, *, received_at: datetime | None = None) -> list[Alert]:
@@ -499,12 +562,16 @@ def parse_grafana(body: Any, *, received_at: datetime | None = None) -> list[Ale
     now = received_at or utcnow()
 
     def convert(item: _GrafanaAlert) -> Alert:
+        labels = item.labels or {}
         title = (
-            item.labels.get("alertname", "").strip()
-            or item.labels.get("__alert_rule_title__", "").strip()
+            labels.get("alertname", "").strip()
+            or labels.get("__alert_rule_title__", "").strip()
             or payload.title.strip()
-            or "Grafana alert"
         )
+        repaired = []
+        if not title:
+            title = _title_from_labels(labels)
+            repaired.append(f"the alert carried no alertname or rule title; titled {title}")
         annotations = dict(item.annotations or {})
         for name, url in (("dashboardURL", item.dashboard_url), ("panelURL", item.panel_url)):
             if url:
@@ -519,6 +586,7 @@ def parse_grafana(body: Any, *, received_at: datetime | None = None) -> list[Ale
             annotations=annotations,
             generator_url=item.generator_url or item.panel_url or item.dashboard_url or None,
             received_at=now,
+            repaired=repaired,
         )
 
     return [convert(item) for item in payload.alerts]

@@ -28,7 +28,6 @@ from core.errors import (
     OperationError,
     OrderRejected,
     StoreError,
-    StoreUnavailable,
     VenueError,
 )
 from core.incidents.service import IncidentService
@@ -370,15 +369,7 @@ class TradingEngine:
         venue_name = self._venues.active_name
         if self._fence is not None:
             self._fence()
-        if self._read_only is None:  # read-only already refuses, and its store may be gone
-            try:
-                await self._read_halt()
-            except StoreUnavailable as exc:
-                self._metrics.orders.labels(venue_name, intent.side.value, "rejected").inc()
-                raise OrderRejected(
-                    "the store cannot be reached, so the halt state cannot be confirmed: "
-                    "no new orders"
-                ) from exc
+        await self._read_halt()
         refusal = self._refusal()
         if refusal is not None:
             self._metrics.orders.labels(venue_name, intent.side.value, "rejected").inc()
