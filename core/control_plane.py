@@ -58,7 +58,7 @@ from core.platform.scheduler import Scheduler
 from core.platform.spool import LocalSpool
 from core.platform.tasks import cancel_and_wait
 from core.security.access import Authenticator, TokenAuthority
-from core.security.audit import AuditLog
+from core.security.audit import ANCHOR_FILE, AuditAnchor, AuditLog
 from core.security.confirmations import ConfirmationService
 from core.security.exports import JOB_EXPORT, AuditExportService
 from core.security.ratelimit import RateLimiter
@@ -107,7 +107,10 @@ class ControlPlane:
         self.secrets: RuntimeSecrets = resolve_secrets(settings)
         self.tokens = TokenAuthority(self.secrets.api_tokens)
         self.store: Store = store or open_store(settings)
-        self.audit = AuditLog(self.store, self.metrics)
+        # The chain's head is anchored outside the store too (runbook §4): a rolled-back tail shows.
+        self.audit = AuditLog(
+            self.store, self.metrics, AuditAnchor(settings.lunia_state_dir / ANCHOR_FILE)
+        )
         # Security state every replica shares through the store: refusal throttle, rate limits,
         # pending confirmations.
         self.refusals = RefusalRecorder(self.audit, self.metrics)
@@ -198,7 +201,7 @@ class ControlPlane:
         )
         # Backups, verification and audit exports (runbook §3, §4).
         self._s3 = S3Client(settings)
-        quiesce = RestoreQuiesce(self.scheduler, self.trading, self.incidents)
+        quiesce = RestoreQuiesce(self.scheduler, self.trading, self.incidents, self.venues)
         self.backups = BackupService(
             settings,
             self.store,
@@ -327,6 +330,8 @@ class ControlPlane:
             self.assistant.refresh_gauges()
             watcher = asyncio.create_task(self.flags.watch(FLAG_RELOAD_SECONDS), name="flags")
             self._stack.push_async_callback(cancel_and_wait, watcher)
+            anchor = asyncio.create_task(self.audit.keep_anchored(), name="audit-anchor")
+            self._stack.push_async_callback(cancel_and_wait, anchor)
             if self.redis_watch is not None:
                 await self.redis_watch.check()  # down already? then start read-only
                 for task in (

@@ -30,8 +30,11 @@ def audit_verify(
         ),
     ] = None,
 ) -> None:
-    """Check the hash chain; exit 1 naming the first bad entry."""
+    """Check the hash chain and the anchored head (state dir); exit 1 naming the first bad entry
+    or the removed tail. Restores the chain went through are named (fork entries)."""
     report = verify_exports(file) if file else with_plane(lambda plane: plane.audit.verify())
+    for fork in report.forks:
+        typer.echo(f"fork (a restore rolled the chain back): {fork}")
     if not report.ok:
         raise fail(
             f"audit log FAILED verification after {report.checked} good entries: {report.problem}",

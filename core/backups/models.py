@@ -18,6 +18,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from core.security.audit import ChainHead
+
 FORMAT = "lunia-backup/1"
 MANIFEST = "manifest.json"
 VERIFICATION = "verification.json"
@@ -107,6 +109,15 @@ class FlagChange(BaseModel):
     after: Any
 
 
+class KeptSafety(BaseModel):
+    """A piece of safety state stricter before a restore than in the backup, kept as it was."""
+
+    item: str  # halt, core.<name>, failover, token:<id> (<name>) revoked, or a flag's name
+    backup: Any  # what the backup had
+    kept: Any  # what stays in force
+    why: str
+
+
 class RestoreReport(BaseModel):
     """What a restore did, for the operator and the bot to show."""
 
@@ -120,6 +131,11 @@ class RestoreReport(BaseModel):
     counts_after: dict[str, int]
     flags_changed: list[FlagChange]
     audit_entries_verified: int
+    # Safety state kept from before the restore (never loosened by it), and the audit fork: the
+    # entry linking the chain's head before the swap (``replaced_head``) to the restored chain.
+    kept: list[KeptSafety] = []
+    audit_fork_seq: int | None = None
+    replaced_head: ChainHead | None = None
 
 
 class BackupStatus(BaseModel):

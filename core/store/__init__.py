@@ -130,6 +130,16 @@ class ConfirmationTake(BaseModel):
     confirmation: Confirmation | None = None
 
 
+class RestoreGuard(BaseModel):
+    """A restore under way: trading pauses on every replica until it is cleared or expires (so a
+    restore that crashed cannot pause trading forever)."""
+
+    backup_id: str
+    by: str
+    started_at: datetime
+    expires_at: datetime
+
+
 class Store(Protocol):
     """Durable state of the control plane."""
 
@@ -295,6 +305,13 @@ class Store(Protocol):
 
     def trial_store(self, workdir: Path) -> Store:
         """A new, empty store of the same kind, isolated under ``workdir``, for trial restores."""
+
+    async def put_restore_guard(self, guard: RestoreGuard | None) -> None:
+        """Mark (or, with None, clear) a restore under way, seen by every process sharing the
+        store; ``restore`` keeps the mark as it is (it is not part of any snapshot's state)."""
+
+    async def restore_guard(self, now: datetime) -> RestoreGuard | None:
+        """The restore under way at ``now``; None when there is none or its mark expired."""
 
     # -- security state (core/security: rate limits, refusal throttle, confirmations) --------------
 

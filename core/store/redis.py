@@ -122,6 +122,7 @@ from core.store import (
     IngestOutcome,
     PnlPoint,
     RateLimitHit,
+    RestoreGuard,
     Store,
     StoredAlert,
     StoreSnapshot,
@@ -1806,6 +1807,28 @@ class RedisStore:
                 secrets.token_hex(6),
             )
         return RateLimitHit(allowed=bool(allowed), retry_after=int(wait) / 1000)
+
+    async def put_restore_guard(self, guard: RestoreGuard | None) -> None:
+        """``{prefix}:security:restore-guard``, beside the root so a restore's swap keeps it,
+        dropped by Redis when the mark expires."""
+        key = f"{self.prefix}:security:restore-guard"
+        with _translated("marking a restore"):
+            if guard is None:
+                await _reply(self._client().delete(key))
+            else:
+                ttl = guard.expires_at - utcnow()
+                await _reply(
+                    self._client().set(
+                        key, guard.model_dump_json(), px=max(1, ttl // timedelta(milliseconds=1))
+                    )
+                )
+
+    async def restore_guard(self, now: datetime) -> RestoreGuard | None:
+        """The mark, unless it expired."""
+        with _translated("reading the restore mark"):
+            raw = await _reply(self._client().get(f"{self.prefix}:security:restore-guard"))
+        guard = None if raw is None else RestoreGuard.model_validate_json(raw)
+        return guard if guard is not None and guard.expires_at > now else None
 
     def _confirmation_key(self, token: str) -> str:
         return f"{self.prefix}:security:confirm:{token}"

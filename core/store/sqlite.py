@@ -53,6 +53,7 @@ from core.store import (
     IngestOutcome,
     PnlPoint,
     RateLimitHit,
+    RestoreGuard,
     Store,
     StoredAlert,
     StoreSnapshot,
@@ -223,6 +224,8 @@ MIGRATIONS: list[str] = [
 
 # Tables of short-lived security state: left out of ``counts`` (a backup's figures describe the
 # durable state; these come and go with every API request).
+# The meta row marking a restore under way (``put_restore_guard``).
+_RESTORE_GUARD = "restore-guard"
 EPHEMERAL_TABLES = ("rate_limit_hits", "confirmations")
 # Tables derived from others (running counts kept by triggers): not state of their own.
 DERIVED_TABLES = ("incident_counts",)
@@ -1152,11 +1155,21 @@ class SqliteStore:
                         f"snapshot is at schema {version}, newer than this release "
                         f"({len(MIGRATIONS)}); restore it with a newer control plane"
                     )
+                guard = conn.execute(
+                    "SELECT value FROM meta WHERE key = ?", (_RESTORE_GUARD,)
+                ).fetchone()
                 snapshot.backup(conn)
             finally:
                 snapshot.close()
             self._migrate(conn)  # an older snapshot is brought up to this release's schema
-            return _count_rows(conn)  # still on the writer thread: no other write landed yet
+            counts = _count_rows(conn)  # still on the writer thread: no other write landed yet
+            # The restore-under-way mark is the live one, never the snapshot's.
+            conn.execute("DELETE FROM meta WHERE key = ?", (_RESTORE_GUARD,))
+            if guard is not None:
+                conn.execute(
+                    "INSERT INTO meta (key, value) VALUES (?, ?)", (_RESTORE_GUARD, guard[0])
+                )
+            return counts
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"restore from {source.name} failed: {exc}") from exc
 
@@ -1173,6 +1186,33 @@ class SqliteStore:
     def trial_store(self, workdir: Path) -> Store:
         """An empty SQLite store under ``workdir`` (restores are tried there first)."""
         return SqliteStore(workdir / "trial.db", readers=1)
+
+    async def put_restore_guard(self, guard: RestoreGuard | None) -> None:
+        """A row of ``meta`` that ``restore`` carries over from the live database."""
+        args: tuple[str, ...]
+        if guard is None:
+            sql, args = "DELETE FROM meta WHERE key = ?", (_RESTORE_GUARD,)
+        else:
+            sql = (
+                "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key)"
+                " DO UPDATE SET value = excluded.value"
+            )
+            args = (_RESTORE_GUARD, guard.model_dump_json())
+
+        def tx(conn: sqlite3.Connection) -> None:
+            conn.execute(sql, args)
+
+        await self._write(lambda: self._transaction(tx))
+
+    async def restore_guard(self, now: datetime) -> RestoreGuard | None:
+        """The mark, unless it expired."""
+        row = await self._read(
+            lambda c: c.execute(
+                "SELECT value FROM meta WHERE key = ?", (_RESTORE_GUARD,)
+            ).fetchone()
+        )
+        guard = None if row is None else RestoreGuard.model_validate_json(row["value"])
+        return guard if guard is not None and guard.expires_at > now else None
 
     # -- security state --------------------------------------------------------------------
 

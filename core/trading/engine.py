@@ -294,6 +294,7 @@ class TradingEngine:
         try:
             if self._fence is not None:
                 self._fence()
+            await self._check_restore()
             await self._run_once(core)
         except asyncio.CancelledError:
             raise
@@ -359,6 +360,22 @@ class TradingEngine:
             )
         return None
 
+    async def _restore_refusal(self) -> str | None:
+        """Why no order may go out while a backup is restored (by any replica): the mark in the
+        store, read before each tick and order like the halt."""
+        guard = await self._store.restore_guard(utcnow())
+        if guard is None:
+            return None
+        return (
+            f"backup {guard.backup_id} is being restored by {guard.by} (since "
+            f"{guard.started_at.isoformat(timespec='seconds')}): trading pauses until it ends"
+        )
+
+    async def _check_restore(self) -> None:
+        refusal = await self._restore_refusal()
+        if refusal is not None:
+            raise OperationError(refusal)
+
     async def place_order(self, core: str, intent: Intent) -> OrderRecord:
         """Place one order for ``core`` on the active venue, through every gate."""
         # One order at a time: the risk check must see the fills of the order before it.
@@ -371,6 +388,8 @@ class TradingEngine:
             self._fence()
         await self._read_halt()
         refusal = self._refusal()
+        if refusal is None:
+            refusal = await self._restore_refusal()
         if refusal is not None:
             self._metrics.orders.labels(venue_name, intent.side.value, "rejected").inc()
             raise OrderRejected(refusal)

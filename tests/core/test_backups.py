@@ -191,9 +191,15 @@ async def test_restore_brings_back_flags_incidents_and_audit_log_exactly(
     restored = await entries(plane)
     assert restored[: len(saved_entries)] == saved_entries  # entry by entry, hashes included
     assert [e.action for e in restored[len(saved_entries) :]] == [
+        "backup.restore.fork",  # links the replaced head to the restored chain
         "engine.read_only",  # trading resumes after the swap
         "backup.restore",
     ]
+    fork = restored[len(saved_entries)]
+    # The head it replaced: the entries before the restore and the read-only switch.
+    assert fork.target == info.id and fork.before["seq"] == changed_counts["audit"] + 1
+    assert fork.after == {"seq": saved_entries[-1].seq, "hash": saved_entries[-1].hash}
+    assert report.audit_fork_seq == fork.seq and report.kept == []
     assert restored[-1].actor == ADMIN and restored[-1].target == info.id
     assert (await plane.audit.verify()).ok
     assert report.counts_before == changed_counts
@@ -250,6 +256,7 @@ async def test_restore_that_fails_its_checks_rolls_back_to_the_previous_state(
     assert after[: len(entries_before)] == entries_before
     assert [(e.action, e.outcome) for e in after[len(entries_before) :]] == [
         ("engine.read_only", "ok"),  # read-only on (kept: it was in the safety backup)
+        ("backup.restore.fork", "ok"),  # the safety backup's own entry was rolled back
         ("backup.restore", "failed"),
         ("engine.read_only", "ok"),  # and off again once jobs resume
     ]
