@@ -6,7 +6,8 @@ Events are queued in the ``pagerduty`` outbox and sent by an ``OutboxWorker`` wi
 An incident's own events are queued with the change that caused them. ``StormPager`` follows the
 incidents that page with a ``StormDetector`` for the ``pagerduty`` destination: the incidents of a
 storm page once, under the storm's dedup key, and that page is updated, acknowledged and resolved
-as the storm grows and its incidents are handled.
+as the storm grows and its incidents are handled. It reads the stored event log (every replica's
+changes) with the escalations, so it decides in the one place that pages.
 """
 
 from __future__ import annotations
@@ -36,6 +37,10 @@ _SEVERITY_RANK = {Severity.INFO: 0, Severity.WARNING: 1, Severity.CRITICAL: 2}
 DESTINATION = "pagerduty"
 STORM_TITLES = 5  # titles a storm page names; the count and incident ids say the rest
 _HANDLED = (IncidentState.ACKNOWLEDGED, IncidentState.SILENCED, IncidentState.RESOLVED)
+STORM_CURSOR = "pagerduty-storms"  # the storm pager's place in the incident event log
+# Events older than this teach the pager what happened (a first run reads the whole log) but
+# page nobody: nobody is woken for a storm long over.
+STALE_EVENTS = timedelta(hours=1)
 
 
 def dedup_key(incident: Incident) -> str:
@@ -128,7 +133,7 @@ class _StormPage:
 class StormPager:
     """Pages once per alert storm instead of once per incident.
 
-    Fed every incident event after it is stored (``observe``); the incidents that page and open
+    Fed every stored incident event in order (``observe``); the incidents that page and open
     faster than ``StormDetector`` allows form a storm for the ``pagerduty`` destination. While an
     incident belongs to a storm, ``holds`` says its escalation must not page on its own: the first
     escalation of any of the storm's incidents triggers the storm's page instead, which is updated
@@ -170,15 +175,21 @@ class StormPager:
         if page is None:
             return []
         page.members[incident.id] = incident
-        if event.kind is EventKind.ESCALATED and page.sent is None:
+        stale = now - event.ts > STALE_EVENTS
+        if event.kind is EventKind.ESCALATED and page.sent is None and not stale:
             return self._trigger(page, now)  # nobody took any of them in time: page now
-        return self._settle(page, now)
+        messages = self._settle(page)
+        return [] if stale else messages
 
     def due(self, now: datetime) -> list[OutboxMessage]:
-        """The updates of storm pages held back by ``update_interval`` whose time has come."""
+        """The updates of grown storm pages whose ``update_interval`` has passed (asked after
+        a batch of events, so a burst of openings is one update)."""
         messages: list[OutboxMessage] = []
-        for page in list(self._pages.values()):
-            messages.extend(self._settle(page, now))
+        for page in self._pages.values():
+            if page.sent is None or page.sent_at is None:
+                continue
+            if now - page.sent_at >= self._update_interval and page.summary() != page.sent:
+                messages.extend(self._trigger(page, now))
         return messages
 
     def _remember(self, event: IncidentEvent) -> None:
@@ -208,8 +219,8 @@ class StormPager:
         page.sent, page.sent_at = page.summary(), now
         return [storm_event_for(page.storm, page.ordered(), "trigger")]
 
-    def _settle(self, page: _StormPage, now: datetime) -> list[OutboxMessage]:
-        """Resolve, acknowledge or update a sent page as its incidents now stand."""
+    def _settle(self, page: _StormPage) -> list[OutboxMessage]:
+        """Resolve or acknowledge a sent page as its incidents now stand."""
         if page.sent is None:
             if all(not m.is_open for m in page.members.values()):
                 self._forget(page)  # over before anyone was paged: nothing to take back
@@ -218,17 +229,13 @@ class StormPager:
         if all(not m.is_open for m in members):
             self._forget(page)
             return [storm_event_for(page.storm, members, "resolve")]
-        messages: list[OutboxMessage] = []
         handled = all(m.state in _HANDLED for m in members)
         if handled and not page.acknowledged:
             page.acknowledged = True
-            messages.append(storm_event_for(page.storm, members, "acknowledge"))
-        elif not handled:
+            return [storm_event_for(page.storm, members, "acknowledge")]
+        if not handled:
             page.acknowledged = False  # an incident was handed back or opened: not taken
-        assert page.sent_at is not None  # noqa: S101 - set with sent
-        if page.summary() != page.sent and now - page.sent_at >= self._update_interval:
-            messages.extend(self._trigger(page, now))
-        return messages
+        return []
 
     def _forget(self, page: _StormPage) -> None:
         """The page is over: its incidents page on their own again should they reopen."""

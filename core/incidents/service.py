@@ -28,7 +28,7 @@ from core.errors import (
 from core.incidents import email as security_mail
 from core.incidents import pagerduty
 from core.incidents.alertmanager import AlertmanagerClient
-from core.models import Actor, ActorKind, OutboxMessage, Role, parse_duration, utcnow
+from core.models import Actor, ActorKind, Role, parse_duration, utcnow
 from core.models import incidents as rules_
 from core.models.alerts import Alert, AlertSource, AlertStatus, Severity
 from core.models.incidents import (
@@ -51,6 +51,7 @@ logger = logging.getLogger(__name__)
 
 # The most incidents one list returns, whichever adapter asks (API, chat).
 INCIDENT_LIST_MAX = 500
+STORM_BATCH = 500  # incident events the storm pager reads per store call
 
 
 class IngestResult(BaseModel):
@@ -99,6 +100,7 @@ class IncidentService:
         if storm_pager is None and pagerduty_outbox is not None:
             storm_pager = pagerduty.StormPager(rules)
         self._storm_pager = storm_pager
+        self._storm_cursor: int | None = None  # the last stored event the storm pager has seen
         self._security_mail = security_mail_outbox
 
     # -- alerts in -------------------------------------------------------------------------
@@ -364,6 +366,7 @@ class IncidentService:
             kind=ActorKind.SCHEDULER, id="escalation", name="escalation", role=Role.ADMIN
         )
         handled = 0
+        await self._page_storms(now)  # storms known before anything escalates into one
         for incident in await self._store.list_incidents(due_before=now, limit=500):
 
             def step(current: Incident) -> Change | None:
@@ -382,8 +385,7 @@ class IncidentService:
             if event is not None:
                 handled += 1
                 await self._after([event])
-        if self._storm_pager is not None:  # storm page updates held back until now
-            await self._page(self._storm_pager.due(now))
+        await self._page_storms(now)  # the escalations just made page their storms
         return handled
 
     async def sync_silences(self) -> int:
@@ -468,19 +470,33 @@ class IncidentService:
         for event in events:
             self._observe(event)
         await self._bus.publish_many(events)  # one round trip per webhook, not one per event
-        if self._storm_pager is not None:
-            now = utcnow()
-            await self._page([m for e in events for m in self._storm_pager.observe(e, now)])
         for worker in (self._pagerduty, self._security_mail):
             if worker is not None:
                 worker.wake()
         await self.export_open_counts()
 
-    async def _page(self, messages: Sequence[OutboxMessage]) -> None:
-        """Queue storm page events (a storm, unlike an incident, has no transaction of its own)."""
-        if messages and self._pagerduty is not None:
-            await self._store.outbox_add(messages)
-            self._pagerduty.wake()
+    async def _page_storms(self, now: datetime) -> None:
+        """Show the storm pager every stored event since its cursor, whichever replica stored
+        it, and queue the storm page events that follow with the new cursor (one transaction);
+        then the updates held back until ``now``. Runs with the escalations, on the leader."""
+        if self._storm_pager is None or self._pagerduty is None:
+            return
+        if self._storm_cursor is None:
+            self._storm_cursor = await self._store.get_cursor(pagerduty.STORM_CURSOR)
+        while True:
+            events = await self._store.incident_events(
+                after_seq=self._storm_cursor, limit=STORM_BATCH
+            )
+            if not events:
+                break
+            messages = [m for e in events for m in self._storm_pager.observe(e, now)]
+            await self._store.outbox_add(messages, cursor=(pagerduty.STORM_CURSOR, events[-1].seq))
+            self._storm_cursor = events[-1].seq
+            if len(events) < STORM_BATCH:
+                break
+        if due := self._storm_pager.due(now):
+            await self._store.outbox_add(due)
+        self._pagerduty.wake()
 
     async def count_open(self) -> dict[Severity, int]:
         """Open incidents per severity."""
