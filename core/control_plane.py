@@ -330,6 +330,7 @@ class ControlPlane:
             self.assistant.refresh_gauges()
             watcher = asyncio.create_task(self.flags.watch(FLAG_RELOAD_SECONDS), name="flags")
             self._stack.push_async_callback(cancel_and_wait, watcher)
+            self._stack.push_async_callback(self.audit.anchor_quietly)  # the last head, at close
             anchor = asyncio.create_task(self.audit.keep_anchored(), name="audit-anchor")
             self._stack.push_async_callback(cancel_and_wait, anchor)
             if self.redis_watch is not None:

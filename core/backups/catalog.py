@@ -40,6 +40,7 @@ from core.backups.models import (
 from core.backups.signing import ManifestSigner
 from core.errors import InvalidInput, LuniaError
 from core.platform.files import write_atomically
+from core.security.audit import ChainHead
 from core.store import Store
 
 logger = logging.getLogger(__name__)
@@ -139,7 +140,13 @@ class BackupCatalog:
         return signed
 
     async def take(
-        self, store: Store, reason: BackupReason, created_by: str, created_at: datetime
+        self,
+        store: Store,
+        reason: BackupReason,
+        created_by: str,
+        created_at: datetime,
+        *,
+        audit_head: ChainHead | None = None,
     ) -> BackupManifest:
         """Snapshot the store into a new backup: checksums, manifest last, one rename."""
         started = time.perf_counter()
@@ -167,6 +174,7 @@ class BackupCatalog:
                 counts=snapshot.counts,
                 files=files,
                 duration_seconds=round(time.perf_counter() - started, 4),
+                audit_head=audit_head,
             )
             manifest = self.signer.sign(manifest)
             await asyncio.to_thread(_seal, tmp, self.root / backup_id, manifest)

@@ -58,6 +58,9 @@ class BackupManifest(BaseModel):
     counts: dict[str, int]
     files: list[BackupFile]
     duration_seconds: float
+    # The audit chain's head when the backup was taken (the snapshot holds the chain at least
+    # this far): an anchor kept outside the store, for ``lunia audit verify`` after a rollback.
+    audit_head: ChainHead | None = None
     # HMAC-SHA256 of everything above under BACKUP_SIGNING_KEY (core/backups/signing.py): verify
     # and restore refuse a backup without a valid one.
     key_id: str | None = None

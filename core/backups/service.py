@@ -77,6 +77,7 @@ class BackupService:
         self.root = settings.backup_path
         self._settings = settings
         self._store = store
+        self._audit = audit
         self._flags = flags
         self._metrics = metrics
         self._guard = Guard(audit, metrics)
@@ -268,7 +269,11 @@ class BackupService:
         started = time.perf_counter()
         created_at = now or utcnow()
         try:
-            manifest = await self._catalog.take(self._store, reason, actor.describe(), created_at)
+            # Anchored first, so the snapshot holds the chain at least as far as the manifest says.
+            head = await self._audit.anchor_head()
+            manifest = await self._catalog.take(
+                self._store, reason, actor.describe(), created_at, audit_head=head
+            )
         except (LuniaError, OSError) as exc:
             await self._failed(actor, reason, exc)
             raise OperationError(f"backup failed: {reason_of(exc)}") from exc

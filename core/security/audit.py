@@ -207,11 +207,15 @@ class AuditLog:
     async def keep_anchored(self, interval: float = ANCHOR_SECONDS) -> None:
         """Follow the head into the anchor file every ``interval`` seconds (a task)."""
         while True:
-            try:
-                await self.anchor_head()
-            except (StoreError, OSError) as exc:
-                logger.warning("could not anchor the audit chain's head: %s", exc)
+            await self.anchor_quietly()
             await asyncio.sleep(interval)
+
+    async def anchor_quietly(self) -> None:
+        """``anchor_head``, logging instead of raising (the last anchor at shutdown, too)."""
+        try:
+            await self.anchor_head()
+        except (StoreError, OSError) as exc:
+            logger.warning("could not anchor the audit chain's head: %s", exc)
 
     async def record(self, record: AuditRecord) -> AuditEntry:
         """Append one entry."""

@@ -302,3 +302,39 @@ async def test_backup_manifest_and_export_carry_the_chain_head(start: Start) -> 
         (plane.settings.lunia_state_dir / f"{exported.file}.manifest.json").read_text()
     )
     assert manifest["chain_head"]["seq"] == head.seq
+
+    info = await plane.backups.create(OPERATOR)
+    backup = json.loads((plane.backups.root / info.id / "manifest.json").read_text())
+    assert backup["audit_head"]["seq"] == head.seq  # anchored just before the snapshot
+    assert backup["audit_head"]["hash"] == head.hash
+    assert backup["counts"]["audit"] == head.seq  # and the snapshot holds that far
+
+
+def test_lunia_audit_verify_reports_the_rolled_back_tail(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from api.cli import app
+
+    state = tmp_path / "state"
+    monkeypatch.setenv("LUNIA_STATE_DIR", str(state))
+    runner = CliRunner()
+    for value in ("off", "on", "off", "on"):
+        assert runner.invoke(app, ["flags", "set", "SELF_HEALING_ENABLED", value]).exit_code == 0
+    anchor = ChainHead.model_validate_json((state / ANCHOR_FILE).read_bytes())
+    assert anchor.seq == 4
+    conn = sqlite3.connect(state / "lunia.db")
+    with conn:
+        [(digest,)] = conn.execute("SELECT hash FROM audit WHERE seq = 2").fetchall()
+        conn.execute("DELETE FROM audit WHERE seq > 2")
+        conn.execute(
+            "UPDATE meta SET value = ? WHERE key = 'audit_head'", (json.dumps([2, digest]),)
+        )
+    conn.close()
+
+    result = runner.invoke(app, ["audit", "verify"])
+
+    assert result.exit_code == 1
+    assert "the chain ends at seq 2 but the anchor recorded seq 4" in result.stderr
+    assert "2 entries missing" in result.stderr
