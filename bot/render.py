@@ -128,7 +128,9 @@ def incident_message(incident: Incident) -> str:
         lines.append(e(clip(incident.summary, _TEXT)))
     if incident.description:
         lines.append(f"<i>{e(clip(incident.description, _TEXT))}</i>")
-    shown = {k: v for k, v in incident.labels.items() if k not in ("alertname", "severity")}
+    # A group shows what its alerts share; what differs is named on the members line.
+    face = incident.common_labels if len(incident.group) > 1 else incident.labels
+    shown = {k: v for k, v in face.items() if k not in ("alertname", "severity")}
     if shown:
         labels = ", ".join(
             f"{e(clip(k, _LABEL_KEY))}=<code>{e(clip(v, _LABEL_VALUE))}</code>"

@@ -32,6 +32,7 @@ from core.models.incidents import (
     source_actor,
 )
 from core.store import Store
+from core.store import redis as redis_store
 from core.store import sqlite as sqlite_store
 from core.store.redis import RedisStore
 from core.store.sqlite import SqliteStore
@@ -112,7 +113,11 @@ async def test_one_member_resolving_leaves_the_group_open_with_its_counts(
     assert (incident.firing_members, incident.resolved_members) == (2, 1)
     assert incident.differing_labels == ["instance"]
     assert group_line(incident) == "3 alerts (2 firing, 1 resolved) · differ: instance"
-    assert "📦 3 alerts (2 firing, 1 resolved) · differ: instance" in incident_message(incident)
+    message = incident_message(incident)
+    assert "📦 3 alerts (2 firing, 1 resolved) · differ: instance" in message
+    # The labels line shows what the group shares, not one member's instance.
+    assert "job=<code>lunia</code>" in message
+    assert "redis-1:6379" not in message
     timeline = (await plane.incidents.detail(incident_id)).timeline
     assert timeline[-1].detail == "RedisDown resolved; 2 of 3 alerts still firing"
 
@@ -353,36 +358,62 @@ def old_shape(doc: str | bytes) -> str:
     return json.dumps(fields)
 
 
-async def stored_by_old_code(kind: str, tmp_path: Path, make_redis: RedisFactory) -> Store:
-    """A store holding two open incidents of one group written as the old code did, at the
-    schema version before groups; returned reopened (so migrated)."""
-    store: Store
-    url = make_redis().url if kind == "redis" else ""
-    if kind == "sqlite":
-        store = SqliteStore(tmp_path / "state.db")
-    else:
-        store = RedisStore(url, prefix="old")
-    await store.open()
+def before_groups(migrations: list[str]) -> int:
+    """The schema version before the migration that gives incidents their members."""
+    return next(i for i, m in enumerate(migrations) if "members" in m)
+
+
+async def old_code_writes(store: Store) -> None:
+    """Two open incidents of one group, as the code before groups made them."""
     await store.ingest_alerts(
         [old_alert("fp-1", "redis-1"), old_alert("fp-2", "redis-2")], old_code_planner, utcnow()
     )
-    # The members and counts only this release writes are taken out again.
-    if isinstance(store, SqliteStore):
-        await store.close()
-        with sqlite3.connect(store.path) as conn:
-            for incident_id, doc in conn.execute("SELECT id, doc FROM incidents").fetchall():
-                conn.execute(
-                    "UPDATE incidents SET doc = ? WHERE id = ?", (old_shape(doc), incident_id)
-                )
-            conn.execute(f"PRAGMA user_version = {len(sqlite_store.MIGRATIONS) - 1}")
-        store = SqliteStore(tmp_path / "state.db")
+
+
+def copy_rows(source: Path, dest: Path, table: str) -> None:
+    """Copy ``table`` from ``source`` into ``dest``, with the columns ``dest`` has, every
+    incident document in the shape the code before groups wrote."""
+    with sqlite3.connect(source) as src, sqlite3.connect(dest) as dst:
+        columns = [row[1] for row in dst.execute(f"PRAGMA table_info({table})")]
+        names = ", ".join(columns)
+        for values in src.execute(f"SELECT {names} FROM {table}").fetchall():  # noqa: S608
+            row = dict(zip(columns, values, strict=True))
+            if table == "incidents":
+                row["doc"] = old_shape(row["doc"])
+            marks = ", ".join("?" * len(columns))
+            dst.execute(f"INSERT INTO {table} ({names}) VALUES ({marks})", list(row.values()))  # noqa: S608
+
+
+async def stored_by_old_code(kind: str, tmp_path: Path, make_redis: RedisFactory) -> Store:
+    """A store at the schema version before groups holding two open incidents of one group
+    in the documents the old code wrote; returned opened by this release (so migrated)."""
+    if kind == "sqlite":
+        # The rows as the old code wrote them, in a database built by the migrations up to
+        # the one before groups (never by a later one).
+        writer = SqliteStore(tmp_path / "writer.db")
+        await writer.open()
+        await old_code_writes(writer)
+        await writer.close()
+        old = tmp_path / "state.db"
+        version = before_groups(sqlite_store.MIGRATIONS)
+        with sqlite3.connect(old) as conn:
+            for migration in sqlite_store.MIGRATIONS[:version]:
+                conn.executescript(migration)
+            conn.execute(f"PRAGMA user_version = {version}")
+        for table in ("incidents", "alerts"):
+            copy_rows(tmp_path / "writer.db", old, table)
+        store: Store = SqliteStore(old)
     else:
-        await store.close()
+        url = make_redis().url
+        writer_store = RedisStore(url, prefix="old")
+        await writer_store.open()
+        await old_code_writes(writer_store)
+        await writer_store.close()
         redis = Redis.from_url(url)
         root = "old:store"
         for incident_id, doc in (await redis.hgetall(f"{root}:incidents")).items():
             await redis.hset(f"{root}:incidents", incident_id, old_shape(doc))
-        await redis.set(f"{root}:schema", 2)
+        await redis.set(f"{root}:schema", before_groups(redis_store.MIGRATIONS))
         await redis.aclose()
         store = RedisStore(url, prefix="old")
     await store.open()
