@@ -24,6 +24,7 @@ from core.store.redis import RedisStore
 from core.trading.strategies import Intent
 from tests.conftest import SettingsFactory
 from tests.core.test_backups import ADMIN, OPERATOR
+from tests.core.test_failover import fakes  # noqa: F401 (the loopback venues fixture)
 from tests.support.services import RedisServer
 
 PREFIX = "lunia"
@@ -118,6 +119,23 @@ async def test_restore_keeps_halt_switches_revocations_and_safe_flags_across_a_r
         await again.trading.resume(OPERATOR, confirm=True)
     await again.trading.resume(ADMIN, confirm=True)  # only an admin ends the halt
     assert not again.trading.state().halted
+
+
+@pytest.mark.usefixtures("fakes")  # before ``start``: the planes read the venues' keys
+async def test_a_failover_in_force_stays_after_a_restore_and_a_restart(start: Start) -> None:
+    plane = await start()
+    info = await plane.backups.create(OPERATOR)  # trading on the primary
+    await plane.venues.failover(ADMIN, confirm=True, reason="binance degraded")
+    assert plane.venues.active_name == "okx"
+
+    report = await plane.backups.restore(info.id, ADMIN, confirm=True)
+
+    [kept] = report.kept
+    assert (kept.item, kept.backup, kept.kept["active"]) == ("failover", None, "okx")
+    assert plane.venues.active_name == "okx" and plane.venues.failed_over
+    await plane.close()
+    again = await start()
+    assert again.venues.active_name == "okx" and again.venues.failed_over
 
 
 async def test_restore_changes_what_the_backup_has_when_it_is_stricter(start: Start) -> None:
