@@ -55,16 +55,26 @@ class Ui:
         self.diagnose = diagnose
 
     async def reply(
-        self, chat_id: int, text: str, keyboard: InlineKeyboardMarkup | None = None
+        self,
+        chat_id: int,
+        text: str,
+        keyboard: InlineKeyboardMarkup | None = None,
+        *,
+        sensitive: bool = False,
     ) -> None:
-        """Queue ``text`` for ``chat_id`` (split over 4096 characters; buttons on the last)."""
+        """Queue ``text`` for ``chat_id`` (split over 4096 characters; buttons on the last);
+        ``sensitive``: it holds a secret, wiped from the store once delivered."""
         parts = split_html(text)
         messages = []
         for index, part in enumerate(parts):
             payload: dict[str, object] = {"op": "text", "chat_id": chat_id, "text": part}
             if keyboard is not None and index == len(parts) - 1:
                 payload["keyboard"] = keyboard.model_dump(mode="json", exclude_none=True)
-            messages.append(OutboxMessage(channel=CHANNEL, key=str(chat_id), payload=payload))
+            messages.append(
+                OutboxMessage(
+                    channel=CHANNEL, key=str(chat_id), payload=payload, sensitive=sensitive
+                )
+            )
         await self._delivery.enqueue(messages)
         self._outbox.wake()
 
@@ -105,12 +115,18 @@ class Ui:
         self._outbox.wake()
 
     async def confirm_or_run(
-        self, chat_id: int, user_id: int, action: Callable[[bool], Awaitable[str]]
+        self,
+        chat_id: int,
+        user_id: int,
+        action: Callable[[bool], Awaitable[str]],
+        *,
+        sensitive: bool = False,
     ) -> None:
         """Run ``action(False)``; if core says it needs confirmation, ask only this user (and
-        once they confirm, this runs again as ``action(True)``)."""
+        once they confirm, this runs again as ``action(True)``; ``sensitive``: its reply holds
+        a secret)."""
         if self.confirmations.confirmed():
-            await self.reply(chat_id, await action(True))
+            await self.reply(chat_id, await action(True), sensitive=sensitive)
             return
         try:
             await self.reply(chat_id, await action(False))

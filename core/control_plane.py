@@ -51,7 +51,7 @@ from core.platform.bus_redis import RedisStreamsBus
 from core.platform.health import HealthService
 from core.platform.lease import Lease
 from core.platform.metrics import Metrics
-from core.platform.outbox import Delivery, OutboxWorker
+from core.platform.outbox import Delivery, OutboxRetention, OutboxWorker
 from core.platform.roles import Duties, ProcessRole, Stop
 from core.platform.s3 import S3Client
 from core.platform.scheduler import Scheduler
@@ -228,6 +228,9 @@ class ControlPlane:
             JOB_BACKUP, settings.backup_interval_minutes * 60, self.backups.scheduled_backup
         )
         self.scheduler.every(JOB_OVERDUE, 60, self.backups.check_overdue)
+        # Delivered outbox messages (already without payload) go after OUTBOX_RETENTION.
+        self.outbox_retention = OutboxRetention(self.store, settings.outbox_retention_period)
+        self.scheduler.every("outbox-prune", 3600, self.outbox_retention.prune)
         self.scheduler.cron(
             JOB_VERIFY, self.backups.verify_latest, hour=settings.backup_verify_hour, minute=30
         )

@@ -73,7 +73,8 @@ async def _issue_confirmed(
         )
 
     user_id = message.from_user.id if message.from_user else 0
-    await ui.confirm_or_run(message.chat.id, user_id, apply)
+    # The value is in the outbox only until delivered, then wiped (issue 16 point 4).
+    await ui.confirm_or_run(message.chat.id, user_id, apply, sensitive=True)
 
 
 def router() -> Router:

@@ -11,6 +11,7 @@ import ipaddress
 import os
 import re
 from collections.abc import Mapping
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -25,8 +26,8 @@ from pydantic_settings import (
 )
 
 from core.config.secret_files import SecretFileSource
-from core.errors import ConfigError
-from core.models import Role
+from core.errors import ConfigError, InvalidInput
+from core.models import Role, parse_duration
 from core.models.alerts import Severity
 from core.models.incidents import EscalationStep
 
@@ -229,6 +230,8 @@ class Settings(BaseSettings):
     backup_keep_weekly: int = Field(default=4, ge=0)
     backup_verify_hour: int = Field(default=3, ge=0, le=23)
     backup_s3_url: str | None = None
+    # How long delivered outbox messages (already without their payload) are kept: 30m, 7d...
+    outbox_retention: str = "7d"
     # HMAC key signing every backup's manifest (generated into the state dir's secrets/ when
     # unset; never inside a backup). Previous keys, comma separated, still verify old backups.
     backup_signing_key: SecretStr | None = None
@@ -254,6 +257,15 @@ class Settings(BaseSettings):
             if not _LABEL_NAME.fullmatch(name):
                 raise ValueError(f"expected comma-separated label names, got {name!r}")
         return parsed
+
+    @field_validator("outbox_retention")
+    @classmethod
+    def _retention(cls, value: str) -> str:
+        try:
+            parse_duration(value)
+        except InvalidInput as exc:
+            raise ValueError(str(exc)) from None
+        return value
 
     @field_validator("trusted_proxies", mode="before")
     @classmethod
@@ -351,6 +363,11 @@ class Settings(BaseSettings):
     def db_path(self) -> Path:
         """Where the SQLite state database lives."""
         return self.lunia_state_dir / "lunia.db"
+
+    @property
+    def outbox_retention_period(self) -> timedelta:
+        """``OUTBOX_RETENTION`` as a duration."""
+        return parse_duration(self.outbox_retention)
 
     @property
     def backup_path(self) -> Path:

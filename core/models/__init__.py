@@ -100,6 +100,9 @@ class OutboxMessage(BaseModel):
     channel: str
     key: str = ""
     payload: dict[str, Any]
+    # The payload holds a secret (a new token's value): once the message is finished (delivered
+    # or dropped) the store wipes it from disk, not only from the row (issue 16 point 4).
+    sensitive: bool = False
 
 
 class OutboxItem(OutboxMessage):

@@ -1,5 +1,9 @@
 """Durable delivery to outside services: messages are stored first, then sent at least once.
 
+A finished message drops its payload at once, and a delivered one is deleted after
+``OUTBOX_RETENTION`` (``OutboxRetention``): a token's value or a chart does not rest in the store,
+its backups or their off-site copies (issue 16 point 4).
+
 Each channel (``pagerduty``, ``telegram``) has one worker. Messages with the same ``key`` (a chat,
 a PagerDuty dedup key) are delivered strictly in order: only the oldest pending message of a key
 is eligible, so an acknowledge can never overtake the trigger it follows. A failed attempt is
@@ -54,6 +58,21 @@ class Delivery:
 
 
 Deliver = Callable[[OutboxItem], Awaitable[Delivery]]
+
+
+class OutboxRetention:
+    """Deletes delivered messages once they are older than the retention."""
+
+    def __init__(self, store: Store, retention: timedelta) -> None:
+        self._store = store
+        self.retention = retention
+
+    async def prune(self) -> int:
+        """Delete delivered messages finished more than the retention ago (a scheduled job)."""
+        pruned = await self._store.outbox_prune(utcnow() - self.retention)
+        if pruned:
+            logger.info("outbox: pruned %d delivered messages", pruned)
+        return pruned
 
 
 class OutboxWorker:

@@ -27,9 +27,14 @@ under ``{prefix}:``, so a snapshot or a restore of the store never touches them:
     R:events:seq                the last event seq handed out
     R:events:incident:{id}      zset of the incident's event seqs (score: seq)
     R:outbox                    stream; message ``id`` has the id ``{id}-0`` (channel, key,
-                                payload, created_at: what was queued, never changed)
+                                created_at: what was queued, never changed; payload only in
+                                messages queued before payloads moved to R:outbox:payload)
     R:outbox:seq                the last outbox id handed out
-    R:outbox:state              hash: id -> ``{"next_at", "attempts", "status", "last_error"}``
+    R:outbox:state              hash: id -> ``{"next_at", "attempts", "status", "last_error",
+                                "sensitive", "finished_at"}``
+    R:outbox:payload            hash: id -> payload JSON, deleted once the message is finished
+                                (a stream entry cannot be changed, and a deleted one stays in
+                                its node's bytes, so a secret or a chart never goes there)
     R:outbox:queue:{[ch, key]}  zset of one key's pending ids (score: id); the lowest is the head
     R:outbox:due:{channel}      zset of the head of each key's queue (score: its next_at)
     R:outbox:pending:{channel}  zset of the channel's pending ids (score: created_at)
@@ -118,7 +123,6 @@ from core.store import (
     ConfirmationTake,
     FlagOverride,
     FlagVersion,
-    HeldChange,
     IncidentMutation,
     IngestOutcome,
     PnlPoint,
@@ -367,6 +371,7 @@ class _Keys:
         self.outbox = f"{root}:outbox"
         self.outbox_seq = f"{root}:outbox:seq"
         self.outbox_state = f"{root}:outbox:state"
+        self.outbox_payload = f"{root}:outbox:payload"
         self.orders = f"{root}:orders"
         self.orders_seq = f"{root}:orders:seq"
         self.orders_all = f"{root}:orders:all"
@@ -426,6 +431,7 @@ _KEY_TYPES = {
     "outbox": "stream",
     "outbox:seq": "string",
     "outbox:state": "hash",
+    "outbox:payload": "hash",
     "orders": "hash",
     "orders:seq": "string",
     "orders:all": "zset",
@@ -1087,48 +1093,24 @@ class RedisStore:
     ) -> IngestOutcome:
         k = self._k
         events: list[IncidentEvent] = []
-        rows: list[list[Any]] = []
-        held: HeldChange | None = None
-
-        async def apply(hold: HeldChange) -> Incident:
-            event = await self._apply_change(tx, work, hold.final(), hold.before)
-            events.append(event)
-            for row in hold.rows:
-                row[1] = event.incident.id
-            return event.incident
-
         for dedup, alert in fresh.items():
-            key, legacy = incident_key(alert), legacy_key(alert)
-            row: list[Any] = [dedup, None, alert]
-            rows.append(row)
+            key = incident_key(alert)
             # An open incident stored before groups keeps taking its own fingerprint's alerts.
-            legacy_open = await work.open_for(legacy)
-            if held is not None and held.covers(legacy if legacy_open else key, legacy):
-                open_incident: Incident | None = held.change.incident
-            else:
-                if held is not None:
-                    await apply(held)
-                    held = None
-                open_incident = await work.open_for(legacy) or await work.open_for(key)
+            open_incident = await work.open_for(legacy_key(alert)) or await work.open_for(key)
             latest = await work.latest_for(key)
             last_resolved = latest if latest is not None and not latest.is_open else None
             change = plan(alert, open_incident, last_resolved)
             target = open_incident or last_resolved
-            row[1] = target.id if target else None
-            if change is None:
-                continue
-            if held is not None and held.absorb(change):
-                held.rows.append(row)
-                continue
-            before = None if change.incident.id == 0 else (target or change.incident).state
-            if held is not None:  # the held incident changes otherwise (e.g. resolves): apply
-                saved = await apply(held)
-                change, before = held.rebase(change, saved), held.change.incident.state
-            held = HeldChange(change, before)
-            held.rows.append(row)
-        if held is not None:
-            await apply(held)
-        for dedup, incident_id, alert in rows:
+            incident_id = target.id if target else None
+            if change is not None:
+                before = (
+                    None
+                    if change.incident.id == 0
+                    else (open_incident or last_resolved or change.incident).state
+                )
+                event = await self._apply_change(tx, work, change, before)
+                events.append(event)
+                incident_id = event.incident.id
             alert_id = await tx.next_id(k.alerts_seq)
             doc = {
                 "incident_id": incident_id,
@@ -1345,8 +1327,9 @@ class RedisStore:
         self, tx: _Tx, messages: Sequence[OutboxMessage], now: datetime
     ) -> None:
         created, created_us = _ts(now), _micros(now)
-        state = _dump({"next_at": created, "attempts": 0, "status": "pending", "last_error": None})
+        fresh = {"next_at": created, "attempts": 0, "status": "pending", "last_error": None}
         for message in messages:
+            state = _dump({**fresh, "sensitive": True} if message.sensitive else fresh)
             item_id = await tx.next_id(self._k.outbox_seq)
             queue = self._k.queue(message.channel, message.key)
             tx.send(
@@ -1357,11 +1340,10 @@ class RedisStore:
                 message.channel,
                 "key",
                 message.key,
-                "payload",
-                _dump(message.payload),
                 "created_at",
                 created,
             )
+            tx.hset(self._k.outbox_payload, item_id, _dump(message.payload))
             tx.hset(self._k.outbox_state, item_id, state)
             tx.zadd(queue, item_id, item_id)
             tx.zadd(self._k.pending(message.channel), item_id, created_us)
@@ -1429,9 +1411,10 @@ class RedisStore:
             if not ids:
                 return []
             states = await _reply(redis.hmget(self._k.outbox_state, [str(i) for i in ids]))
+            payloads = await _reply(redis.hmget(self._k.outbox_payload, [str(i) for i in ids]))
             messages = await self._outbox_messages(ids)
         items: list[OutboxItem] = []
-        for item_id, raw in zip(ids, states, strict=True):
+        for item_id, raw, payload in zip(ids, states, payloads, strict=True):
             fields = messages.get(item_id)
             if raw is None or fields is None:
                 continue
@@ -1444,11 +1427,13 @@ class RedisStore:
                     id=item_id,
                     channel=_text(fields[b"channel"]),
                     key=_text(fields[b"key"]),
-                    payload=json.loads(fields[b"payload"]),
+                    # Queued before payloads moved out of the stream: still in its entry.
+                    payload=json.loads(payload if payload is not None else fields[b"payload"]),
                     created_at=datetime.fromisoformat(_text(fields[b"created_at"])),
                     next_at=next_at,
                     attempts=state["attempts"],
                     last_error=state["last_error"],
+                    sensitive=bool(state.get("sensitive")),
                 )
             )
         return items
@@ -1474,12 +1459,14 @@ class RedisStore:
             was_pending = state["status"] == "pending"
             state["attempts"] += 1
             if error is None:
-                state.update(status="done", last_error=None)
+                state.update(status="done", last_error=None, finished_at=_ts(utcnow()))
             elif retry_at is not None:
                 state.update(last_error=error, next_at=_ts(retry_at))
             else:
-                state.update(status="failed", last_error=error)
+                state.update(status="failed", last_error=error, finished_at=_ts(utcnow()))
             tx.hset(self._k.outbox_state, item_id, _dump(state))
+            if state["status"] != "pending":  # finished: the payload (a secret, a chart) goes
+                tx.hdel(self._k.outbox_payload, item_id)
             if not was_pending:
                 return
             first_two = [int(i) for i in await tx.pipe.zrange(queue, 0, 1)]
@@ -1499,6 +1486,26 @@ class RedisStore:
                     tx.zadd(due, nxt, _micros(next_at))
 
         await self._transaction(f"finishing outbox message #{item_id}", body)
+
+    async def outbox_prune(self, before: datetime) -> int:
+        """Delete delivered messages finished before ``before``; never a pending or failed one.
+        A finished message changes no more, so no watch is needed."""
+        redis = self._client()
+        gone: list[int] = []
+        with _translated("pruning the outbox"):
+            async for raw_id, raw in redis.hscan_iter(self._k.outbox_state, count=1000):
+                state = json.loads(raw)
+                finished = state.get("finished_at") or state["next_at"]
+                if state["status"] == "done" and datetime.fromisoformat(finished) < before:
+                    gone.append(int(raw_id))
+            for start in range(0, len(gone), 500):
+                chunk = gone[start : start + 500]
+                async with redis.pipeline(transaction=True) as pipe:
+                    pipe.xdel(self._k.outbox, *(f"{i}-0" for i in chunk))
+                    pipe.hdel(self._k.outbox_state, *map(str, chunk))
+                    pipe.hdel(self._k.outbox_payload, *map(str, chunk))
+                    await pipe.execute()
+        return len(gone)
 
     async def outbox_stats(self, channel: str) -> OutboxStats:
         """Depth and oldest pending message of ``channel``."""
@@ -1776,8 +1783,9 @@ class RedisStore:
         problems += _audit_head_problems(head, last)
         if last_event and _stream_seq(last_event[0][0]) != int(events_seq or 0):
             problems.append("events:seq: does not match the newest event")
-        if last_message and _stream_seq(last_message[0][0]) != int(outbox_seq or 0):
-            problems.append("outbox:seq: does not match the newest outbox message")
+        # Delivered messages are pruned, the newest included once all are old: not above.
+        if last_message and _stream_seq(last_message[0][0]) > int(outbox_seq or 0):
+            problems.append("outbox:seq: is behind the newest outbox message")
         for what, have, want in (
             ("alerts:dedup", dedup, alerts),
             ("incidents:all", incidents_all, incidents),

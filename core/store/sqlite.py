@@ -49,7 +49,6 @@ from core.store import (
     ConfirmationTake,
     FlagOverride,
     FlagVersion,
-    HeldChange,
     IncidentMutation,
     IngestOutcome,
     PnlPoint,
@@ -221,6 +220,14 @@ MIGRATIONS: list[str] = [
             GROUP BY json_extract(doc, '$.fingerprint')) ORDER BY id) AS a)))
     WHERE json_extract(doc, '$.members') IS NULL;
     """,
+    # -- secrets never rest (issue 16 point 4): a finished outbox message drops its payload and
+    # a delivered one is pruned after OUTBOX_RETENTION; payloads already delivered go now.
+    """
+    ALTER TABLE outbox ADD COLUMN sensitive INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE outbox ADD COLUMN finished_at TEXT;
+    UPDATE outbox SET payload = '{}', finished_at = next_at WHERE status != 'pending';
+    CREATE INDEX outbox_finished ON outbox (status, finished_at);
+    """,
 ]
 
 # Tables of short-lived security state: left out of ``counts`` (a backup's figures describe the
@@ -242,6 +249,9 @@ def _connect(path: Path) -> sqlite3.Connection:
     # the last commits, which is the usual trade for thousands of durable writes a second.
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute("PRAGMA foreign_keys=ON")
+    # Deleted and overwritten content is zeroed, not left in free space: a delivered message's
+    # payload (a token's value, a chart) must not survive in the file (issue 16 point 4).
+    conn.execute("PRAGMA secure_delete=ON")
     return conn
 
 
@@ -730,48 +740,23 @@ class SqliteStore:
         keys = [(incident_key(a), legacy_key(a)) for a in fresh.values()]
         incidents = _IncidentsByKey(conn, [key for pair in keys for key in pair])
         events: list[IncidentEvent] = []
-        rows: list[list[Any]] = []
-        held: HeldChange | None = None
-
-        def apply(hold: HeldChange) -> Incident:
-            event = self._apply_change(conn, hold.final(), hold.before)
-            events.append(event)
-            incidents.saved(event.incident)
-            for row in hold.rows:
-                row[1] = event.incident.id
-            return event.incident
-
+        rows: list[tuple[str, int | None, str, str]] = []
         for (dedup, alert), (key, legacy) in zip(fresh.items(), keys, strict=True):
-            row: list[Any] = [dedup, None, received, alert.model_dump_json()]
-            rows.append(row)
             # An open incident stored before groups keeps taking its own fingerprint's alerts.
-            if held is not None and held.covers(legacy if incidents.open[legacy] else key, legacy):
-                open_incident: Incident | None = held.change.incident
-            else:
-                if held is not None:
-                    apply(held)
-                    held = None
-                open_incident = incidents.open[legacy] or incidents.open[key]
+            open_incident = incidents.open[legacy] or incidents.open[key]
             last_resolved = incidents.resolved[key]
             change = plan(alert, open_incident, last_resolved)
             target = open_incident or last_resolved
-            row[1] = target.id if target else None
-            if change is None:
-                continue
-            if held is not None and held.absorb(change):
-                held.rows.append(row)
-                continue
-            before = None if change.incident.id == 0 else (target or change.incident).state
-            if held is not None:  # the held incident changes otherwise (e.g. resolves): apply
-                saved = apply(held)
-                change, before = held.rebase(change, saved), held.change.incident.state
-            held = HeldChange(change, before)
-            held.rows.append(row)
-        if held is not None:
-            apply(held)
+            incident_id = target.id if target else None
+            if change is not None:
+                before = None if change.incident.id == 0 else (target or change.incident).state
+                event = self._apply_change(conn, change, before)
+                events.append(event)
+                incidents.saved(event.incident)
+                incident_id = event.incident.id
+            rows.append((dedup, incident_id, received, alert.model_dump_json()))
         conn.executemany(
-            "INSERT INTO alerts (dedup, incident_id, received_at, doc) VALUES (?,?,?,?)",
-            [tuple(row) for row in rows],
+            "INSERT INTO alerts (dedup, incident_id, received_at, doc) VALUES (?,?,?,?)", rows
         )
         return IngestOutcome(
             accepted=len(fresh), duplicates=len(alerts) - len(fresh), events=events
@@ -907,8 +892,12 @@ class SqliteStore:
         conn: sqlite3.Connection, messages: Sequence[OutboxMessage], now: datetime
     ) -> None:
         conn.executemany(
-            "INSERT INTO outbox (channel, key, payload, created_at, next_at) VALUES (?,?,?,?,?)",
-            [(m.channel, m.key, _dump(m.payload), _ts(now), _ts(now)) for m in messages],
+            "INSERT INTO outbox (channel, key, payload, created_at, next_at, sensitive)"
+            " VALUES (?,?,?,?,?,?)",
+            [
+                (m.channel, m.key, _dump(m.payload), _ts(now), _ts(now), int(m.sensitive))
+                for m in messages
+            ],
         )
 
     async def outbox_add(
@@ -969,6 +958,7 @@ class SqliteStore:
                 next_at=datetime.fromisoformat(r["next_at"]),
                 attempts=r["attempts"],
                 last_error=r["last_error"],
+                sensitive=bool(r["sensitive"]),
             )
             for r in rows
         ]
@@ -976,19 +966,51 @@ class SqliteStore:
     async def outbox_finish(
         self, item_id: int, *, error: str | None = None, retry_at: datetime | None = None
     ) -> None:
-        """Mark delivered, rescheduled or failed for good."""
+        """Mark delivered, rescheduled or failed for good; a finished message drops its
+        payload, and a sensitive one's is wiped from the WAL too."""
         args: tuple[Any, ...]
+        finished = ", payload = '{}', finished_at = ?"
         if error is None:
             sql = "UPDATE outbox SET status = 'done', attempts = attempts + 1, last_error = NULL"
-            args = (item_id,)
+            sql, args = sql + finished, (_ts(utcnow()), item_id)
         elif retry_at is not None:
             sql = "UPDATE outbox SET attempts = attempts + 1, last_error = ?, next_at = ?"
             args = (error, _ts(retry_at), item_id)
         else:
             sql = "UPDATE outbox SET status = 'failed', attempts = attempts + 1, last_error = ?"
-            args = (error, item_id)
-        sql += " WHERE id = ?"
-        await self._write(lambda: self._transaction(lambda c: c.execute(sql, args)))
+            sql, args = sql + finished, (error, _ts(utcnow()), item_id)
+        sql += " WHERE id = ? RETURNING sensitive"
+
+        def write() -> None:
+            row = self._transaction(lambda c: c.execute(sql, args).fetchone())
+            if row is not None and row["sensitive"] and retry_at is None:
+                self._wipe_wal()
+
+        await self._write(write)
+
+    def _wipe_wal(self) -> None:
+        """Copy the WAL into the database and truncate it: the frames that still held a
+        secret's bytes (written when it was queued) go; secure_delete zeroed the row itself."""
+        conn = self._write_conn
+        if conn is None:
+            return
+        try:
+            busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+        except sqlite3.DatabaseError as exc:
+            logger.warning("could not truncate the WAL after wiping a secret: %s", exc)
+            return
+        if busy:  # a reader held an old snapshot; the frames are overwritten later instead
+            logger.warning("WAL not truncated after wiping a secret (readers busy)")
+
+    async def outbox_prune(self, before: datetime) -> int:
+        """Delete delivered messages finished before ``before``; never a pending or failed one."""
+
+        def tx(conn: sqlite3.Connection) -> int:
+            return conn.execute(
+                "DELETE FROM outbox WHERE status = 'done' AND finished_at < ?", (_ts(before),)
+            ).rowcount
+
+        return await self._write(lambda: self._transaction(tx))
 
     async def outbox_stats(self, channel: str) -> OutboxStats:
         """Depth and oldest pending message of ``channel``."""

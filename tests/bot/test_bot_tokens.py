@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import httpx
 import pytest
 
@@ -89,3 +91,21 @@ async def test_bad_issue_is_refused_before_asking_to_confirm(
     fake_telegram.push_message(ADMIN, ADMIN, "/token issue ci viewer 365d")
     assert "ttl must be between" in await replies(fake_telegram, ADMIN, "⛔️")
     assert not [m for m in fake_telegram.messages(ADMIN) if m.buttons]
+
+
+@pytest.mark.slow
+async def test_the_issued_value_leaves_the_store_once_delivered(
+    telegram: TelegramBot, fake_telegram: FakeTelegram
+) -> None:
+    fake_telegram.push_message(ADMIN, ADMIN, "/token issue ci viewer 1h")
+    prompt = await incident_message(fake_telegram, ADMIN, "Only you can confirm")
+    fake_telegram.push_callback(ADMIN, ADMIN, prompt.message_id, button(prompt, "Confirm"))
+    value = (await replies(fake_telegram, ADMIN, "Shown once")).split("\n")[1].strip()
+
+    state = telegram.plane.settings.lunia_state_dir
+    for _ in range(100):  # the message is marked delivered right after Telegram answered
+        stored = b"".join(p.read_bytes() for p in sorted(state.glob("*.db*")) if p.is_file())
+        if value.encode() not in stored:
+            break
+        await asyncio.sleep(0.05)
+    assert value.encode() not in stored  # neither the database nor its WAL

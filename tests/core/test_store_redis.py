@@ -17,7 +17,7 @@ import redis.asyncio as aioredis
 from core.errors import StoreError, StoreUnavailable
 from core.models import OutboxMessage, utcnow
 from core.store import FlagOverride, Store
-from core.store.redis import MIGRATIONS, SNAPSHOT_FILE, RedisStore
+from core.store.redis import MIGRATIONS, SNAPSHOT_FILE, RedisStore, scratch_db_url
 from tests.core.test_store_contract import ALICE, record
 from tests.support.services import RedisServer
 
@@ -163,7 +163,7 @@ async def test_integrity_check_names_what_is_broken(store: RedisStore, raw: aior
 
 
 async def test_trial_store_deletes_its_keys_on_close(
-    store: RedisStore, raw: aioredis.Redis, tmp_path: Path
+    store: RedisStore, raw: aioredis.Redis, tmp_path: Path, redis_server: RedisServer
 ) -> None:
     await store.append_audit(record())
     (tmp_path / "snap").mkdir()
@@ -172,7 +172,13 @@ async def test_trial_store_deletes_its_keys_on_close(
     await trial.open()
     assert await trial.restore(tmp_path / "snap") == taken.counts
     assert await trial.integrity_problems() == []
-    live = await keys(raw, f"{PREFIX}:store:*")
-    assert len(await keys(raw)) > len(live)
-    await trial.close()
+    live = await keys(raw)
+    assert live == await keys(raw, f"{PREFIX}:store:*")  # nothing of the trial's in production
+    scratch = aioredis.Redis.from_url(scratch_db_url(redis_server.url))
+    try:
+        assert await keys(scratch, f"{PREFIX}:trial:*")  # it lives in the scratch database
+        await trial.close()
+        assert await keys(scratch) == []
+    finally:
+        await scratch.aclose()
     assert await keys(raw) == live
