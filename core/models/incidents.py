@@ -306,7 +306,7 @@ def _with_member(incident: Incident, alert: Alert, now: datetime) -> list[Member
 
 def _group_severity(members: list[Member], current: Severity) -> Severity:
     """The most severe firing member's severity (``current`` when none fires)."""
-    firing = [m.severity for m in members if m.status is AlertStatus.FIRING]
+    firing = {m.severity for m in members if m.status is AlertStatus.FIRING}  # at most 3
     return max(firing, key=lambda s: s.rank) if firing else current
 
 
