@@ -33,6 +33,9 @@ def key_id(key: SecretStr) -> str:
 def canonical(manifest: BackupManifest) -> bytes:
     """The bytes a signature covers: everything in the manifest but the signature."""
     body = manifest.model_dump(mode="json", exclude={"signature"})
+    # A field left unset (None) is not covered, so adding an optional field to the manifest
+    # keeps the signatures of manifests written before it valid.
+    body = {name: value for name, value in body.items() if value is not None}
     return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
 

@@ -4,6 +4,8 @@ audit chain's history visible (fork entry, anchored head), on both stores (issue
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -356,3 +358,27 @@ def test_lunia_audit_verify_reports_the_rolled_back_tail(
     assert result.exit_code == 1
     assert "the chain ends at seq 2 but the anchor recorded seq 4" in result.stderr
     assert "2 entries missing" in result.stderr
+
+
+async def test_the_manifests_audit_head_is_signed_and_older_manifests_still_verify(
+    start: Start,
+) -> None:
+    plane = await start()
+    await plane.audit.record(AuditRecord(actor=OPERATOR, action="test.note"))
+    info = await plane.backups.create(OPERATOR)
+    path = plane.backups.root / info.id / "manifest.json"
+    manifest = json.loads(path.read_text())
+    assert (await plane.backups.verify(info.id, OPERATOR)).ok
+
+    altered = {**manifest, "audit_head": {**manifest["audit_head"], "seq": 99}}
+    path.write_text(json.dumps(altered))
+    refused = await plane.backups.verify(info.id, OPERATOR)
+    assert not refused.ok and "signature does not match" in "; ".join(refused.problems)
+
+    # A manifest written before the field existed: signed over everything it had, no audit_head.
+    older = {k: v for k, v in manifest.items() if k not in ("audit_head", "signature")}
+    key = plane.secrets.backup_signing_key.get_secret_value().encode()
+    body = json.dumps(older, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+    older["signature"] = hmac.new(key, body, hashlib.sha256).hexdigest()
+    path.write_text(json.dumps(older))
+    assert (await plane.backups.verify(info.id, OPERATOR)).ok
