@@ -28,6 +28,7 @@ from core.errors import (
     OperationError,
     OrderRejected,
     StoreError,
+    StoreUnavailable,
     VenueError,
 )
 from core.incidents.service import IncidentService
@@ -386,7 +387,15 @@ class TradingEngine:
         venue_name = self._venues.active_name
         if self._fence is not None:
             self._fence()
-        await self._read_halt()
+        if self._read_only is None:  # read-only already refuses, and its store may be gone
+            try:
+                await self._read_halt()
+            except StoreUnavailable as exc:
+                self._metrics.orders.labels(venue_name, intent.side.value, "rejected").inc()
+                raise OrderRejected(
+                    "the store cannot be reached, so the halt state cannot be confirmed: "
+                    "no new orders"
+                ) from exc
         refusal = self._refusal()
         if refusal is None:
             refusal = await self._restore_refusal()
