@@ -25,7 +25,7 @@ from core.models import (
     OutboxStats,
 )
 from core.models.alerts import Alert, Severity
-from core.models.incidents import Change, Incident, IncidentEvent, IncidentState
+from core.models.incidents import Change, EventKind, Incident, IncidentEvent, IncidentState
 from core.models.venues import OrderRecord, OrderStatus
 
 AlertPlanner = Callable[[Alert, Incident | None, Incident | None], Change | None]
@@ -74,6 +74,58 @@ class PnlPoint(BaseModel):
     def total(self) -> float:
         """Realized plus unrealized."""
         return self.realized + self.unrealized
+
+
+class HeldChange:
+    """One webhook's consecutive updates of one incident, kept as a single change until
+    something else comes: a group's alerts arrive together, and a save plus an event per
+    member would write the whole member list once per member (quadratic in the group's size).
+    ``rows`` are the stored-alert rows waiting for the incident's id (set when it is applied)."""
+
+    # Details of merged updates shown on the timeline; the rest are counted.
+    SHOWN = 3
+
+    def __init__(self, change: Change, before: IncidentState | None) -> None:
+        self.change = change
+        self.before = before
+        self.rows: list[list[Any]] = []
+        self._details = [change.detail] if change.detail else []
+        self._hidden = 0
+
+    def covers(self, *keys: str) -> bool:
+        """Whether the held incident is the open incident of one of ``keys``."""
+        return self.change.incident.is_open and self.change.incident.key in keys
+
+    def absorb(self, change: Change) -> bool:
+        """Take in ``change`` if it only updates the held incident further."""
+        held = self.change.incident
+        if not (
+            change.kind is EventKind.UPDATED
+            and held.is_open
+            and (change.incident.id, change.incident.key) == (held.id, held.key)
+        ):
+            return False
+        if change.detail and len(self._details) < self.SHOWN:
+            self._details.append(change.detail)
+        elif change.detail:
+            self._hidden += 1
+        self.change = self.change.model_copy(
+            update={"incident": change.incident, "outbox": [*self.change.outbox, *change.outbox]}
+        )
+        return True
+
+    def final(self) -> Change:
+        """The change to apply: the last state, the first details and a count of the rest."""
+        more = [f"and {self._hidden} more"] if self._hidden else []
+        return self.change.model_copy(update={"detail": "; ".join([*self._details, *more])})
+
+    def rebase(self, change: Change, saved: Incident) -> Change:
+        """``change`` planned on the held incident, pointed at ``saved`` (as it was applied)."""
+        held = self.change.incident
+        if (change.incident.id, change.incident.key) != (held.id, held.key):
+            return change
+        incident = change.incident.model_copy(update={"id": saved.id, "version": saved.version})
+        return change.model_copy(update={"incident": incident})
 
 
 class IngestOutcome(BaseModel):

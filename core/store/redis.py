@@ -123,6 +123,7 @@ from core.store import (
     ConfirmationTake,
     FlagOverride,
     FlagVersion,
+    HeldChange,
     IncidentMutation,
     IngestOutcome,
     PnlPoint,
@@ -1093,24 +1094,48 @@ class RedisStore:
     ) -> IngestOutcome:
         k = self._k
         events: list[IncidentEvent] = []
+        rows: list[list[Any]] = []
+        held: HeldChange | None = None
+
+        async def apply(hold: HeldChange) -> Incident:
+            event = await self._apply_change(tx, work, hold.final(), hold.before)
+            events.append(event)
+            for row in hold.rows:
+                row[1] = event.incident.id
+            return event.incident
+
         for dedup, alert in fresh.items():
-            key = incident_key(alert)
+            key, legacy = incident_key(alert), legacy_key(alert)
+            row: list[Any] = [dedup, None, alert]
+            rows.append(row)
             # An open incident stored before groups keeps taking its own fingerprint's alerts.
-            open_incident = await work.open_for(legacy_key(alert)) or await work.open_for(key)
+            legacy_open = await work.open_for(legacy)
+            if held is not None and held.covers(legacy if legacy_open else key, legacy):
+                open_incident: Incident | None = held.change.incident
+            else:
+                if held is not None:
+                    await apply(held)
+                    held = None
+                open_incident = await work.open_for(legacy) or await work.open_for(key)
             latest = await work.latest_for(key)
             last_resolved = latest if latest is not None and not latest.is_open else None
             change = plan(alert, open_incident, last_resolved)
             target = open_incident or last_resolved
-            incident_id = target.id if target else None
-            if change is not None:
-                before = (
-                    None
-                    if change.incident.id == 0
-                    else (open_incident or last_resolved or change.incident).state
-                )
-                event = await self._apply_change(tx, work, change, before)
-                events.append(event)
-                incident_id = event.incident.id
+            row[1] = target.id if target else None
+            if change is None:
+                continue
+            if held is not None and held.absorb(change):
+                held.rows.append(row)
+                continue
+            before = None if change.incident.id == 0 else (target or change.incident).state
+            if held is not None:  # the held incident changes otherwise (e.g. resolves): apply
+                saved = await apply(held)
+                change, before = held.rebase(change, saved), held.change.incident.state
+            held = HeldChange(change, before)
+            held.rows.append(row)
+        if held is not None:
+            await apply(held)
+        for dedup, incident_id, alert in rows:
             alert_id = await tx.next_id(k.alerts_seq)
             doc = {
                 "incident_id": incident_id,

@@ -49,6 +49,7 @@ from core.store import (
     ConfirmationTake,
     FlagOverride,
     FlagVersion,
+    HeldChange,
     IncidentMutation,
     IngestOutcome,
     PnlPoint,
@@ -740,23 +741,48 @@ class SqliteStore:
         keys = [(incident_key(a), legacy_key(a)) for a in fresh.values()]
         incidents = _IncidentsByKey(conn, [key for pair in keys for key in pair])
         events: list[IncidentEvent] = []
-        rows: list[tuple[str, int | None, str, str]] = []
+        rows: list[list[Any]] = []
+        held: HeldChange | None = None
+
+        def apply(hold: HeldChange) -> Incident:
+            event = self._apply_change(conn, hold.final(), hold.before)
+            events.append(event)
+            incidents.saved(event.incident)
+            for row in hold.rows:
+                row[1] = event.incident.id
+            return event.incident
+
         for (dedup, alert), (key, legacy) in zip(fresh.items(), keys, strict=True):
+            row: list[Any] = [dedup, None, received, alert.model_dump_json()]
+            rows.append(row)
             # An open incident stored before groups keeps taking its own fingerprint's alerts.
-            open_incident = incidents.open[legacy] or incidents.open[key]
+            if held is not None and held.covers(legacy if incidents.open[legacy] else key, legacy):
+                open_incident: Incident | None = held.change.incident
+            else:
+                if held is not None:
+                    apply(held)
+                    held = None
+                open_incident = incidents.open[legacy] or incidents.open[key]
             last_resolved = incidents.resolved[key]
             change = plan(alert, open_incident, last_resolved)
             target = open_incident or last_resolved
-            incident_id = target.id if target else None
-            if change is not None:
-                before = None if change.incident.id == 0 else (target or change.incident).state
-                event = self._apply_change(conn, change, before)
-                events.append(event)
-                incidents.saved(event.incident)
-                incident_id = event.incident.id
-            rows.append((dedup, incident_id, received, alert.model_dump_json()))
+            row[1] = target.id if target else None
+            if change is None:
+                continue
+            if held is not None and held.absorb(change):
+                held.rows.append(row)
+                continue
+            before = None if change.incident.id == 0 else (target or change.incident).state
+            if held is not None:  # the held incident changes otherwise (e.g. resolves): apply
+                saved = apply(held)
+                change, before = held.rebase(change, saved), held.change.incident.state
+            held = HeldChange(change, before)
+            held.rows.append(row)
+        if held is not None:
+            apply(held)
         conn.executemany(
-            "INSERT INTO alerts (dedup, incident_id, received_at, doc) VALUES (?,?,?,?)", rows
+            "INSERT INTO alerts (dedup, incident_id, received_at, doc) VALUES (?,?,?,?)",
+            [tuple(row) for row in rows],
         )
         return IngestOutcome(
             accepted=len(fresh), duplicates=len(alerts) - len(fresh), events=events
