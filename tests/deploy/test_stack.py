@@ -188,6 +188,17 @@ def test_the_callback_signing_key_is_shared_by_every_role(compose: dict[str, Any
         )
 
 
+def test_the_backup_signing_key_is_shared_by_every_role(compose: dict[str, Any]) -> None:
+    # Every role mounts the shared backups volume: a backup one signs, all must verify.
+    assert compose["secrets"]["backup_signing_key"]["file"] == "./secrets/backup_signing_key"
+    for role in ROLES:
+        service = compose["services"][role]
+        assert "backup_signing_key" in service["secrets"], role
+        assert service["environment"]["BACKUP_SIGNING_KEY_FILE"] == (
+            "/run/secrets/backup_signing_key"
+        )
+
+
 def test_prometheus_and_alertmanager_reach_the_control_plane_by_their_configured_name(
     compose: dict[str, Any],
 ) -> None:
