@@ -1490,8 +1490,6 @@ class RedisStore:
             else:
                 state.update(status="failed", last_error=error, finished_at=_ts(utcnow()))
             tx.hset(self._k.outbox_state, item_id, _dump(state))
-            if state["status"] != "pending":  # finished: the payload (a secret, a chart) goes
-                tx.hdel(self._k.outbox_payload, item_id)
             if not was_pending:
                 return
             first_two = [int(i) for i in await tx.pipe.zrange(queue, 0, 1)]
@@ -1503,6 +1501,8 @@ class RedisStore:
             tx.zrem(queue, item_id)
             tx.zrem(self._k.pending(channel), item_id)
             tx.zrem(due, item_id)
+            tx.hdel(self._k.outbox_payload, item_id)  # finished: the payload (a secret, a chart)
+            wiped.append(bool(state.get("sensitive")))
             if is_head and len(first_two) == 2:  # the next message of the key becomes eligible
                 nxt = first_two[1]
                 raw_next = await _reply(tx.pipe.hget(self._k.outbox_state, str(nxt)))
@@ -1510,7 +1510,22 @@ class RedisStore:
                     next_at = datetime.fromisoformat(json.loads(raw_next)["next_at"])
                     tx.zadd(due, nxt, _micros(next_at))
 
+        wiped: list[bool] = []  # per attempt of the body: whether it wiped a secret
         await self._transaction(f"finishing outbox message #{item_id}", body)
+        if wiped and wiped[-1]:
+            await self._rewrite_aof()
+
+    async def _rewrite_aof(self) -> None:
+        """Have Redis rewrite its append-only file: the command that queued a secret stays in
+        the AOF until then (a rewrite writes the keyspace as it is now, without the secret).
+        Secrets are rare (a token issued); a Redis that forbids the command is logged."""
+        redis = self._client()
+        try:
+            persistence = await redis.info("persistence")
+            if persistence.get("aof_enabled"):
+                await redis.execute_command("BGREWRITEAOF")  # type: ignore[no-untyped-call]
+        except RedisError as exc:  # e.g. already rewriting, or the command is disabled
+            logger.warning("could not rewrite the AOF after wiping a secret: %s", exc)
 
     async def outbox_prune(self, before: datetime) -> int:
         """Delete delivered messages finished before ``before``; never a pending or failed one.

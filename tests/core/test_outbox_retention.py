@@ -5,6 +5,7 @@ OUTBOX_RETENTION, never a pending or failed one; on both stores."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -20,7 +21,7 @@ from core.models import OutboxItem, OutboxMessage, Role, utcnow
 from core.platform.outbox import Delivery, OutboxRetention, OutboxWorker
 from core.store import Store
 from core.store.redis import RedisStore
-from tests.conftest import PlaneFactory, SettingsFactory
+from tests.conftest import PlaneFactory, RedisFactory, SettingsFactory
 from tests.core.test_backups import ADMIN, OPERATOR
 from tests.support.services import RedisServer
 
@@ -206,3 +207,38 @@ async def test_the_retention_is_a_setting_and_its_pruning_a_scheduled_job(
     plane = await make_plane(outbox_retention="30m")
     assert plane.outbox_retention.retention == timedelta(minutes=30)
     assert plane.scheduler.job("outbox-prune").name == "outbox-prune"
+
+
+async def test_a_durable_redis_rewrites_its_append_only_file_once_a_secret_is_delivered(
+    make_settings: SettingsFactory, make_redis: RedisFactory
+) -> None:
+    server = make_redis(durable=True)  # AOF, as docs/DEPLOY.md asks for
+    plane = ControlPlane(make_settings(), store=RedisStore(server.url))
+    await plane.start()
+    try:
+        issued = await plane.temporary_tokens.issue(ADMIN, name="ci", role=Role.VIEWER, ttl="1h")
+        value = issued.value.get_secret_value().encode()
+        await plane.telegram_delivery.enqueue(
+            [
+                OutboxMessage(
+                    channel="telegram",
+                    key=str(CHAT),
+                    payload={"op": "text", "chat_id": CHAT, "text": value.decode()},
+                    sensitive=True,
+                )
+            ]
+        )
+
+        def on_disk() -> bytes:
+            files = [p for p in server.workdir.rglob("*") if p.is_file() and "aof" in p.name]
+            return b"".join(p.read_bytes() for p in files)
+
+        assert value in on_disk()  # the command that queued it was appended
+        await deliver_all(plane, Delivery.ok())
+        for _ in range(200):  # BGREWRITEAOF runs in a child process
+            if value not in on_disk():
+                break
+            await asyncio.sleep(0.05)
+        assert value not in on_disk()
+    finally:
+        await plane.close()
