@@ -121,6 +121,8 @@ class BackupCatalog:
             status=status,
             verification=verification,
             offsite=str(remote.get("url")) if remote else None,
+            # Listed with why verify and restore will refuse it (unsigned, another key...).
+            problem=self.signer.problem(manifest) or "",
         )
 
     def trusted_manifest(self, directory: Path) -> BackupManifest | str:

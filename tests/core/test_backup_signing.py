@@ -145,6 +145,8 @@ async def test_an_unsigned_backup_says_how_to_sign_it_and_an_admin_signing_it_is
     strip_signature(plane, info.id)
     verification = await plane.backups.verify(info.id, OPERATOR)
     assert any(f"lunia backup sign {info.id}" in p for p in verification.problems)
+    (listed,) = [b for b in await plane.backups.list() if b.id == info.id]
+    assert "not signed" in listed.problem  # `lunia backup list` shows why up front
 
     with pytest.raises(PermissionDenied):
         await plane.backups.sign(info.id, OPERATOR)
@@ -152,6 +154,8 @@ async def test_an_unsigned_backup_says_how_to_sign_it_and_an_admin_signing_it_is
 
     assert signed.key_id == ManifestSigner(plane.secrets.backup_signing_key).key_id
     assert (await plane.backups.verify(info.id, OPERATOR)).ok
+    (listed,) = [b for b in await plane.backups.list() if b.id == info.id]
+    assert listed.problem == ""
     entry = [e for e in await entries(plane) if e.action == "backup.sign"][-1]
     assert entry.outcome == "ok" and entry.target == info.id
 
