@@ -152,3 +152,7 @@ def backup_restore(
             typer.echo(f"  {table}: {before} -> {after}")
     for flag in report.flags_changed:
         typer.echo(f"  flag {flag.name}: {json.dumps(flag.before)} -> {json.dumps(flag.after)}")
+    for kept in report.kept:  # stricter before the restore than in the backup: not loosened
+        typer.echo(f"  kept {kept.item}: {kept.why}")
+    if report.audit_fork_seq is not None:
+        typer.echo(f"  audit fork entry: seq {report.audit_fork_seq}")

@@ -95,6 +95,11 @@ async def restore(
             f"♻️ <b>Restored</b> <code>{e(r.backup_id)}</code> in "
             f"{r.duration_seconds:.1f}s: {e(changed)}; {len(r.flags_changed)} flags changed;"
             f" safety backup <code>{e(r.safety_backup_id)}</code>"
+            + (
+                f"\nKept (stricter than the backup): {e(', '.join(k.item for k in r.kept))}"
+                if r.kept
+                else ""
+            )
         )
 
     user_id = message.from_user.id if message.from_user else 0

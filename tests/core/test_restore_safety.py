@@ -382,3 +382,29 @@ async def test_the_manifests_audit_head_is_signed_and_older_manifests_still_veri
     older["signature"] = hmac.new(key, body, hashlib.sha256).hexdigest()
     path.write_text(json.dumps(older))
     assert (await plane.backups.verify(info.id, OPERATOR)).ok
+
+
+def test_lunia_backup_restore_prints_what_it_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from api.cli import app
+
+    monkeypatch.setenv("LUNIA_STATE_DIR", str(tmp_path / "state"))
+    runner = CliRunner()
+    created = runner.invoke(app, ["backup", "create", "--json"])
+    backup_id = json.loads(created.stdout)["id"]
+    assert runner.invoke(app, ["flags", "set", "BINANCE_FORCE_MOCK", "on"]).exit_code == 0
+
+    result = runner.invoke(app, ["backup", "restore", backup_id, "--yes"])
+
+    assert result.exit_code == 0, result.stderr
+    assert (
+        "  kept BINANCE_FORCE_MOCK: BINANCE_FORCE_MOCK was at its safe value before the restore"
+        in result.stdout
+    )
+    assert "  audit fork entry: seq " in result.stdout
+    listed = runner.invoke(app, ["flags", "list", "--json"])
+    flags = {f["name"]: f["value"] for f in json.loads(listed.stdout)}
+    assert flags["BINANCE_FORCE_MOCK"] is True
