@@ -128,8 +128,13 @@ def test_prod_refuses_weak_secrets_naming_the_variable(
 async def test_prod_starts_with_strong_configured_secrets(make_plane: PlaneFactory) -> None:
     plane = await make_plane(infra_prod_enabled=True)
     assert plane.tokens.resolve(ADMIN_TOKEN) is not None
-    # Prometheus reads the generated metrics token from the state dir (deploy/prometheus).
-    assert plane.secrets.generated.keys() == {"callback-signing-key", "metrics-token"}
+    # Prometheus reads the generated metrics token from the state dir (deploy/prometheus); the
+    # keys that never leave the deployment (button signatures, backup manifests) may be generated.
+    assert plane.secrets.generated.keys() == {
+        "callback-signing-key",
+        "metrics-token",
+        "backup-signing-key",
+    }
 
 
 async def test_outside_prod_generated_secrets_still_start(make_plane: PlaneFactory) -> None:
