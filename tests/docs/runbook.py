@@ -1,10 +1,11 @@
 """Read docs/RUNBOOK.md as a list of commands: ``lunia``, ``make``, Telegram, HTTP and shell.
 
-Where commands are found: inline code spans anywhere, and every line of the fenced ``bash``
-blocks (continuations with a trailing ``\\`` or an open quote joined; ``# or: CMD`` comments are
-alternative commands; ``.venv/bin/lunia ...`` inside a comment is a command too, other comment
-text is prose). The first block that sets ``API=`` is the preamble (``API``, ``TOKEN`` and
-friends), not a command. ``a|b|c`` after ``lunia`` lists alternatives; ``\\|`` in a table is ``|``.
+Where commands are found: inline code spans anywhere, and every line of the fenced blocks
+except ``text`` ones, which show what a screen shows (continuations with a trailing ``\\`` or
+an open quote joined; ``# or: CMD`` comments are alternative commands; ``.venv/bin/lunia ...``
+inside a comment is a command too, other comment text is prose). The first block that sets
+``API=`` is the preamble (``API``, ``TOKEN`` and friends), not a command. ``a|b|c`` after
+``lunia`` lists alternatives; ``\\|`` in a table is ``|``.
 """
 
 from __future__ import annotations
@@ -165,6 +166,8 @@ def runbook_commands(doc: str | None = None) -> tuple[str, list[Command]]:
         prose = (
             prose[: fence.start()] + re.sub(r"[^\n]", " ", fence.group(0)) + prose[fence.end() :]
         )
+        if fence.group(1) == "text":  # what a screen shows (a chat message), not commands
+            continue
         if not preamble and re.search(r"^API=", fence.group(2), re.M):
             preamble = fence.group(2)
             continue

@@ -233,6 +233,7 @@ TELEGRAM_RESOURCE = {
     "silence": "incidents",
     "unsilence": "incidents",
     "resolve": "incidents",
+    "incident": "incidents",
     "verify": "backups",
     "restore": "backups",
     "toggle": "cores",
