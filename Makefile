@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-$(shell { echo $(UV_VERSION); cat pyproject.toml uv.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEBIAN_TEST_PACKAGES := redis-server prometheus prometheus-alertmanager chromium
 
-.PHONY: setup lock run test lint format system-deps clean create-emergency-backup report enable-self-healing smoke verify up down
+.PHONY: setup lock run test lint format system-deps clean create-emergency-backup report enable-self-healing smoke verify bench up down
 
 # --locked: stop if pyproject.toml changed without `make lock`; --inexact: keep pip and uv itself.
 $(STAMP): pyproject.toml uv.lock
@@ -44,15 +44,15 @@ enable-self-healing: setup
 smoke: setup
 	$(BIN)/lunia smoke
 
-## verify: the full verification: lint, every test, known-vulnerable dependencies, schemathesis
-## with every role's token, shipped config checks, audit chain, report
+## verify: the full verification: lint, every test (promtool checks the Prometheus config there,
+## with a temp scrape token), known-vulnerable dependencies, schemathesis with every role's token,
+## rule and Alertmanager config checks, audit chain, report
 verify: test
 	$(BIN)/uv export --quiet --frozen --format requirements-txt --no-hashes --no-emit-project \
 	  --extra dev -o $(VENV)/audit-requirements.txt
 	$(BIN)/pip-audit --strict --no-deps --disable-pip --progress-spinner off \
 	  --vulnerability-service pypi -r $(VENV)/audit-requirements.txt
 	LUNIA_SCHEMATHESIS_EXAMPLES=25 $(BIN)/pytest -q tests/api/test_schemathesis.py
-	promtool check config deploy/prometheus/prometheus.yml
 	promtool check rules deploy/prometheus/rules/lunia.rules.yml
 	amtool check-config deploy/alertmanager/alertmanager.yml
 	$(BIN)/lunia audit verify
@@ -60,6 +60,10 @@ verify: test
 	$(BIN)/lunia backup verify $$($(BIN)/lunia backup list --json | $(BIN)/python -c \
 	  'import json,sys; print(json.load(sys.stdin)[0]["id"])')
 	$(BIN)/lunia report --out docs/RELEASE_REPORT.md
+
+## bench: run every bench in bench/ (under 10 min) and write the figures to docs/PERFORMANCE.md
+bench: setup
+	$(BIN)/python bench/run_all.py
 
 ## up / down: start or stop the production stack with Compose (needs a Docker engine)
 up:
