@@ -25,7 +25,7 @@ import json
 from datetime import datetime, timedelta
 from typing import Any
 
-from pydantic import BaseModel, Field, computed_field
+from pydantic import BaseModel, Field, PrivateAttr, computed_field
 
 from core.errors import Conflict, InvalidInput
 from core.models import Actor, ActorKind, OutboxMessage, Role
@@ -77,6 +77,60 @@ class Member(BaseModel):
     last_seen: datetime
 
 
+class _Roster:
+    """One members list by fingerprint, with its firing counts and (once asked) its common
+    labels: what the rules and the computed fields need, without a scan of the group per alert
+    or per access (a webhook of n alerts of one group would cost n scans of up to n members).
+    Valid only for the very list it was built for (``members``)."""
+
+    __slots__ = ("members", "by_fingerprint", "firing", "_common")
+
+    def __init__(
+        self, by_fingerprint: dict[str, Member], firing: dict[Severity, int] | None = None
+    ) -> None:
+        self.by_fingerprint = by_fingerprint
+        self.members = list(by_fingerprint.values())
+        if firing is None:
+            firing = {}
+            for member in self.members:
+                if member.status is AlertStatus.FIRING:
+                    firing[member.severity] = firing.get(member.severity, 0) + 1
+        self.firing = firing  # firing members per severity (no zero counts)
+        self._common: dict[str, str] | None = None
+
+    def with_member(self, member: Member) -> _Roster:
+        """The roster with ``member`` replacing its fingerprint's one, moved last (as heard)."""
+        by_fingerprint = dict(self.by_fingerprint)
+        firing = dict(self.firing)
+        known = by_fingerprint.pop(member.fingerprint, None)
+        if known is not None and known.status is AlertStatus.FIRING:
+            firing[known.severity] -= 1
+            if not firing[known.severity]:
+                del firing[known.severity]
+        if member.status is AlertStatus.FIRING:
+            firing[member.severity] = firing.get(member.severity, 0) + 1
+        by_fingerprint[member.fingerprint] = member
+        return _Roster(by_fingerprint, firing)
+
+    @property
+    def common(self) -> dict[str, str]:
+        """The labels every member carries with the same value."""
+        if self._common is None:
+            first, *rest = self.members
+            self._common = {
+                name: value
+                for name, value in sorted(first.labels.items())
+                if all(m.labels.get(name) == value for m in rest)
+            }
+        return self._common
+
+    # A cache, not part of the incident's value: incidents compare equal with or without it.
+    def __eq__(self, other: object) -> bool:
+        return other is None or isinstance(other, _Roster)
+
+    __hash__ = None  # type: ignore[assignment]
+
+
 class Incident(BaseModel):
     """One incident: a stateful view of one alert group (or one engine condition)."""
 
@@ -112,6 +166,18 @@ class Incident(BaseModel):
     version: int = 0
     # Empty only in documents written before groups and not migrated: see ``group``.
     members: list[Member] = Field(default_factory=list)
+    _roster: _Roster | None = PrivateAttr(default=None)
+
+    def roster(self) -> _Roster:
+        """The members by fingerprint with their counts (built once per members list)."""
+        roster = self._roster
+        if roster is not None and roster.members is self.members:
+            return roster
+        roster = _Roster({m.fingerprint: m for m in self.group})
+        if self.members:  # a group derived from the fields (before groups) is not kept
+            roster.members = self.members
+            self._roster = roster
+        return roster
 
     @property
     def group(self) -> list[Member]:
@@ -133,30 +199,26 @@ class Incident(BaseModel):
     @property
     def firing_members(self) -> int:
         """How many member alerts are firing."""
-        return sum(m.status is AlertStatus.FIRING for m in self.group)
+        return sum(self.roster().firing.values())
 
     @computed_field  # type: ignore[prop-decorator]
     @property
     def resolved_members(self) -> int:
         """How many member alerts have resolved."""
-        return sum(m.status is AlertStatus.RESOLVED for m in self.group)
+        roster = self.roster()
+        return len(roster.by_fingerprint) - sum(roster.firing.values())
 
     @computed_field  # type: ignore[prop-decorator]
     @property
     def common_labels(self) -> dict[str, str]:
         """The labels every member carries with the same value (what a silence matches)."""
-        first, *rest = self.group
-        return {
-            name: value
-            for name, value in sorted(first.labels.items())
-            if all(m.labels.get(name) == value for m in rest)
-        }
+        return dict(self.roster().common)
 
     @computed_field  # type: ignore[prop-decorator]
     @property
     def differing_labels(self) -> list[str]:
         """Names of the labels whose values differ between members (or some lack)."""
-        common = self.common_labels
+        common = self.roster().common
         return sorted({name for m in self.group for name in m.labels} - set(common))
 
     @property
@@ -289,11 +351,11 @@ def _member(alert: Alert, now: datetime) -> Member:
     )
 
 
-def _with_member(incident: Incident, alert: Alert, now: datetime) -> list[Member]:
+def _with_member(incident: Incident, alert: Alert, now: datetime) -> _Roster:
     """The incident's members with ``alert``'s one replaced (or added) as just heard of."""
-    members = [m for m in incident.group if m.fingerprint != alert.fingerprint]
     member = _member(alert, now)
-    known = next((m for m in incident.group if m.fingerprint == alert.fingerprint), None)
+    roster = incident.roster()
+    known = roster.by_fingerprint.get(alert.fingerprint)
     if known is not None:
         # A resolution may come bare (the engine's clear names no labels or severity): it
         # does not change what the alert was about.
@@ -301,13 +363,20 @@ def _with_member(incident: Incident, alert: Alert, now: datetime) -> list[Member
             member.labels = known.labels
         if alert.status is AlertStatus.RESOLVED:
             member.severity = known.severity
-    return [*members, member]
+    return roster.with_member(member)
 
 
-def _group_severity(members: list[Member], current: Severity) -> Severity:
+def _group_severity(roster: _Roster, current: Severity) -> Severity:
     """The most severe firing member's severity (``current`` when none fires)."""
-    firing = {m.severity for m in members if m.status is AlertStatus.FIRING}  # at most 3
-    return max(firing, key=lambda s: s.rank) if firing else current
+    return max(roster.firing, key=lambda s: s.rank) if roster.firing else current
+
+
+def _updated(incident: Incident, update: dict[str, Any]) -> Incident:
+    """``incident`` with ``update`` applied, keeping the roster ``_refresh_from`` built."""
+    roster: _Roster | None = update.pop("roster", None)
+    copied = incident.model_copy(update=update)
+    copied._roster = roster  # built for exactly update["members"]
+    return copied
 
 
 def _new_incident(alert: Alert, now: datetime, rules: Rules) -> Incident:
@@ -334,12 +403,13 @@ def _new_incident(alert: Alert, now: datetime, rules: Rules) -> Incident:
 def _refresh_from(incident: Incident, alert: Alert, now: datetime) -> dict[str, Any]:
     """What ``alert`` updates on its incident: the members, severity and last-seen always;
     the text only when it is the alert that opened the incident (a group keeps one face)."""
-    members = _with_member(incident, alert, now)
+    roster = _with_member(incident, alert, now)
     update: dict[str, Any] = {
-        "members": members,
-        "severity": _group_severity(members, incident.severity),
+        "roster": roster,  # taken out again by ``_updated``
+        "members": roster.members,
+        "severity": _group_severity(roster, incident.severity),
         "security": incident.security or alert.security,
-        "firing": any(m.status is AlertStatus.FIRING for m in members),
+        "firing": bool(roster.firing),
         "last_seen": now,
     }
     if alert.fingerprint == incident.fingerprint:
@@ -391,8 +461,9 @@ def _plan_alert(
         and (now - last_resolved.resolved_at < rules.reopen_window)
     ):
         refreshed = _refresh_from(last_resolved, alert, now)
-        reopened = last_resolved.model_copy(
-            update={
+        reopened = _updated(
+            last_resolved,
+            {
                 **refreshed,
                 "state": IncidentState.TRIGGERED,
                 "count": last_resolved.count + 1,
@@ -403,7 +474,7 @@ def _plan_alert(
                 "escalation_level": 0,
                 "pagerduty_triggered": False,
                 "next_escalation_at": rules.first_escalation(refreshed["severity"], now),
-            }
+            },
         )
         return Change(
             incident=reopened,
@@ -417,13 +488,14 @@ def _plan_alert(
 def _plan_for_open(alert: Alert, incident: Incident, now: datetime, actor: Actor) -> Change:
     """What one alert of an open incident's group does: it resolves the incident when it was
     the last member still firing, and updates it otherwise."""
-    joined = all(m.fingerprint != alert.fingerprint for m in incident.group)
+    joined = alert.fingerprint not in incident.roster().by_fingerprint
     refreshed = _refresh_from(incident, alert, now)
     members: list[Member] = refreshed["members"]
     if alert.status is AlertStatus.RESOLVED:
         if not refreshed["firing"]:
-            resolved = incident.model_copy(
-                update={
+            resolved = _updated(
+                incident,
+                {
                     **refreshed,
                     "state": IncidentState.RESOLVED,
                     "resolved_by": actor,
@@ -431,7 +503,7 @@ def _plan_for_open(alert: Alert, incident: Incident, now: datetime, actor: Actor
                     "next_escalation_at": None,
                     "silenced_until": None,
                     "state_before_silence": None,
-                }
+                },
             )
             detail = (
                 "the alert cleared at its source"
@@ -439,14 +511,14 @@ def _plan_for_open(alert: Alert, incident: Incident, now: datetime, actor: Actor
                 else f"all {len(members)} alerts of the group cleared at their source"
             )
             return Change(incident=resolved, kind=EventKind.RESOLVED, actor=actor, detail=detail)
-        firing = sum(m.status is AlertStatus.FIRING for m in members)
+        firing = sum(refreshed["roster"].firing.values())
         return Change(
-            incident=incident.model_copy(update=refreshed),
+            incident=_updated(incident, refreshed),
             kind=EventKind.UPDATED,
             actor=actor,
             detail=f"{alert.title} resolved; {firing} of {len(members)} alerts still firing",
         )
-    updated = incident.model_copy(update={**refreshed, "count": incident.count + 1})
+    updated = _updated(incident, {**refreshed, "count": incident.count + 1})
     detail = f"{alert.title} joined the group ({len(members)} alerts)" if joined else ""
     return Change(incident=updated, kind=EventKind.UPDATED, actor=actor, detail=detail)
 
