@@ -128,6 +128,20 @@ class HeldChange:
         return change.model_copy(update={"incident": incident})
 
 
+class HeldChanges(dict[str, HeldChange]):
+    """A webhook's held changes, one per incident key: a webhook interleaving alerts of several
+    groups (``ALERT_GROUP_BY`` regroups) still saves each incident once, with one event."""
+
+    def open_one(self, *keys: str) -> HeldChange | None:
+        """The held change whose open incident is the one of ``keys``, if any."""
+        return next((self[k] for k in keys if k in self and self[k].covers(*keys)), None)
+
+    def take(self, *keys: str) -> list[HeldChange]:
+        """Remove what is held for ``keys`` (to be saved before an alert of theirs is planned
+        on the stored incidents: a held resolution must be stored for a reopening to see it)."""
+        return [self.pop(k) for k in dict.fromkeys(keys) if k in self]
+
+
 class IngestOutcome(BaseModel):
     """What storing one webhook's alerts did."""
 

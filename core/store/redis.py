@@ -124,6 +124,7 @@ from core.store import (
     FlagOverride,
     FlagVersion,
     HeldChange,
+    HeldChanges,
     IncidentMutation,
     IngestOutcome,
     PnlPoint,
@@ -1095,7 +1096,7 @@ class RedisStore:
         k = self._k
         events: list[IncidentEvent] = []
         rows: list[list[Any]] = []
-        held: HeldChange | None = None
+        held = HeldChanges()
 
         async def apply(hold: HeldChange) -> Incident:
             event = await self._apply_change(tx, work, hold.final(), hold.before)
@@ -1110,12 +1111,13 @@ class RedisStore:
             rows.append(row)
             # An open incident stored before groups keeps taking its own fingerprint's alerts.
             legacy_open = await work.open_for(legacy)
-            if held is not None and held.covers(legacy if legacy_open else key, legacy):
-                open_incident: Incident | None = held.change.incident
+            candidates = (legacy if legacy_open else key, legacy)
+            hold = held.open_one(*candidates)
+            if hold is not None:
+                open_incident: Incident | None = hold.change.incident
             else:
-                if held is not None:
-                    await apply(held)
-                    held = None
+                for taken in held.take(key, legacy):
+                    await apply(taken)
                 open_incident = await work.open_for(legacy) or await work.open_for(key)
             latest = await work.latest_for(key)
             last_resolved = latest if latest is not None and not latest.is_open else None
@@ -1124,17 +1126,18 @@ class RedisStore:
             row[1] = target.id if target else None
             if change is None:
                 continue
-            if held is not None and held.absorb(change):
-                held.rows.append(row)
+            hold = held.get(change.incident.key)
+            if hold is not None and hold.absorb(change):
+                hold.rows.append(row)
                 continue
             before = None if change.incident.id == 0 else (target or change.incident).state
-            if held is not None:  # the held incident changes otherwise (e.g. resolves): apply
-                saved = await apply(held)
-                change, before = held.rebase(change, saved), held.change.incident.state
-            held = HeldChange(change, before)
-            held.rows.append(row)
-        if held is not None:
-            await apply(held)
+            if hold is not None:  # the held incident changes otherwise (e.g. resolves): apply
+                saved = await apply(hold)
+                change, before = hold.rebase(change, saved), hold.change.incident.state
+            held[change.incident.key] = HeldChange(change, before)
+            held[change.incident.key].rows.append(row)
+        for hold in held.values():
+            await apply(hold)
         for dedup, incident_id, alert in rows:
             alert_id = await tx.next_id(k.alerts_seq)
             doc = {

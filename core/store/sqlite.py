@@ -50,6 +50,7 @@ from core.store import (
     FlagOverride,
     FlagVersion,
     HeldChange,
+    HeldChanges,
     IncidentMutation,
     IngestOutcome,
     PnlPoint,
@@ -742,7 +743,7 @@ class SqliteStore:
         incidents = _IncidentsByKey(conn, [key for pair in keys for key in pair])
         events: list[IncidentEvent] = []
         rows: list[list[Any]] = []
-        held: HeldChange | None = None
+        held = HeldChanges()
 
         def apply(hold: HeldChange) -> Incident:
             event = self._apply_change(conn, hold.final(), hold.before)
@@ -756,12 +757,13 @@ class SqliteStore:
             row: list[Any] = [dedup, None, received, alert.model_dump_json()]
             rows.append(row)
             # An open incident stored before groups keeps taking its own fingerprint's alerts.
-            if held is not None and held.covers(legacy if incidents.open[legacy] else key, legacy):
-                open_incident: Incident | None = held.change.incident
+            candidates = (legacy if incidents.open[legacy] else key, legacy)
+            hold = held.open_one(*candidates)
+            if hold is not None:
+                open_incident: Incident | None = hold.change.incident
             else:
-                if held is not None:
-                    apply(held)
-                    held = None
+                for taken in held.take(key, legacy):
+                    apply(taken)
                 open_incident = incidents.open[legacy] or incidents.open[key]
             last_resolved = incidents.resolved[key]
             change = plan(alert, open_incident, last_resolved)
@@ -769,17 +771,18 @@ class SqliteStore:
             row[1] = target.id if target else None
             if change is None:
                 continue
-            if held is not None and held.absorb(change):
-                held.rows.append(row)
+            hold = held.get(change.incident.key)
+            if hold is not None and hold.absorb(change):
+                hold.rows.append(row)
                 continue
             before = None if change.incident.id == 0 else (target or change.incident).state
-            if held is not None:  # the held incident changes otherwise (e.g. resolves): apply
-                saved = apply(held)
-                change, before = held.rebase(change, saved), held.change.incident.state
-            held = HeldChange(change, before)
-            held.rows.append(row)
-        if held is not None:
-            apply(held)
+            if hold is not None:  # the held incident changes otherwise (e.g. resolves): apply
+                saved = apply(hold)
+                change, before = hold.rebase(change, saved), hold.change.incident.state
+            held[change.incident.key] = HeldChange(change, before)
+            held[change.incident.key].rows.append(row)
+        for hold in held.values():
+            apply(hold)
         conn.executemany(
             "INSERT INTO alerts (dedup, incident_id, received_at, doc) VALUES (?,?,?,?)",
             [tuple(row) for row in rows],

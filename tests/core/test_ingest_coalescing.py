@@ -16,14 +16,22 @@ from tests.support.payloads import am_alert, am_payload
 
 
 @pytest.fixture(params=["sqlite", "redis"])
-async def plane(
+async def make_store_plane(
     request: pytest.FixtureRequest, make_plane: PlaneFactory, make_redis: RedisFactory
-) -> ControlPlane:
-    """A control plane on the embedded SQLite store, or on a real Redis of the test's own."""
-    env: dict[str, Any] = {}
-    if request.param == "redis":
-        env.update(enable_redis=True, redis_url=make_redis().url)
-    return await make_plane(**env)
+) -> PlaneFactory:
+    """Control planes on the embedded SQLite store, or on a real Redis of the test's own."""
+
+    async def make(**env: Any) -> ControlPlane:
+        if request.param == "redis":
+            env.update(enable_redis=True, redis_url=make_redis().url)
+        return await make_plane(**env)
+
+    return make
+
+
+@pytest.fixture
+async def plane(make_store_plane: PlaneFactory) -> ControlPlane:
+    return await make_store_plane()
 
 
 def group(size: int, *, resolved: int = 0, start: int = 0) -> dict[str, Any]:
@@ -109,3 +117,26 @@ async def test_the_next_webhook_of_the_group_is_one_update_with_its_counts(
     )
     assert recount(incident)[:2] == (150, 150)
     assert events[-1].incident.model_dump() == incident.model_dump()
+
+
+async def test_interleaved_groups_in_one_webhook_are_one_write_and_one_event_each(
+    make_store_plane: PlaneFactory,
+) -> None:
+    # ALERT_GROUP_BY=cluster splits one notification into two groups whose alerts alternate.
+    plane = await make_store_plane(alert_group_by="cluster")
+    body = am_payload(
+        *[
+            am_alert("DiskFull", fingerprint=f"disk-{i}", instance=f"node-{i}", cluster="ab"[i % 2])
+            for i in range(200)
+        ]
+    )
+    result = await plane.incidents.ingest(parse_alertmanager(body))
+
+    assert len(result.incidents) == 2
+    for incident_id in result.incidents:
+        events = await plane.store.incident_events(incident_id=incident_id, limit=500)
+        assert [e.kind for e in events] == [EventKind.OPENED]
+        incident = await plane.incidents.get(incident_id)
+        assert (incident.version, len(incident.members), incident.firing_members) == (1, 100, 100)
+        assert len({m.labels["cluster"] for m in incident.members}) == 1
+        assert len(await plane.store.incident_alerts(incident_id, limit=500)) == 100

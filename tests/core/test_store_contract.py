@@ -629,9 +629,9 @@ async def test_incidents_list_newest_first_by_state_severity_and_deadline(store:
 
 
 async def test_incident_events_in_order_for_all_or_one_incident(store: Store) -> None:
-    await store.ingest_alerts(
-        [alert("a1", "a"), alert("b1", "b"), alert("a2", "a")], planner(), utcnow()
-    )
+    # Two webhooks: within one, an incident's updates fold into one event per incident.
+    await store.ingest_alerts([alert("a1", "a"), alert("b1", "b")], planner(), utcnow())
+    await store.ingest_alerts([alert("a2", "a")], planner(), utcnow())
     every = await store.incident_events()
     assert [(e.seq, e.incident.id) for e in every] == [(1, 1), (2, 2), (3, 1)]
     assert [e.seq for e in await store.incident_events(after_seq=1, limit=1)] == [2]
