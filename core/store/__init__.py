@@ -91,6 +91,7 @@ class HeldChange:
         self.rows: list[list[Any]] = []
         self._details = [change.detail] if change.detail else []
         self._hidden = 0
+        self._joined = self._resolved = 0  # what the hidden ones did
 
     def covers(self, *keys: str) -> bool:
         """Whether the held incident is the open incident of one of ``keys``."""
@@ -107,16 +108,22 @@ class HeldChange:
             return False
         if change.detail and len(self._details) < self.SHOWN:
             self._details.append(change.detail)
-        elif change.detail:
+        elif change.detail:  # counted by what it did (both O(1): length, roster's count)
             self._hidden += 1
-        self.change = self.change.model_copy(
-            update={"incident": change.incident, "outbox": [*self.change.outbox, *change.outbox]}
-        )
+            self._joined += len(change.incident.group) > len(held.group)
+            self._resolved += change.incident.firing_members < held.firing_members
+        self.change.outbox.extend(change.outbox)  # in place: the held change is ours alone
+        self.change = self.change.model_copy(update={"incident": change.incident})
         return True
 
     def final(self) -> Change:
-        """The change to apply: the last state, the first details and a count of the rest."""
-        more = [f"and {self._hidden} more"] if self._hidden else []
+        """The change to apply: the last state, the first details, and how many alerts of
+        the rest joined the group or resolved."""
+        more = (
+            [f"and {self._hidden} more: {self._joined} joined, {self._resolved} resolved"]
+            if self._hidden
+            else []
+        )
         return self.change.model_copy(update={"detail": "; ".join([*self._details, *more])})
 
     def rebase(self, change: Change, saved: Incident) -> Change:

@@ -84,6 +84,8 @@ async def test_a_200_alert_group_in_one_webhook_is_one_incident_write_and_one_ev
         "job": "lunia",
         "severity": "critical",
     }
+    # Its detail shows 3 joins and counts the rest (the resolved ones joined resolved).
+    assert events[0].detail.endswith("; and 196 more: 196 joined, 0 resolved")
     # The event carries the same final incident, and its figures agree with a recount.
     assert events[0].incident.model_dump() == incident.model_dump()
     assert recount(incident) == (
@@ -117,6 +119,7 @@ async def test_the_next_webhook_of_the_group_is_one_update_with_its_counts(
     )
     assert recount(incident)[:2] == (150, 150)
     assert events[-1].incident.model_dump() == incident.model_dump()
+    assert events[-1].detail.endswith("; and 247 more: 97 joined, 150 resolved")
 
 
 async def test_interleaved_groups_in_one_webhook_are_one_write_and_one_event_each(
