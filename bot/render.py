@@ -293,8 +293,12 @@ def split_html(text: str, limit: int = LIMIT) -> list[str]:
         return [text]
     tokens = _TOKEN.findall(text)
     shows_from = [False] * (len(tokens) + 1)  # does anything non-blank follow index i?
+    # Is the next thing after index i (tags aside) a line end? A cut there is a line cut.
+    line_next = [False] * (len(tokens) + 1)
     for index in range(len(tokens) - 1, -1, -1):
         shows_from[index] = shows_from[index + 1] or _shows(tokens[index])
+        starts_tag = tokens[index].startswith("<")
+        line_next[index] = line_next[index + 1] if starts_tag else tokens[index] == "\n"
     parts: list[str] = []
     stack: list[tuple[str, str]] = []  # open at the start of the current part
     start = 0
@@ -315,12 +319,15 @@ def split_html(text: str, limit: int = LIMIT) -> list[str]:
             size, open_ = size + cost, after
             shown = shown or _shows(piece)
             end += 1
-            if shown and shows_from[end] and not piece.startswith("<"):
+            if shown and shows_from[end] and not piece.startswith("<") and not line_next[end]:
                 anywhere = (end, open_)
         if end == len(tokens):
             parts.append(prefix + "".join(tokens[start:]) + _closing(open_))
             return parts
         cut, skip = (at_line, 1) if at_line is not None else (anywhere, 0)
+        if cut is None and not shown:  # a blank run longer than a message: Telegram would
+            start, stack = end, open_  # refuse it as empty text, so it is dropped
+            continue
         if cut is None:  # nothing shown fits after the reopened tags: take what was read
             cut, skip = (end, open_), 0
         parts.append(prefix + "".join(tokens[start : cut[0]]) + _closing(cut[1]))
