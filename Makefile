@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-$(shell { echo $(UV_VERSION); cat pyproject.toml uv.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEBIAN_TEST_PACKAGES := redis-server prometheus prometheus-alertmanager chromium
 
-.PHONY: setup lock run test lint format system-deps clean create-emergency-backup report enable-self-healing smoke verify bench up down
+.PHONY: setup lock run test lint format system-deps clean create-emergency-backup report enable-self-healing smoke verify bench test-fast up down
 
 # --locked: stop if pyproject.toml changed without `make lock`; --inexact: keep pip and uv itself.
 $(STAMP): pyproject.toml uv.lock
@@ -98,6 +98,10 @@ lint: setup
 format: setup
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
+
+## test-fast: the fast lane while you work: every test not marked slow, on both cores (< 1 min)
+test-fast: setup system-deps
+	$(BIN)/pytest -q -m "not slow" -n 2
 
 ## test: set up everything the tests need, lint, then run the whole suite
 test: setup system-deps lint

@@ -264,6 +264,7 @@ def _stored(plane: ControlPlane) -> dict[str, int | None]:
         return dict(db.execute("SELECT dedup, incident_id FROM alerts").fetchall())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("source", SOURCES)
 def test_mangled_bodies_never_answer_5xx_and_accepted_alerts_are_stored(
     webhook_app: tuple[TestClient, ControlPlane], source: str

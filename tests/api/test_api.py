@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import httpx
+import pytest
 
 from core.control_plane import ControlPlane
 from core.models import Actor
@@ -182,6 +183,7 @@ async def test_oversized_body_is_413(client: httpx.AsyncClient) -> None:
     assert response.json()["error"]["code"] == "payload_too_large"
 
 
+@pytest.mark.slow
 async def test_openapi_schema_lists_the_routes(client: httpx.AsyncClient) -> None:
     schema = (await client.get("/openapi.json")).json()
     assert {

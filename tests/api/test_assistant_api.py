@@ -43,6 +43,7 @@ async def test_ask_answers_from_the_fallback_without_an_llm(client: httpx.AsyncC
     assert body["facts"][0]["tool"] == "health"
 
 
+@pytest.mark.slow
 async def test_ask_answers_from_the_llm_with_tool_facts(
     llm_client: tuple[httpx.AsyncClient, FakeOpenAI],
 ) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import httpx
+import pytest
 
 from core.control_plane import ControlPlane
 from tests.conftest import ADMIN_TOKEN, OPERATOR_TOKEN, VIEWER_TOKEN, auth
@@ -40,6 +41,7 @@ async def test_backups_list_create_and_verify_by_role(client: httpx.AsyncClient)
     assert bad.status_code in (404, 422)
 
 
+@pytest.mark.slow
 async def test_restore_is_admin_only_confirmed_and_restores(
     plane: ControlPlane, client: httpx.AsyncClient
 ) -> None:

@@ -77,6 +77,7 @@ async def test_metrics_stay_open_outside_production_without_a_token(
     assert (await client.get("/metrics")).status_code == 200
 
 
+@pytest.mark.slow
 async def test_production_hides_the_schema_and_docs_unless_enabled(
     make_client: ClientFactory,
 ) -> None:

@@ -189,6 +189,7 @@ def duration_series(text: str) -> Counter[tuple[str, str, str]]:
     return counts
 
 
+@pytest.mark.slow
 async def test_anonymous_refusals_on_every_route_share_one_series_per_status(
     open_api: OpenApi,
 ) -> None:

@@ -108,6 +108,7 @@ def test_no_api_model_is_an_empty_copy_of_a_core_model() -> None:
         ("post", "/api/v1/halt", HaltReport),
     ],
 )
+@pytest.mark.slow
 async def test_core_models_are_the_response_schemas_where_the_wire_is_the_same(
     client: httpx.AsyncClient, method: str, path: str, model: type[BaseModel]
 ) -> None:
@@ -160,6 +161,7 @@ def assert_body_matches(spec: dict[str, Any], schema: dict[str, Any], body: Any)
         ("get", "/api/v1/jobs", "/api/v1/jobs", VIEWER_TOKEN),
     ],
 )
+@pytest.mark.slow
 async def test_answers_have_exactly_the_documented_fields(
     client: httpx.AsyncClient, method: str, path: str, template: str, token: str | None
 ) -> None:

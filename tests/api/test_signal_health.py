@@ -172,6 +172,7 @@ async def _sign_in(plane: ControlPlane, client_host: str, proto: str | None) -> 
     return response.headers["set-cookie"]
 
 
+@pytest.mark.slow
 async def test_cookie_is_secure_over_tls_from_a_trusted_proxy_only(
     make_plane: PlaneFactory,
 ) -> None:

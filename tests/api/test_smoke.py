@@ -35,6 +35,7 @@ async def test_smoke_passes_against_a_running_instance(
     assert (incident.title, incident.state.value) == ("LuniaSmokeTest", "resolved")
 
 
+@pytest.mark.slow
 async def test_smoke_fails_with_a_bad_token_or_no_instance(
     make_plane: PlaneFactory, cli_env: None
 ) -> None:

@@ -46,6 +46,7 @@ async def issue(client: httpx.AsyncClient, **body: str) -> dict[str, str]:
     return issued
 
 
+@pytest.mark.slow
 async def test_issued_token_works_with_its_role_until_it_expires(
     client: httpx.AsyncClient,
 ) -> None:
@@ -113,6 +114,7 @@ async def test_list_shows_names_roles_expiry_never_values(client: httpx.AsyncCli
     assert "sha256" not in response.text
 
 
+@pytest.mark.slow
 async def test_only_admins_manage_tokens_and_refusals_are_audited(
     client: httpx.AsyncClient, plane: ControlPlane
 ) -> None:

@@ -82,6 +82,7 @@ async def test_commands_are_registered_with_help(
     } <= commands
 
 
+@pytest.mark.slow
 async def test_incident_message_ack_button_edits_it_and_stops_escalation(
     make_bot: BotFactory, fake_telegram: FakeTelegram
 ) -> None:
@@ -153,6 +154,7 @@ async def test_stale_press_answers_with_the_current_state(
     assert "already resolved" in answer.params["text"]
 
 
+@pytest.mark.slow
 async def test_unknown_user_gets_one_polite_refusal_and_no_data(
     telegram: TelegramBot, fake_telegram: FakeTelegram
 ) -> None:
@@ -260,6 +262,7 @@ async def test_retry_after_is_honoured_exactly_and_nothing_is_lost(
     assert texts == ["first", "second"]
 
 
+@pytest.mark.slow
 async def test_long_text_arrives_in_valid_parts(
     telegram: TelegramBot, fake_telegram: FakeTelegram
 ) -> None:

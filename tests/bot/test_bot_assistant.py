@@ -19,6 +19,7 @@ async def fake_openai() -> AsyncIterator[FakeOpenAI]:
         yield fake
 
 
+@pytest.mark.slow
 async def test_plain_question_in_private_is_answered_by_the_fallback(
     telegram: TelegramBot, fake_telegram: FakeTelegram
 ) -> None:
@@ -39,6 +40,7 @@ async def test_group_chatter_is_ignored_but_a_mention_is_answered(
     assert len(answers) == 1
 
 
+@pytest.mark.slow
 async def test_diagnose_replies_in_the_incidents_thread(
     telegram: TelegramBot, fake_telegram: FakeTelegram
 ) -> None:
@@ -50,6 +52,7 @@ async def test_diagnose_replies_in_the_incidents_thread(
     assert "2.3" in (reply.text or "")  # the runbook section for this alert
 
 
+@pytest.mark.slow
 async def test_proposed_failover_is_a_button_guarded_by_role_and_confirmation(
     make_bot: BotFactory, fake_telegram: FakeTelegram, fake_openai: FakeOpenAI
 ) -> None:

@@ -23,6 +23,7 @@ async def fake_openai() -> AsyncIterator[FakeOpenAI]:
         yield fake
 
 
+@pytest.mark.slow
 async def test_injected_switch_on_is_text_with_a_command_not_a_button(
     make_bot: BotFactory, fake_telegram: FakeTelegram, fake_openai: FakeOpenAI
 ) -> None:
@@ -54,6 +55,7 @@ async def test_injected_switch_on_is_text_with_a_command_not_a_button(
     assert telegram.plane.trading.core("momentum").enabled is False
 
 
+@pytest.mark.slow
 async def test_rule_based_diagnosis_offers_fail_back_only_as_a_command(
     make_bot: BotFactory, fake_telegram: FakeTelegram
 ) -> None:

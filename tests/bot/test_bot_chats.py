@@ -7,6 +7,8 @@ import asyncio
 import time
 from typing import Any
 
+import pytest
+
 from bot.app import TelegramBot
 from tests.bot.conftest import ADMIN, OPERATOR, OPS, VIEWER
 from tests.bot.test_bot import replies
@@ -26,6 +28,7 @@ async def quiet(fake: FakeTelegram, chat: int) -> bool:
     return fake.messages(chat) == []
 
 
+@pytest.mark.slow
 async def test_commands_in_an_unconfigured_group_are_ignored_and_audited_once(
     telegram: TelegramBot, fake_telegram: FakeTelegram
 ) -> None:
@@ -52,6 +55,7 @@ async def test_commands_in_an_unconfigured_group_are_ignored_and_audited_once(
     assert flipped(telegram)
 
 
+@pytest.mark.slow
 async def test_button_presses_in_an_unconfigured_group_are_ignored(
     telegram: TelegramBot, fake_telegram: FakeTelegram
 ) -> None:
@@ -71,6 +75,7 @@ async def test_a_migrated_ops_group_keeps_working(
     await replies(fake_telegram, supergroup, "LLM_RATE_LIMITED = True")
 
 
+@pytest.mark.slow
 async def test_a_forwarded_command_does_not_run(
     telegram: TelegramBot, fake_telegram: FakeTelegram
 ) -> None:
@@ -88,6 +93,7 @@ async def test_a_forwarded_command_does_not_run(
     await replies(fake_telegram, ADMIN, "LLM_RATE_LIMITED = True")
 
 
+@pytest.mark.slow
 async def test_an_edited_command_is_not_run_again(
     telegram: TelegramBot, fake_telegram: FakeTelegram
 ) -> None:

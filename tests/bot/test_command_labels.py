@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 import string
 
+import pytest
 from aiogram.types import Update
 
 from bot.app import TelegramBot
@@ -19,6 +20,7 @@ async def feed(telegram: TelegramBot, update: dict[str, object]) -> None:
     await telegram.dispatcher.feed_update(telegram.bot, parsed)
 
 
+@pytest.mark.slow
 async def test_junk_commands_and_buttons_collapse_into_unknown(
     telegram: TelegramBot, fake_telegram: FakeTelegram
 ) -> None:

@@ -155,6 +155,7 @@ async def run_outbox(
         await store.close()
 
 
+@pytest.mark.slow
 async def test_the_outbox_spaces_one_chats_messages_by_the_pacer_and_keeps_their_order(
     tmp_path: Path,
 ) -> None:
@@ -175,6 +176,7 @@ async def test_a_paced_chat_does_not_hold_back_another_chat(tmp_path: Path) -> N
     assert sorted(text for text, _ in channel.sent) == ["a0", "b0", "c0"]
 
 
+@pytest.mark.slow
 async def test_a_429s_retry_after_is_waited_out_exactly_then_the_message_is_sent(
     tmp_path: Path,
 ) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import httpx
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -174,12 +175,14 @@ def test_incident_buttons_are_a_keyboard_telegram_accepts(incident: Incident) ->
         check_reply_markup(markup.model_dump(mode="json", exclude_none=True))
 
 
+@pytest.mark.slow
 @EXAMPLES
 @given(st.lists(incidents(), min_size=1, max_size=60))
 def test_incident_lists_split_into_messages_telegram_accepts(found: list[Incident]) -> None:
     all_accepted("\n".join(["<b>Open incidents</b>", *map(incident_line, found)]))
 
 
+@pytest.mark.slow
 @EXAMPLES
 @given(st.dictionaries(text, st.tuples(st.sampled_from(list(Status)), text), max_size=20))
 def test_health_splits_into_messages_telegram_accepts(
@@ -192,6 +195,7 @@ def test_health_splits_into_messages_telegram_accepts(
     all_accepted(health_text(report))
 
 
+@pytest.mark.slow
 @EXAMPLES
 @given(st.lists(st.tuples(text, st.one_of(st.booleans(), text), text), max_size=30))
 def test_flags_split_into_messages_telegram_accepts(rows: list[tuple[str, object, str]]) -> None:
@@ -210,6 +214,7 @@ def test_flags_split_into_messages_telegram_accepts(rows: list[tuple[str, object
     all_accepted(flags_text(states))
 
 
+@pytest.mark.slow
 @EXAMPLES
 @given(st.lists(st.tuples(actors, text, text, short), max_size=40), st.none() | text)
 def test_audit_splits_into_messages_telegram_accepts(
@@ -232,6 +237,7 @@ def test_audit_splits_into_messages_telegram_accepts(
     all_accepted(audit_text(entries, verify))
 
 
+@pytest.mark.slow
 @EXAMPLES
 @given(st.lists(st.tuples(text, st.sampled_from(list(Mark)), text), min_size=1, max_size=40))
 def test_the_checklist_splits_into_messages_telegram_accepts(

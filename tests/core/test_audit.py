@@ -6,6 +6,8 @@ import json
 import sqlite3
 from pathlib import Path
 
+import pytest
+
 from core.control_plane import ControlPlane
 from core.models import Actor, ActorKind, AuditRecord, Role
 from core.security.audit import verify_export
@@ -66,6 +68,7 @@ async def test_deleted_tail_is_detected(plane: ControlPlane) -> None:
     assert "end of the log was deleted" in report.problem
 
 
+@pytest.mark.slow
 async def test_export_verifies_offline_and_detects_an_edited_line(
     plane: ControlPlane, tmp_path: Path
 ) -> None:

@@ -213,6 +213,7 @@ async def _keyspace(client: aioredis.Redis) -> dict[bytes, bytes]:
     return {key: await client.dump(key) for key in sorted(await client.keys("*"))}
 
 
+@pytest.mark.slow
 async def test_verifying_a_redis_backup_never_touches_the_production_keyspace(
     make_settings: SettingsFactory, shared_redis: RedisServer
 ) -> None:

@@ -355,6 +355,7 @@ def test_retention_policy_counts_days_and_weeks_that_have_backups() -> None:
     assert select_kept(created, keep_last=1, keep_daily=0, keep_weekly=9) == {0, 1, 3, 4}
 
 
+@pytest.mark.slow
 async def test_backup_and_restore_round_trip_through_s3(make_plane: PlaneFactory) -> None:
     with running_fake_s3() as s3:
         plane = await make_plane(
@@ -478,6 +479,7 @@ async def test_daily_verification_job_raises_its_own_incident(plane: ControlPlan
         await plane.jobs.run("backup-verify", OPERATOR)
 
 
+@pytest.mark.slow
 async def test_scheduled_backup_follows_the_live_flag(plane: ControlPlane) -> None:
     await plane.flags.set("AUTO_BACKUP_ENABLED", "off", OPERATOR)
     assert await plane.backups.scheduled_backup() is None

@@ -146,6 +146,7 @@ async def test_broadcast_subscribers_each_see_every_event(
     assert groups == {f"cache@{b.consumer}"}  # a closed process leaves no group behind
 
 
+@pytest.mark.slow
 async def test_failing_handler_gets_the_event_redelivered(make_bus: BusFactory) -> None:
     attempts: list[int] = []
 
@@ -164,6 +165,7 @@ async def test_failing_handler_gets_the_event_redelivered(make_bus: BusFactory) 
     assert attempts == [7, 7, 7]
 
 
+@pytest.mark.slow
 async def test_handler_that_keeps_failing_is_dead_lettered_after_max_deliveries(
     make_bus: BusFactory, raw: aioredis.Redis
 ) -> None:
@@ -188,6 +190,7 @@ async def test_handler_that_keeps_failing_is_dead_lettered_after_max_deliveries(
     assert attempts == [9, 9, 9]
 
 
+@pytest.mark.slow
 async def test_dead_consumers_pending_entries_are_reclaimed_by_another(
     make_bus: BusFactory,
 ) -> None:
@@ -214,6 +217,7 @@ async def test_dead_consumers_pending_entries_are_reclaimed_by_another(
     await until_async(lambda: stats_of(survivor, "worker"), (0, 0))
 
 
+@pytest.mark.slow
 async def test_bus_recovers_when_redis_restarts(
     make_bus: BusFactory, redis_server: RedisServer
 ) -> None:
@@ -372,6 +376,7 @@ async def until_async(probe: Callable[[], Any], expected: Any, timeout: float = 
             await asyncio.sleep(0.05)
 
 
+@pytest.mark.slow
 async def test_closing_mid_batch_acknowledges_what_was_handled(make_bus: BusFactory) -> None:
     # Handled entries are acknowledged once per batch: a bus closed while a batch is under way
     # must still send that acknowledgement, or a restart would deliver them a second time.

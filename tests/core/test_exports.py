@@ -85,6 +85,7 @@ async def test_export_needs_a_sane_range_and_a_role(plane: ControlPlane, tmp_pat
     assert (last.action, last.outcome) == ("audit.export", "denied")
 
 
+@pytest.mark.slow
 async def test_export_to_s3_verifies_offline(make_plane: PlaneFactory, tmp_path: Path) -> None:
     with running_fake_s3() as s3:
         plane = await make_plane(

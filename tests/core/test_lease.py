@@ -92,6 +92,7 @@ async def make_lease(redis_server: RedisServer) -> AsyncIterator[LeaseFactory]:
         await lease.close()
 
 
+@pytest.mark.slow
 async def test_only_one_of_several_leases_leads(make_lease: LeaseFactory) -> None:
     contenders = [make_lease(f"node{i}", ttl=3.0, renew_interval=0.1) for i in range(3)]
     for lease, _ in contenders:

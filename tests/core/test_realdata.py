@@ -190,6 +190,7 @@ def test_every_realdata_body_has_an_expectation() -> None:
     assert present == sorted(EXPECTED)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 async def test_realdata_body_is_accepted_and_becomes_the_right_incidents(
     client: httpx.AsyncClient, name: str

@@ -123,6 +123,7 @@ async def test_restore_keeps_halt_switches_revocations_and_safe_flags_across_a_r
     assert not again.trading.state().halted
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("fakes")  # before ``start``: the planes read the venues' keys
 async def test_a_failover_in_force_stays_after_a_restore_and_a_restart(start: Start) -> None:
     plane = await start()

@@ -118,6 +118,7 @@ async def test_crlf_in_a_title_cannot_add_headers_or_jam_the_queue(
         assert (await plane.store.outbox_stats("email")).depth == 0
 
 
+@pytest.mark.slow
 async def test_server_without_starttls_is_refused_unless_smtp_insecure(
     make_plane: PlaneFactory,
 ) -> None:

@@ -56,6 +56,7 @@ async def test_every_key_lives_under_the_store_prefix(
     assert await store.integrity_problems() == []
 
 
+@pytest.mark.slow
 async def test_store_calls_fail_fast_as_unavailable_while_redis_is_down(
     store: RedisStore, redis_server: RedisServer
 ) -> None:

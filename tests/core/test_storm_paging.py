@@ -7,6 +7,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from core.control_plane import ControlPlane
 from core.incidents.receivers import parse_alertmanager
 from core.models import Actor, ActorKind, Role, utcnow
@@ -114,6 +116,7 @@ async def test_a_lone_incident_pages_on_its_own_and_a_warning_storm_pages_nobody
     assert events[0]["payload"]["summary"].startswith("[critical] RedisDown")
 
 
+@pytest.mark.slow
 async def test_a_storm_stored_through_another_replica_still_pages_once(
     make_plane: PlaneFactory, make_redis: RedisFactory, tmp_path: Path
 ) -> None:

@@ -10,6 +10,7 @@ import pytest
 from core.platform.tasks import cancel_and_wait
 
 
+@pytest.mark.slow
 async def test_a_task_that_swallows_one_cancellation_is_cancelled_again(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -148,6 +148,7 @@ async def test_operator_halts_confirmed_cancels_orders_and_only_an_admin_resumes
     assert {"engine.halt", "engine.resume"} <= set(actions)
 
 
+@pytest.mark.slow
 async def test_halt_cancels_every_open_order_past_one_page(plane: ControlPlane) -> None:
     venue = plane.venues.active()
     for _ in range(1200):  # straight onto the paper venue and into the store: quicker

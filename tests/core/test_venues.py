@@ -40,6 +40,7 @@ async def venue(fake: FakeExchange) -> AsyncIterator[CcxtVenue]:
     await v.close()
 
 
+@pytest.mark.slow
 async def test_markets_tickers_balances_and_a_market_order_round_trip(
     fake: FakeExchange, venue: CcxtVenue
 ) -> None:
@@ -75,6 +76,7 @@ async def test_limit_order_rests_and_cancels(fake: FakeExchange, venue: CcxtVenu
     assert fake.orders[order.client_order_id].status == "canceled"
 
 
+@pytest.mark.slow
 async def test_order_post_timeout_is_looked_up_not_sent_twice(
     fake: FakeExchange, venue: CcxtVenue
 ) -> None:
@@ -92,6 +94,7 @@ async def test_order_post_timeout_is_looked_up_not_sent_twice(
     assert lookups, "the timed-out order was not looked up by its client order id"
 
 
+@pytest.mark.slow
 async def test_outage_and_ban_translate_into_the_error_tree(
     fake: FakeExchange, venue: CcxtVenue
 ) -> None:

@@ -440,6 +440,7 @@ async def test_unauthorized_and_unknown_method(fake_tg: FakeTelegram) -> None:
             assert (await resp.json())["result"]["message_id"] == 2
 
 
+@pytest.mark.slow
 async def test_long_polling_semantics(fake_tg: FakeTelegram, bot: Bot) -> None:
     """getUpdates waits for an update, returns promptly, and offset confirms."""
     started = time.monotonic()
@@ -462,6 +463,7 @@ async def test_long_polling_semantics(fake_tg: FakeTelegram, bot: Bot) -> None:
     assert fake_tg.pending_updates == []
 
 
+@pytest.mark.slow
 async def test_concurrent_pollers_and_stop(fake_tg: FakeTelegram, bot: Bot) -> None:
     """A second getUpdates terminates the first with 409; stop() answers pending polls."""
     first = asyncio.create_task(bot.get_updates(timeout=20))
@@ -476,6 +478,7 @@ async def test_concurrent_pollers_and_stop(fake_tg: FakeTelegram, bot: Bot) -> N
     assert time.monotonic() - started < 2.0
 
 
+@pytest.mark.slow
 async def test_offline_modes(fake_tg: FakeTelegram, bot: Bot) -> None:
     """Offline drops connections (network error) or answers 502 (server error)."""
     fake_tg.set_offline(True)
@@ -514,6 +517,7 @@ def build_router() -> Router:
     return router
 
 
+@pytest.mark.slow
 async def test_dispatcher_polling_round_trip(fake_tg: FakeTelegram) -> None:
     """A real Dispatcher polls the fake, handles /start and a button press, and stops cleanly."""
     bot = Bot(
