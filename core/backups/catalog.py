@@ -108,16 +108,9 @@ class BackupCatalog:
         status = "unverified"
         if verification is not None:
             status = "verified" if verification.ok else "failed"
-        return BackupInfo(
-            id=manifest.id,
-            created_at=manifest.created_at,
-            age_seconds=round((now - manifest.created_at).total_seconds(), 3),
-            reason=manifest.reason,
-            created_by=manifest.created_by,
-            size_bytes=manifest.size_bytes,
-            counts=manifest.counts,
-            app_version=manifest.app_version,
-            schema_version=manifest.schema_version,
+        return BackupInfo.of(
+            manifest,
+            now,
             status=status,
             verification=verification,
             offsite=str(remote.get("url")) if remote else None,

@@ -103,6 +103,23 @@ class BackupInfo(BaseModel):
     offsite: str | None = None
     problem: str = ""
 
+    @classmethod
+    def of(cls, manifest: BackupManifest, now: datetime, **found: Any) -> BackupInfo:
+        """The listing of the backup ``manifest`` describes, aged at ``now``; ``found`` holds
+        what the manifest cannot say (status, verification, where its copies are)."""
+        return cls(
+            id=manifest.id,
+            created_at=manifest.created_at,
+            age_seconds=round((now - manifest.created_at).total_seconds(), 3),
+            reason=manifest.reason,
+            created_by=manifest.created_by,
+            size_bytes=manifest.size_bytes,
+            counts=manifest.counts,
+            app_version=manifest.app_version,
+            schema_version=manifest.schema_version,
+            **found,
+        )
+
 
 class FlagChange(BaseModel):
     """A flag whose effective value a restore changed."""

@@ -94,16 +94,9 @@ class OffsiteCopies:
         """A backup that is only off-site, as ``/backups`` lists it."""
         raw = await self._s3.get_bytes(self._location, self._location.key(backup_id, MANIFEST))
         manifest = BackupManifest.model_validate_json(raw)
-        return BackupInfo(
-            id=manifest.id,
-            created_at=manifest.created_at,
-            age_seconds=round((now - manifest.created_at).total_seconds(), 3),
-            reason=manifest.reason,
-            created_by=manifest.created_by,
-            size_bytes=manifest.size_bytes,
-            counts=manifest.counts,
-            app_version=manifest.app_version,
-            schema_version=manifest.schema_version,
+        return BackupInfo.of(
+            manifest,
+            now,
             status="unverified",
             local=False,
             offsite=self._location.url(backup_id),
