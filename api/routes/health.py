@@ -9,13 +9,12 @@ costs one render per snapshot.
 
 from __future__ import annotations
 
-import hmac
-
-from fastapi import APIRouter, HTTPException, Request, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
-from api.deps import PlaneDep, get_plane
+from api.deps import PlaneDep, caller_of, get_plane, unauthorized
 from api.schemas import Ready
+from core.errors import Unauthenticated
 from core.platform.health import HealthReport, Status
 from core.platform.metrics import CONTENT_TYPE
 
@@ -55,11 +54,15 @@ async def metrics(plane: PlaneDep, request: Request) -> Response:
     expected = plane.secrets.metrics_token
     if expected is not None:
         scheme, _, presented = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            presented.strip().encode(), expected.get_secret_value().encode()
-        ):
-            plane.metrics.auth_denied.labels("http", "metrics_token").inc()
-            raise HTTPException(
-                401, "metrics need the bearer token METRICS_TOKEN", {"WWW-Authenticate": "Bearer"}
+        try:
+            await plane.authenticator.check_secret(
+                presented.strip() if scheme.lower() == "bearer" else None,
+                expected.get_secret_value(),
+                channel="http",
+                caller=caller_of(request),
+                message="metrics need the bearer token METRICS_TOKEN",
+                reason="metrics_token",
             )
+        except Unauthenticated as exc:
+            raise unauthorized(exc) from None
     return Response(plane.metrics.exposition(), media_type=CONTENT_TYPE)
