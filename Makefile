@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-$(shell { echo $(UV_VERSION); cat pyproject.toml uv.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEBIAN_TEST_PACKAGES := redis-server prometheus prometheus-alertmanager chromium
 
-.PHONY: setup lock run test lint format system-deps clean create-emergency-backup report enable-self-healing smoke verify bench test-fast up down
+.PHONY: setup lock run test lint format system-deps clean create-emergency-backup report enable-self-healing smoke verify bench test-fast up down stack-test stack-clean
 
 # --locked: stop if pyproject.toml changed without `make lock`; --inexact: keep pip and uv itself.
 $(STAMP): pyproject.toml uv.lock
@@ -64,6 +64,15 @@ verify: test
 ## bench: run every bench in bench/ (under 10 min) and write the figures to docs/PERFORMANCE.md
 bench: setup
 	$(BIN)/python bench/run_all.py
+
+## stack-test: build the images and run docker-compose.prod.yml for real, driven end to end
+## (tests/stack/drive.py); starts its own dockerd when none answers and puts the host back after
+stack-test: setup
+	$(BIN)/python tests/stack/drive.py
+
+## stack-clean: drop stack-test's image cache (its private engine's data root)
+stack-clean:
+	rm -rf /var/lib/lunia-stack-test var/stack-test
 
 ## up / down: start or stop the production stack with Compose (needs a Docker engine)
 up:

@@ -84,7 +84,7 @@ FLAG_RELOAD_SECONDS = 2.0
 def open_store(settings: Settings) -> Store:
     """SQLite in the state dir (the embedded default), or Redis shared by replicas."""
     if settings.enable_redis:
-        return RedisStore(settings.redis_url.get_secret_value(), prefix=REDIS_PREFIX)
+        return RedisStore(settings.redis_dsn, prefix=REDIS_PREFIX)
     return SqliteStore(settings.db_path)
 
 
@@ -118,7 +118,7 @@ class ControlPlane:
         self.confirmations = ConfirmationService(self.store)
         self.flags = FlagService(settings, self.store, self.metrics)
         self.bus: Bus = (
-            RedisStreamsBus(settings.redis_url.get_secret_value(), prefix=REDIS_PREFIX)
+            RedisStreamsBus(settings.redis_dsn, prefix=REDIS_PREFIX)
             if settings.enable_redis
             else InProcessBus()
         )
@@ -424,7 +424,7 @@ class ControlPlane:
             await self.duties.start()
             return
         self.lease = Lease(
-            self.settings.redis_url.get_secret_value(),
+            self.settings.redis_dsn,
             lease_name,
             ttl=self.settings.lease_ttl_seconds,
             prefix=REDIS_PREFIX,

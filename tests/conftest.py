@@ -120,8 +120,8 @@ def make_redis(tmp_path: Path) -> Iterator[RedisFactory]:
     stopped at teardown. ``make_redis(durable=True)`` fsyncs an append-only file on every write."""
     started: list[RedisServer] = []
 
-    def make(*, durable: bool = False) -> RedisServer:
-        server = start_redis(tmp_path, durable=durable)
+    def make(*, durable: bool = False, password: str | None = None) -> RedisServer:
+        server = start_redis(tmp_path, durable=durable, password=password)
         started.append(server)
         return server
 

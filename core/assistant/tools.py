@@ -67,6 +67,7 @@ _SECRET_SETTINGS = (
     "pagerduty_routing_key",
     "s3_access_key_id",
     "s3_secret_access_key",
+    "redis_password",
 )
 
 Handler = Callable[[dict[str, Any]], Awaitable[tuple[Any, str]]]
@@ -131,7 +132,7 @@ class Redactor:
             value = getattr(settings, name, None)
             if isinstance(value, SecretStr):
                 values.append(value.get_secret_value())
-        redis_url = settings.redis_url.get_secret_value()
+        redis_url = settings.redis_dsn
         if "@" in redis_url:  # only a URL with credentials is secret
             values.append(redis_url)
         return cls(values)

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from dotenv import dotenv_values
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
@@ -46,6 +47,7 @@ _SECRET_FIELDS = frozenset(
         "backup_signing_key",
         "backup_signing_keys_old",
         "redis_url",
+        "redis_password",
         "openai_api_key",
         "pagerduty_routing_key",
         "s3_access_key_id",
@@ -168,6 +170,9 @@ class Settings(BaseSettings):
 
     enable_redis: bool = False
     redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
+    # The password Redis asks for (requirepass / the default ACL user), usually a Docker secret
+    # through REDIS_PASSWORD_FILE; it replaces any password in REDIS_URL.
+    redis_password: SecretStr | None = None
     lease_ttl_seconds: float = Field(default=10.0, ge=1, le=300)
     redis_check_seconds: float = Field(default=1.0, gt=0, le=60)
 
@@ -363,6 +368,18 @@ class Settings(BaseSettings):
     def db_path(self) -> Path:
         """Where the SQLite state database lives."""
         return self.lunia_state_dir / "lunia.db"
+
+    @property
+    def redis_dsn(self) -> str:
+        """``REDIS_URL`` with ``REDIS_PASSWORD`` as its password when one is set."""
+        url = self.redis_url.get_secret_value()
+        if self.redis_password is None:
+            return url
+        parts = urlsplit(url)
+        user, _, host = parts.netloc.rpartition("@")
+        user = user.partition(":")[0]
+        password = quote(self.redis_password.get_secret_value(), safe="")
+        return urlunsplit(parts._replace(netloc=f"{user}:{password}@{host}"))
 
     @property
     def outbox_retention_period(self) -> timedelta:

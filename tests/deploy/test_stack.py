@@ -43,9 +43,18 @@ def load_yaml(path: Path) -> Any:
     return yaml.safe_load(path.read_text())
 
 
+def at_defaults(text: str) -> str:
+    """Compose's interpolation with no variable set: ``${VAR:-default}`` -> default, ``$$`` -> $,
+    which is the file as a user's ``make up`` reads it (tests/stack/drive.py sets some)."""
+    text = re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", text)
+    text = re.sub(r"\$\{(\w+):\?[^}]*\}", r"<\1 from .env>", text)  # required: no default
+    assert not re.search(r"(?<!\$)\$\{?\w", text.replace("$$", "")), "a variable without a default"
+    return text.replace("$$", "$")
+
+
 @pytest.fixture(scope="module")
 def compose() -> dict[str, Any]:
-    data = load_yaml(COMPOSE)
+    data = yaml.safe_load(at_defaults(COMPOSE.read_text()))
     assert isinstance(data, dict)
     return data
 
@@ -270,11 +279,52 @@ def test_the_control_plane_reads_the_same_webhook_token_file(
 
 def test_redis_persists_with_append_only_file(compose: dict[str, Any]) -> None:
     redis = compose["services"]["redis"]
-    assert redis["image"].startswith("redis:7")
+    assert redis["image"].startswith("redis:8")
     command = redis["command"]
-    args = shlex.split(command) if isinstance(command, str) else command
+    assert command[:2] == ["sh", "-c"]
+    args = shlex.split(command[2].split("exec ", 1)[1])
     assert args[args.index("--appendonly") + 1] == "yes"
+    assert args[args.index("--appendfsync") + 1] == "always"
+    assert args[args.index("--dir") + 1] == "/data"
     assert any(v.split(":")[1] == "/data" for v in redis["volumes"])
+
+
+def test_redis_asks_for_the_password_every_role_sends(compose: dict[str, Any]) -> None:
+    redis = compose["services"]["redis"]
+    script = redis["command"][2]
+    # requirepass from the secret, written to a file: never on the command line (ps shows it).
+    assert "requirepass" in script and "cat /run/secrets/redis_password" in script
+    assert "--requirepass" not in script
+    assert "redis_password" in redis["secrets"]
+    assert "redis_password" in " ".join(redis["healthcheck"]["test"])
+    for role in ROLES:
+        service = compose["services"][role]
+        assert service["environment"]["REDIS_PASSWORD_FILE"] == "/run/secrets/redis_password"
+        assert "redis_password" in service["secrets"]
+
+
+def test_roles_run_read_only_without_capabilities(compose: dict[str, Any]) -> None:
+    for role in ROLES:
+        service = compose["services"][role]
+        assert service["read_only"] is True, role
+        assert service["tmpfs"] == ["/tmp"], role
+        assert service["cap_drop"] == ["ALL"], role
+        assert "no-new-privileges:true" in service["security_opt"], role
+        # What a read-only root leaves writable must be volumes: state and shared backups.
+        targets = {v.split(":")[1] for v in service["volumes"]}
+        assert targets == {"/var/lib/lunia", "/var/lib/lunia-backups"}, role
+
+
+def test_upstream_images_are_pinned_maintained_releases(compose: dict[str, Any]) -> None:
+    images = {name: compose["services"][name]["image"] for name in SERVICES - set(ROLES)}
+    assert images == {
+        "redis": "redis:8.2",
+        "prometheus": "prom/prometheus:v3.13.2",
+        "alertmanager": "prom/alertmanager:v0.35.1",
+        "grafana": "grafana/grafana:12.3.1",
+    }
+    args = compose["services"]["api"]["build"]["args"]
+    assert args == {"PYTHON_IMAGE": "python:3.11-slim-bookworm"}
 
 
 def test_every_bind_mounted_host_path_exists(compose: dict[str, Any]) -> None:
@@ -331,7 +381,15 @@ def dockerfile_instructions() -> list[tuple[str, str]]:
 def test_dockerfile_runs_lunia_as_non_root_with_a_healthcheck() -> None:
     steps = dockerfile_instructions()
     kinds = [kind for kind, _ in steps]
-    assert steps[0] == ("FROM", "python:3.11-slim")
+    # The base is a build argument defaulting to the upstream image (stack-test's stand-in).
+    assert steps[:2] == [
+        ("ARG", "PYTHON_IMAGE=python:3.11-slim-bookworm"),
+        ("FROM", "${PYTHON_IMAGE}"),
+    ]
+    # The backups volume's mount point exists, owned by the unprivileged user (a fresh named
+    # volume copies that ownership; without it every role crash-looped on PermissionError).
+    runs = " ".join(arg for kind, arg in steps if kind == "RUN")
+    assert "install -d -o lunia -g lunia -m 0700 /var/lib/lunia /var/lib/lunia-backups" in runs
     users = [arg for kind, arg in steps if kind == "USER"]
     assert users and users[-1].split(":")[0] not in {"root", "0"}
     # USER comes after the root-only steps, before the process starts.

@@ -54,10 +54,16 @@ def http_ready(port: int, path: str) -> bool:
         conn.close()
 
 
-def redis_ping(port: int) -> bool:
-    """Whether a Redis on 127.0.0.1:port answers PING with PONG (not LOADING or an error)."""
+def redis_ping(port: int, password: str | None = None) -> bool:
+    """Whether a Redis on 127.0.0.1:port answers PING with PONG (not LOADING or an error),
+    after AUTH with ``password`` when one is given."""
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=1.0) as sock:
+            if password is not None:
+                secret = password.encode()
+                sock.sendall(b"*2\r\n$4\r\nAUTH\r\n$%d\r\n%s\r\n" % (len(secret), secret))
+                if not sock.recv(64).startswith(b"+OK"):
+                    return False
             sock.sendall(b"*1\r\n$4\r\nPING\r\n")
             return sock.recv(64).startswith(b"+PONG")
     except OSError:
@@ -182,10 +188,14 @@ class RedisServer(ManagedProcess):
 
     name = "redis"
 
-    def __init__(self, workdir: Path, port: int, *, durable: bool = False) -> None:
-        """``durable``: AOF with ``appendfsync always`` (a killed server loses no write)."""
+    def __init__(
+        self, workdir: Path, port: int, *, durable: bool = False, password: str | None = None
+    ) -> None:
+        """``durable``: AOF with ``appendfsync always`` (a killed server loses no write);
+        ``password``: clients must AUTH with it (``requirepass``), as in the compose stack."""
         super().__init__(workdir, port)
         self.durable = durable
+        self.password = password
 
     @property
     def url(self) -> str:
@@ -207,11 +217,12 @@ class RedisServer(ManagedProcess):
             *aof,
             "--dir", str(self.workdir),
             "--daemonize", "no",
+            *(["--requirepass", self.password] if self.password is not None else []),
         ]  # fmt: skip
 
     def ready(self) -> bool:
         """PING answers PONG."""
-        return redis_ping(self.port)
+        return redis_ping(self.port, self.password)
 
 
 class _ConfiguredService(ManagedProcess):
@@ -302,11 +313,17 @@ def _workdir(tmp_path: Path, prefix: str) -> Path:
 
 
 def start_redis(
-    tmp_path: Path, timeout: float = START_TIMEOUT, *, durable: bool = False
+    tmp_path: Path,
+    timeout: float = START_TIMEOUT,
+    *,
+    durable: bool = False,
+    password: str | None = None,
 ) -> RedisServer:
     """Start redis-server on a free port under ``tmp_path`` and wait for PONG."""
     workdir = _workdir(tmp_path, "redis")
-    return _start_on_free_port(lambda port: RedisServer(workdir, port, durable=durable), timeout)
+    return _start_on_free_port(
+        lambda port: RedisServer(workdir, port, durable=durable, password=password), timeout
+    )
 
 
 def start_alertmanager(
