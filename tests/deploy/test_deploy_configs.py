@@ -7,7 +7,6 @@ loopback, stop cleanly, and Redis survives a kill and restart on the same port.
 from __future__ import annotations
 
 import contextlib
-
 import shutil
 import subprocess
 import time
