@@ -347,12 +347,19 @@ class Stack:
     alertmanager_port: int = field(default_factory=free_port)
     admin_token: str = field(default_factory=lambda: secrets.token_hex(24))
     secret_values: dict[str, str] = field(default_factory=dict)
-    checklist_at: str = field(
-        default_factory=lambda: datetime.fromtimestamp(time.time() + 150, UTC).strftime("%H:%M")
-    )
+    checklist_at: str = "08:00"
 
-    def prepare(self) -> None:
+    def schedule_checklist(self) -> None:
+        """Set the daily checklist to the minute that starts 1–2 minutes from now (called just
+        before ``up``, so a slow image build does not make the stack miss it)."""
+        self.checklist_at = datetime.fromtimestamp(time.time() + 120, UTC).strftime("%H:%M")
+        self.prepare(keep_secrets=True)
+
+    def prepare(self, *, keep_secrets: bool = False) -> None:
         """A throwaway .env and secrets folder under var/stack-test/ (never the user's)."""
+        if keep_secrets:
+            self.write_env()
+            return
         shutil.rmtree(WORK, ignore_errors=True)
         (WORK / "secrets").mkdir(parents=True)
         for name in (
@@ -364,6 +371,9 @@ class Stack:
             path = WORK / "secrets" / name
             path.write_text(value + "\n")
             path.chmod(0o444)  # read by the containers' unprivileged users
+        self.write_env()
+
+    def write_env(self) -> None:
         env = {
             "LOG_LEVEL": "INFO",
             "INFRA_PROD_ENABLED": "true",
@@ -702,6 +712,7 @@ async def main() -> int:
             stack.prepare()
             with report.step("build the lunia image (deploy/Dockerfile, from uv.lock)"):
                 stack.compose("build", "api")
+            stack.schedule_checklist()
             with report.step("compose up: api, bot, 2 workers, redis, prometheus, alertmanager"):
                 stack.compose("up", "-d", "--scale", "worker=2", *SERVICES)
             await check_stack(stack, telegram, report)
