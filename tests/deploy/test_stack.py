@@ -506,3 +506,29 @@ def test_metric_name_extraction_ignores_functions_labels_and_durations() -> None
         " and on(job) time() - y_seconds offset 5m > bool 1e3"
     )
     assert metric_names(expr) == {"x_bucket", "y_seconds"}
+
+
+def test_embedded_service_stands_in_for_every_role_on_sqlite(compose: dict[str, Any]) -> None:
+    # Runbook §2.2 (Redis lost for good): one `lunia run` on SQLite, not started by `make up`.
+    embedded = compose["services"]["embedded"]
+    assert embedded["profiles"] == ["embedded"]
+    assert embedded["command"] == ["run"]
+    env = embedded["environment"]
+    assert env["ENABLE_REDIS"] == "false"
+    assert not any(name.startswith("REDIS_") for name in env)
+    assert "redis_password" not in embedded["secrets"]
+    assert not embedded["depends_on"]
+    # It restores from the same backups, signed with the same key, and keeps its own state.
+    targets = dict(reversed(v.split(":")[:2]) for v in embedded["volumes"])
+    assert targets["/var/lib/lunia-backups"] == "lunia-backups"
+    assert targets["/var/lib/lunia"] not in {
+        dict(reversed(v.split(":")[:2]) for v in compose["services"][r]["volumes"])[
+            "/var/lib/lunia"
+        ]
+        for r in ROLES
+    }
+    assert env["BACKUP_SIGNING_KEY_FILE"] == "/run/secrets/backup_signing_key"
+    # Prometheus and Alertmanager reach it under the roles' names, unchanged.
+    aliases = set(embedded["networks"]["lunia"]["aliases"])
+    assert {"lunia-api", "lunia-bot", "lunia-worker"} <= aliases
+    assert embedded["ports"] == compose["services"]["api"]["ports"]
