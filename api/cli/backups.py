@@ -1,18 +1,20 @@
 """``lunia backup create|list|verify|sign|restore`` (runbook §3).
 
 Assembled into ``lunia`` by ``api.cli``; every command is one core call through ``with_plane``,
-so exit codes and one-line errors are the CLI's usual ones.
+or with ``--url`` / ``LUNIA_URL`` the matching ``/api/v1/backups`` call to the deployment, so exit
+codes, one-line errors and output are the CLI's usual ones either way.
 """
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Annotated
+from urllib.parse import quote
 
 import typer
 
 from api.cli.base import JsonOption, cli_actor, fail, with_plane
+from api.cli.instance import TokenOption, UrlOption, deployment
 from core.backups import BackupInfo, BackupManifest, BackupReason, RestoreReport, Verification
 from core.control_plane import ControlPlane
 
@@ -39,22 +41,33 @@ def _size(size: int) -> str:
     return f"{value:.1f} GiB"
 
 
+def _path(backup_id: str) -> str:
+    return f"/api/v1/backups/{quote(backup_id, safe='')}"
+
+
 @backup_app.command("create")
 def backup_create(
     reason: Annotated[
         str, typer.Option("--reason", help="manual or emergency (shown in the catalogue)")
     ] = "manual",
     as_json: JsonOption = False,
+    url: UrlOption = None,
+    token: TokenOption = None,
 ) -> None:
     """Take a backup of all state now."""
     if reason not in (BackupReason.MANUAL.value, BackupReason.EMERGENCY.value):
         raise fail(f"--reason must be manual or emergency, not {reason!r}", 2)
+    target = deployment(url, token)
+    if target is not None:
+        answer = target.call("POST", "/api/v1/backups", body={"reason": reason})
+        info, where = BackupInfo.model_validate(answer), f"the deployment at {target.base}"
+    else:
 
-    async def go(plane: ControlPlane) -> tuple[BackupInfo, Path]:
-        info = await plane.backups.create(cli_actor(), reason=BackupReason(reason))
-        return info, plane.backups.root / info.id
+        async def go(plane: ControlPlane) -> tuple[BackupInfo, str]:
+            info = await plane.backups.create(cli_actor(), reason=BackupReason(reason))
+            return info, str(plane.backups.root / info.id)
 
-    info, where = with_plane(go)
+        info, where = with_plane(go)
     if as_json:
         typer.echo(info.model_dump_json(indent=2))
         return
@@ -69,9 +82,16 @@ def backup_create(
 def backup_list(
     remote: Annotated[bool, typer.Option("--remote", help="include off-site-only backups")] = False,
     as_json: JsonOption = False,
+    url: UrlOption = None,
+    token: TokenOption = None,
 ) -> None:
     """Show every backup, newest first, with age, size and verification status."""
-    backups = with_plane(lambda plane: plane.backups.list(remote=remote))
+    target = deployment(url, token)
+    if target is not None:
+        answer = target.call("GET", "/api/v1/backups", params={"remote": remote})
+        backups = [BackupInfo.model_validate(item) for item in answer["items"]]
+    else:
+        backups = with_plane(lambda plane: plane.backups.list(remote=remote))
     if as_json:
         typer.echo(json.dumps([b.model_dump(mode="json") for b in backups], indent=2))
         return
@@ -89,13 +109,20 @@ def backup_list(
 
 
 @backup_app.command("verify")
-def backup_verify(backup_id: str, as_json: JsonOption = False) -> None:
+def backup_verify(
+    backup_id: str, as_json: JsonOption = False, url: UrlOption = None, token: TokenOption = None
+) -> None:
     """Check checksums, then trial-restore into a scratch store; exit 1 naming any problem."""
+    target = deployment(url, token)
+    if target is not None:
+        answer = target.call("POST", f"{_path(backup_id)}/verify")
+        result = Verification.model_validate(answer)
+    else:
 
-    async def go(plane: ControlPlane) -> Verification:
-        return await plane.backups.verify(backup_id, cli_actor())
+        async def go(plane: ControlPlane) -> Verification:
+            return await plane.backups.verify(backup_id, cli_actor())
 
-    result = with_plane(go)
+        result = with_plane(go)
     if as_json:
         typer.echo(result.model_dump_json(indent=2))
     if not result.ok:
@@ -109,14 +136,20 @@ def backup_verify(backup_id: str, as_json: JsonOption = False) -> None:
 
 
 @backup_app.command("sign")
-def backup_sign(backup_id: str, as_json: JsonOption = False) -> None:
+def backup_sign(
+    backup_id: str, as_json: JsonOption = False, url: UrlOption = None, token: TokenOption = None
+) -> None:
     """Sign an unsigned backup whose origin you trust with BACKUP_SIGNING_KEY (admin; audited),
     after checking its files against its manifest."""
+    target = deployment(url, token)
+    if target is not None:
+        manifest = BackupManifest.model_validate(target.call("POST", f"{_path(backup_id)}/sign"))
+    else:
 
-    async def go(plane: ControlPlane) -> BackupManifest:
-        return await plane.backups.sign(backup_id, cli_actor())
+        async def go(plane: ControlPlane) -> BackupManifest:
+            return await plane.backups.sign(backup_id, cli_actor())
 
-    manifest = with_plane(go)
+        manifest = with_plane(go)
     if as_json:
         typer.echo(manifest.model_dump_json(indent=2))
         return
@@ -131,13 +164,20 @@ def backup_restore(
     backup_id: str,
     yes: Annotated[bool, typer.Option("--yes", help="confirm: replaces all current state")] = False,
     as_json: JsonOption = False,
+    url: UrlOption = None,
+    token: TokenOption = None,
 ) -> None:
     """Replace all state with a backup (a safety backup is taken first; rolled back on failure)."""
+    target = deployment(url, token)
+    if target is not None:
+        answer = target.call("POST", f"{_path(backup_id)}/restore", body={"confirm": yes})
+        report = RestoreReport.model_validate(answer)
+    else:
 
-    async def go(plane: ControlPlane) -> RestoreReport:
-        return await plane.backups.restore(backup_id, cli_actor(), confirm=yes)
+        async def go(plane: ControlPlane) -> RestoreReport:
+            return await plane.backups.restore(backup_id, cli_actor(), confirm=yes)
 
-    report = with_plane(go)
+        report = with_plane(go)
     if as_json:
         typer.echo(report.model_dump_json(indent=2))
         return

@@ -1,6 +1,7 @@
 """``lunia checklist`` and ``lunia report``: the daily checklist and the access review (§1, §4).
 
-Assembled into ``lunia`` by ``api.cli``; each is one core call through ``with_plane``.
+Assembled into ``lunia`` by ``api.cli``; each is one core call through ``with_plane``, or with
+``--url`` / ``LUNIA_URL`` one call to the deployment's API (the report is written here).
 """
 
 from __future__ import annotations
@@ -11,14 +12,20 @@ from typing import Annotated
 import typer
 
 from api.cli.base import cli_actor, with_plane
+from api.cli.instance import TokenOption, UrlOption, deployment
 from core.control_plane import ControlPlane
-from core.ops.access_review import render_markdown
+from core.models.ops import Checklist
+from core.ops.access_review import AccessReview, render_markdown
 from core.platform.files import write_atomically
 
 
-def checklist() -> None:
+def checklist(url: UrlOption = None, token: TokenOption = None) -> None:
     """Run the daily checklist (runbook §1): one line per check; exit 1 on any ❌."""
-    result = with_plane(lambda plane: plane.checklist.run())
+    target = deployment(url, token)
+    if target is not None:
+        result = Checklist.model_validate(target.call("GET", "/api/v1/checklist"))
+    else:
+        result = with_plane(lambda plane: plane.checklist.run())
     for item in result.items:
         typer.echo(f"{item.mark.symbol} {item.name}: {item.reason}")
     if result.worst.value == "fail":
@@ -29,13 +36,19 @@ def report(
     out: Annotated[
         Path, typer.Option("--out", help="where to write the Markdown report", dir_okay=False)
     ] = Path("docs/RELEASE_REPORT.md"),
+    url: UrlOption = None,
+    token: TokenOption = None,
 ) -> None:
     """Write the access review (roles, last actions, flags, backups, incidents) as Markdown."""
+    target = deployment(url, token)
+    if target is not None:
+        review = AccessReview.model_validate(target.call("GET", "/api/v1/access-review"))
+    else:
 
-    async def go(plane: ControlPlane) -> str:
-        return render_markdown(await plane.access_review.review(cli_actor()))
+        async def go(plane: ControlPlane) -> AccessReview:
+            return await plane.access_review.review(cli_actor())
 
-    text = with_plane(go)
+        review = with_plane(go)
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_atomically(out, text.encode())
+    write_atomically(out, render_markdown(review).encode())
     typer.echo(f"access review written to {out}")

@@ -1,19 +1,22 @@
-"""``lunia token issue|list|revoke``: temporary API tokens from the host (admin).
+"""``lunia token issue|list|revoke``: temporary API tokens (admin).
 
-Assembled into ``lunia`` by ``api.cli``; a running server sees changes within seconds.
+Assembled into ``lunia`` by ``api.cli``; a running server sees changes within seconds. With
+``--url`` / ``LUNIA_URL`` each command is the matching ``/api/v1/tokens`` call (same output).
 """
 
 from __future__ import annotations
 
 import json
 from typing import Annotated
+from urllib.parse import quote
 
 import typer
 
 from api.cli.base import JsonOption, cli_actor, with_plane
+from api.cli.instance import TokenOption, UrlOption, deployment
+from api.schemas import IssuedTokenOut, TokenOut
 from core.control_plane import ControlPlane
 from core.models import Role
-from core.security.tokens import IssuedToken, TemporaryToken
 
 token_app = typer.Typer(
     help="Temporary API tokens: issue, list, revoke (runbook §4).", no_args_is_help=True
@@ -25,39 +28,52 @@ def token_issue(
     name: Annotated[str, typer.Option("--name", help="who or what the token is for")],
     role: Annotated[Role, typer.Option("--role", help="viewer, operator or admin")] = Role.VIEWER,
     ttl: Annotated[str, typer.Option("--ttl", help="lifetime: 30m, 8h, 7d (at most 90d)")] = "8h",
+    url: UrlOption = None,
+    token: TokenOption = None,
 ) -> None:
     """Issue a token; its value is printed this once (on stdout, alone, for scripts)."""
+    target = deployment(url, token)
+    if target is not None:
+        body = {"name": name, "role": role.value, "ttl": ttl}
+        issued = IssuedTokenOut.model_validate(target.call("POST", "/api/v1/tokens", body=body))
+    else:
 
-    async def go(plane: ControlPlane) -> IssuedToken:
-        return await plane.temporary_tokens.issue(cli_actor(), name=name, role=role, ttl=ttl)
+        async def go(plane: ControlPlane) -> IssuedTokenOut:
+            made = await plane.temporary_tokens.issue(cli_actor(), name=name, role=role, ttl=ttl)
+            return IssuedTokenOut.issued(made)
 
-    issued = with_plane(go)
-    token = issued.token
+        issued = with_plane(go)
     typer.echo(
-        f"issued token {token.id} ({token.name}, {token.role.value}) expiring "
-        f"{token.expires_at:%Y-%m-%dT%H:%M:%SZ}; store it now, it is not shown again:",
+        f"issued token {issued.id} ({issued.name}, {issued.role.value}) expiring "
+        f"{issued.expires_at:%Y-%m-%dT%H:%M:%SZ}; store it now, it is not shown again:",
         err=True,
     )
-    typer.echo(issued.value.get_secret_value())
+    typer.echo(issued.token)
 
 
 @token_app.command("list")
-def token_list(as_json: JsonOption = False) -> None:
+def token_list(
+    as_json: JsonOption = False, url: UrlOption = None, token: TokenOption = None
+) -> None:
     """Every temporary token: id, name, role, state, expiry, issuer (never values)."""
+    target = deployment(url, token)
+    if target is not None:
+        items = target.call("GET", "/api/v1/tokens")["items"]
+        found = [TokenOut.model_validate(item) for item in items]
+    else:
 
-    async def go(plane: ControlPlane) -> list[TemporaryToken]:
-        return await plane.temporary_tokens.list(cli_actor())
+        async def go(plane: ControlPlane) -> list[TokenOut]:
+            return [TokenOut.of(t) for t in await plane.temporary_tokens.list(cli_actor())]
 
-    found = with_plane(go)
+        found = with_plane(go)
     if as_json:
-        rows = [t.model_dump(mode="json") | {"state": t.state()} for t in found]
-        typer.echo(json.dumps(rows, indent=2))
+        typer.echo(json.dumps([t.model_dump(mode="json") for t in found], indent=2))
         return
     if not found:
         typer.echo("no temporary tokens")
     for t in found:
         typer.echo(
-            f"{t.id}  {t.name:<20} {t.role.value:<8} {t.state():<7} "
+            f"{t.id}  {t.name:<20} {t.role.value:<8} {t.state:<7} "
             f"expires {t.expires_at:%Y-%m-%dT%H:%M:%SZ}  issued by {t.issued_by}"
         )
 
@@ -65,11 +81,18 @@ def token_list(as_json: JsonOption = False) -> None:
 @token_app.command("revoke")
 def token_revoke(
     token_id: Annotated[str, typer.Argument(help="the id from `lunia token list`")],
+    url: UrlOption = None,
+    token: TokenOption = None,
 ) -> None:
     """Revoke a token; it stops working at once (within seconds on a running server)."""
+    target = deployment(url, token)
+    if target is not None:
+        path = f"/api/v1/tokens/{quote(token_id, safe='')}"
+        revoked = TokenOut.model_validate(target.call("DELETE", path))
+    else:
 
-    async def go(plane: ControlPlane) -> TemporaryToken:
-        return await plane.temporary_tokens.revoke(cli_actor(), token_id)
+        async def go(plane: ControlPlane) -> TokenOut:
+            return TokenOut.of(await plane.temporary_tokens.revoke(cli_actor(), token_id))
 
-    token = with_plane(go)
-    typer.echo(f"revoked token {token.id} ({token.name})")
+        revoked = with_plane(go)
+    typer.echo(f"revoked token {revoked.id} ({revoked.name})")
