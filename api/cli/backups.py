@@ -60,12 +60,12 @@ def backup_create(
     target = deployment(url, token)
     if target is not None:
         answer = target.call("POST", "/api/v1/backups", body={"reason": reason})
-        info, where = BackupInfo.model_validate(answer), f"the deployment at {target.base}"
+        info, where = BackupInfo.model_validate(answer), f"on the deployment at {target.base}"
     else:
 
         async def go(plane: ControlPlane) -> tuple[BackupInfo, str]:
             info = await plane.backups.create(cli_actor(), reason=BackupReason(reason))
-            return info, str(plane.backups.root / info.id)
+            return info, f"in {plane.backups.root / info.id}"
 
         info, where = with_plane(go)
     if as_json:
@@ -73,7 +73,7 @@ def backup_create(
         return
     counts = ", ".join(f"{k} {v}" for k, v in sorted(info.counts.items()))
     typer.echo(f"backup {info.id} taken: {_size(info.size_bytes)} ({counts})")
-    typer.echo(f"  in {where}" + (f", copied to {info.offsite}" if info.offsite else ""))
+    typer.echo(f"  {where}" + (f", copied to {info.offsite}" if info.offsite else ""))
     if info.problem:
         typer.echo(f"  warning: {info.problem}", err=True)
 
