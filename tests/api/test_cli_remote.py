@@ -191,7 +191,7 @@ async def test_other_runbook_commands_run_on_the_server(
     assert issued.exit_code == 0, issued.stderr
     value = issued.stdout.strip()
     server_tokens = await deployment.plane.temporary_tokens.list(
-        (await deployment.plane.authenticator.authenticate(ADMIN_TOKEN, caller="test"))
+        await deployment.plane.authenticator.authenticate(ADMIN_TOKEN, caller="test")
     )
     [made] = server_tokens
     assert made.name == "ci-deploy"
