@@ -35,6 +35,7 @@ from tests.support.http import serve
 from tests.support.services import free_port
 
 LUNIA = str(Path(sys.executable).with_name("lunia"))
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass
@@ -332,3 +333,42 @@ def test_local_on_purpose_acts_on_a_fresh_state(
     result = CliRunner().invoke(app, ["backup", "create"])
     assert result.exit_code == 0, result.stderr
     assert (host / "lunia.db").exists()
+
+
+@pytest.mark.slow
+async def test_make_runbook_targets_act_on_the_deployment_named_by_lunia_url(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    """The field's issue 19: with LUNIA_URL set, `make create-emergency-backup`,
+    `make enable-self-healing` and `make smoke` act on the deployment, with its tokens."""
+    hook = tmp_path / "alert_webhook_token"
+    hook.write_text(WEBHOOK_TOKEN)
+    env = {
+        "PATH": os.environ["PATH"],
+        "LUNIA_URL": deployment.url,
+        "LUNIA_TOKEN_FILE": str(deployment.token_file),
+        "LUNIA_ALERT_WEBHOOK_TOKEN_FILE": str(hook),
+        "LUNIA_STATE_DIR": str(deployment.host_state),
+    }
+    outputs = []
+    for target in ("create-emergency-backup", "enable-self-healing", "smoke"):
+        process = await asyncio.create_subprocess_exec(
+            "make",
+            "--no-print-directory",
+            "-C",
+            str(ROOT),
+            target,
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        out, _ = await asyncio.wait_for(process.communicate(), timeout=120)
+        assert process.returncode == 0, out.decode()
+        outputs.append(out.decode())
+        assert f"lunia: acting on the deployment at {deployment.url}" in outputs[-1]
+    [backup] = await deployment.plane.backups.list()
+    assert backup.reason is not None and backup.reason.value == "emergency"
+    assert deployment.plane.flags.get("SELF_HEALING_ENABLED").value is True
+    assert f"smoke OK against {deployment.url}" in outputs[-1]
+    assert ADMIN_TOKEN not in "".join(outputs) and WEBHOOK_TOKEN not in "".join(outputs)
+    assert not deployment.host_state.exists()
