@@ -6,7 +6,8 @@ to an incident and back to resolved, and the Telegram bot's health when it is en
 Against a deployment (``--url`` / ``LUNIA_URL``) it sends the deployment's tokens: the API token
 from ``--token`` / ``LUNIA_TOKEN`` / ``LUNIA_TOKEN_FILE`` and the alert webhook token from
 ``--webhook-token-file`` / ``LUNIA_ALERT_WEBHOOK_TOKEN_FILE`` (or ``ALERT_WEBHOOK_TOKEN[_FILE]``),
-never the tokens this host generated for its own instance.
+never tokens this host generated, unless it serves an instance of its own (its state dir
+passes the local-state guard of ``api.cli.base``).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Annotated
 import httpx
 import typer
 
-from api.cli.base import fail, load_settings
+from api.cli.base import fail, load_settings, local_state_refusal
 from api.cli.instance import TokenOption, UrlOption, api_token, base_url
 from core.config.settings import Settings
 from core.security.secrets import WEBHOOK_TOKEN_FILE
@@ -103,7 +104,9 @@ def smoke(
     """Drive the running instance end to end; exit 1 if any check fails."""
     settings = load_settings()
     base = base_url(settings, url)
-    local = url is None  # this host's own instance: its own tokens are the right ones
+    # This host's own tokens are right for its own instance: no --url, or a host that serves
+    # (its state dir passes the local-state guard). A bare host never sends them anywhere.
+    local = url is None or local_state_refusal(settings) is None
     api = {"Authorization": f"Bearer {api_token(settings, token, local=local)}"}
     hook = {"Authorization": f"Bearer {_webhook_token(settings, webhook_token_file, local=local)}"}
     failures = 0

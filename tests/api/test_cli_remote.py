@@ -219,9 +219,10 @@ async def test_other_runbook_commands_run_on_the_server(
     served = await deployment.plane.checklist.run()
     assert checklist.exit_code == (1 if served.worst.value == "fail" else 0)
     # The deployment's checks (reasons carry ages, so compare the mark and the name).
-    assert [line.split(":")[0] for line in checklist.stdout.splitlines()] == [
-        f"{i.mark.symbol} {i.name}" for i in served.items
-    ]
+    lines = checklist.stdout.splitlines()
+    assert len(lines) == len(served.items)
+    for line, item in zip(lines, served.items, strict=True):
+        assert line.startswith(f"{item.mark.symbol} {item.name}: "), (line, item)
 
 
 @pytest.mark.slow

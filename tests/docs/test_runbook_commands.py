@@ -89,6 +89,8 @@ MAKEFILE = ROOT / "Makefile"
 NOT_RUN: dict[str, str] = {
     "docker compose -f docker-compose.prod.yml ps": "needs a Docker engine",
     "docker compose -f docker-compose.prod.yml restart redis": "needs a Docker engine",
+    "docker compose -f docker-compose.prod.yml exec worker lunia backup list": "needs a Docker "
+    "engine; the same command over the API is run (`--url URL --token TOKEN`)",
     "make up": "needs a Docker engine (`make -n` checks the recipe)",
     "make down": "needs a Docker engine (`make -n` checks the recipe)",
     "make test": "runs this very suite, after lint (`make -n` checks the recipe)",
