@@ -26,6 +26,7 @@ from core.models import ActorKind
 from core.platform.roles import SERVED_MARKER
 from tests.conftest import (
     ADMIN_TOKEN,
+    OPERATOR_TOKEN,
     VIEWER_TOKEN,
     WEBHOOK_TOKEN,
     PlaneFactory,
@@ -140,6 +141,33 @@ async def test_dangerous_actions_over_the_url_still_need_yes(deployment: Deploym
     restored = await lunia("backup", "restore", backup_id, "--yes")
     assert restored.exit_code == 0, restored.stderr
     assert restored.stdout.startswith(f"restored backup {backup_id} (taken ")
+
+
+async def test_halt_resume_and_status_over_the_url_act_on_the_served_engine(
+    deployment: Deployment, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    unconfirmed = await lunia("halt", "--reason", "drill")
+    assert unconfirmed.exit_code == 2 and "(add --yes)" in unconfirmed.stderr
+    assert deployment.plane.trading.state().halted is False
+    halted = await lunia("halt", "--yes", "--reason", "drill")
+    assert halted.exit_code == 0, halted.stderr
+    assert halted.stdout.startswith("engine HALTED by ") and "(drill)" in halted.stdout
+    assert deployment.plane.trading.state().halted is True
+    [entry] = [e for e in await deployment.plane.audit.tail(20) if e.action == "engine.halt"]
+    assert (entry.actor.kind, entry.actor.name) == (ActorKind.API, "admin-1")
+
+    status = await lunia("status")
+    assert status.exit_code == 0, status.stderr
+    assert "Lunia status: " in status.stdout.splitlines()[0]
+    assert json.loads((await lunia("status", "--json")).stdout)["health"] in ("ok", "degraded")
+
+    monkeypatch.setenv("LUNIA_TOKEN", OPERATOR_TOKEN)  # resuming is the admin's
+    refused = await lunia("resume", "--yes")
+    assert refused.exit_code == 1 and "(403)" in refused.stderr
+    monkeypatch.delenv("LUNIA_TOKEN")
+    resumed = await lunia("resume", "--yes")
+    assert resumed.exit_code == 0, resumed.stderr
+    assert deployment.plane.trading.state().halted is False
 
 
 async def test_wrong_token_is_one_clear_line_and_never_printed(

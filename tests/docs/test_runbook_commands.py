@@ -223,8 +223,8 @@ MAKE_RECIPES: dict[str, str] = {
     "down": "docker compose -f docker-compose.prod.yml down",
 }
 
-# `lunia` commands that act on the running instance over its API (api/cli/venues.py, smoke).
-REMOTE = frozenset({"venues", "failover", "failback", "chaos"})
+# `lunia` commands that act on the running instance over its API (api/cli/venues.py, engine.py).
+REMOTE = frozenset({"venues", "failover", "failback", "chaos", "status", "halt", "resume"})
 
 # Exit codes the runbook promises other than 0.
 LUNIA_EXIT: dict[str, int] = {"lunia failover": 2}  # "Without --yes it only shows the pre-check"
