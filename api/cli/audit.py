@@ -12,8 +12,8 @@ from typing import Annotated
 
 import typer
 
-from api.cli.base import cli_actor, fail, with_plane
-from api.cli.instance import TokenOption, UrlOption, deployment
+from api.cli.base import cli_actor, fail
+from api.cli.instance import Deployment, TokenOption, UrlOption, on_deployment_or_here
 from core.errors import InvalidInput
 from core.security.audit import VerifyReport
 from core.security.exports import ExportResult, parse_destination, verify_exports
@@ -37,13 +37,15 @@ def audit_verify(
 ) -> None:
     """Check the hash chain and the anchored head (state dir); exit 1 naming the first bad entry
     or the removed tail. Restores the chain went through are named (fork entries)."""
-    target = None if file else deployment(url, token)
     if file:
         report = verify_exports(file)
-    elif target is not None:
-        report = VerifyReport.model_validate(target.call("GET", "/api/v1/audit/verify"))
     else:
-        report = with_plane(lambda plane: plane.audit.verify())
+        report = on_deployment_or_here(
+            url,
+            token,
+            remote=lambda d: VerifyReport.model_validate(d.call("GET", "/api/v1/audit/verify")),
+            local=lambda plane: plane.audit.verify(),
+        )
     for fork in report.forks:
         typer.echo(f"fork (a restore rolled the chain back): {fork}")
     if not report.ok:
@@ -79,8 +81,8 @@ def audit_export(
             parse_destination(dest)
         except InvalidInput as exc:
             raise fail(exc.message, 2) from None
-    target = deployment(url, token)
-    if target is not None:
+
+    def there(d: Deployment) -> ExportResult:
         if dest is not None and not dest.strip().startswith("s3://"):
             raise fail(
                 f"--dest {dest!r} is a path: a deployment exports to s3://bucket/prefix or to its "
@@ -92,10 +94,13 @@ def audit_export(
             "since": since.isoformat() if since else None,
             "until": until.isoformat() if until else None,
         }
-        result = ExportResult.model_validate(target.call("POST", "/api/v1/audit/export", body=body))
-    else:
-        result = with_plane(
-            lambda plane: plane.exports.export(cli_actor(), dest, since=since, until=until)
-        )
+        return ExportResult.model_validate(d.call("POST", "/api/v1/audit/export", body=body))
+
+    result = on_deployment_or_here(
+        url,
+        token,
+        remote=there,
+        local=lambda plane: plane.exports.export(cli_actor(), dest, since=since, until=until),
+    )
     manifest = result.manifest
     typer.echo(f"exported {manifest.count} entries to {result.files[0]} (sha256 {manifest.sha256})")

@@ -13,8 +13,8 @@ from urllib.parse import quote
 
 import typer
 
-from api.cli.base import JsonOption, cli_actor, fail, with_plane
-from api.cli.instance import TokenOption, UrlOption, deployment
+from api.cli.base import JsonOption, cli_actor, fail
+from api.cli.instance import Deployment, TokenOption, UrlOption, on_deployment_or_here
 from core.backups import BackupInfo, BackupManifest, BackupReason, RestoreReport, Verification
 from core.control_plane import ControlPlane
 
@@ -57,17 +57,16 @@ def backup_create(
     """Take a backup of all state now."""
     if reason not in (BackupReason.MANUAL.value, BackupReason.EMERGENCY.value):
         raise fail(f"--reason must be manual or emergency, not {reason!r}", 2)
-    target = deployment(url, token)
-    if target is not None:
-        answer = target.call("POST", "/api/v1/backups", body={"reason": reason})
-        info, where = BackupInfo.model_validate(answer), f"on the deployment at {target.base}"
-    else:
 
-        async def go(plane: ControlPlane) -> tuple[BackupInfo, str]:
-            info = await plane.backups.create(cli_actor(), reason=BackupReason(reason))
-            return info, f"in {plane.backups.root / info.id}"
+    def there(d: Deployment) -> tuple[BackupInfo, str]:
+        answer = d.call("POST", "/api/v1/backups", body={"reason": reason})
+        return BackupInfo.model_validate(answer), f"on the deployment at {d.base}"
 
-        info, where = with_plane(go)
+    async def here(plane: ControlPlane) -> tuple[BackupInfo, str]:
+        info = await plane.backups.create(cli_actor(), reason=BackupReason(reason))
+        return info, f"in {plane.backups.root / info.id}"
+
+    info, where = on_deployment_or_here(url, token, remote=there, local=here)
     if as_json:
         typer.echo(info.model_dump_json(indent=2))
         return
@@ -86,12 +85,14 @@ def backup_list(
     token: TokenOption = None,
 ) -> None:
     """Show every backup, newest first, with age, size and verification status."""
-    target = deployment(url, token)
-    if target is not None:
-        answer = target.call("GET", "/api/v1/backups", params={"remote": remote})
-        backups = [BackupInfo.model_validate(item) for item in answer["items"]]
-    else:
-        backups = with_plane(lambda plane: plane.backups.list(remote=remote))
+
+    def there(d: Deployment) -> list[BackupInfo]:
+        answer = d.call("GET", "/api/v1/backups", params={"remote": remote})
+        return [BackupInfo.model_validate(item) for item in answer["items"]]
+
+    backups = on_deployment_or_here(
+        url, token, remote=there, local=lambda plane: plane.backups.list(remote=remote)
+    )
     if as_json:
         typer.echo(json.dumps([b.model_dump(mode="json") for b in backups], indent=2))
         return
@@ -113,16 +114,12 @@ def backup_verify(
     backup_id: str, as_json: JsonOption = False, url: UrlOption = None, token: TokenOption = None
 ) -> None:
     """Check checksums, then trial-restore into a scratch store; exit 1 naming any problem."""
-    target = deployment(url, token)
-    if target is not None:
-        answer = target.call("POST", f"{_path(backup_id)}/verify")
-        result = Verification.model_validate(answer)
-    else:
-
-        async def go(plane: ControlPlane) -> Verification:
-            return await plane.backups.verify(backup_id, cli_actor())
-
-        result = with_plane(go)
+    result = on_deployment_or_here(
+        url,
+        token,
+        remote=lambda d: Verification.model_validate(d.call("POST", f"{_path(backup_id)}/verify")),
+        local=lambda plane: plane.backups.verify(backup_id, cli_actor()),
+    )
     if as_json:
         typer.echo(result.model_dump_json(indent=2))
     if not result.ok:
@@ -141,15 +138,12 @@ def backup_sign(
 ) -> None:
     """Sign an unsigned backup whose origin you trust with BACKUP_SIGNING_KEY (admin; audited),
     after checking its files against its manifest."""
-    target = deployment(url, token)
-    if target is not None:
-        manifest = BackupManifest.model_validate(target.call("POST", f"{_path(backup_id)}/sign"))
-    else:
-
-        async def go(plane: ControlPlane) -> BackupManifest:
-            return await plane.backups.sign(backup_id, cli_actor())
-
-        manifest = with_plane(go)
+    manifest = on_deployment_or_here(
+        url,
+        token,
+        remote=lambda d: BackupManifest.model_validate(d.call("POST", f"{_path(backup_id)}/sign")),
+        local=lambda plane: plane.backups.sign(backup_id, cli_actor()),
+    )
     if as_json:
         typer.echo(manifest.model_dump_json(indent=2))
         return
@@ -168,16 +162,17 @@ def backup_restore(
     token: TokenOption = None,
 ) -> None:
     """Replace all state with a backup (a safety backup is taken first; rolled back on failure)."""
-    target = deployment(url, token)
-    if target is not None:
-        answer = target.call("POST", f"{_path(backup_id)}/restore", body={"confirm": yes})
-        report = RestoreReport.model_validate(answer)
-    else:
 
-        async def go(plane: ControlPlane) -> RestoreReport:
-            return await plane.backups.restore(backup_id, cli_actor(), confirm=yes)
+    def there(d: Deployment) -> RestoreReport:
+        answer = d.call("POST", f"{_path(backup_id)}/restore", body={"confirm": yes})
+        return RestoreReport.model_validate(answer)
 
-        report = with_plane(go)
+    report = on_deployment_or_here(
+        url,
+        token,
+        remote=there,
+        local=lambda plane: plane.backups.restore(backup_id, cli_actor(), confirm=yes),
+    )
     if as_json:
         typer.echo(report.model_dump_json(indent=2))
         return

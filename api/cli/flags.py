@@ -12,8 +12,8 @@ from urllib.parse import quote
 
 import typer
 
-from api.cli.base import JsonOption, cli_actor, with_plane
-from api.cli.instance import TokenOption, UrlOption, deployment
+from api.cli.base import JsonOption, cli_actor
+from api.cli.instance import TokenOption, UrlOption, on_deployment_or_here
 from core.control_plane import ControlPlane
 from core.flags import FlagState
 
@@ -22,21 +22,27 @@ flags_app = typer.Typer(help="Feature flags (runbook §5).", no_args_is_help=Tru
 ConfirmOption = Annotated[bool, typer.Option("--yes", help="confirm a dangerous change")]
 
 
+def _path(name: str) -> str:
+    return f"/api/v1/flags/{quote(name, safe='')}"
+
+
 @flags_app.command("list")
 def flags_list(
     as_json: JsonOption = False, url: UrlOption = None, token: TokenOption = None
 ) -> None:
     """Show every flag, its value and where the value came from."""
-    target = deployment(url, token)
-    if target is not None:
-        items = target.call("GET", "/api/v1/flags")["items"]
-        states = [FlagState.model_validate(item) for item in items]
-    else:
 
-        async def go(plane: ControlPlane) -> list[FlagState]:
-            return plane.flags.states()
+    async def here(plane: ControlPlane) -> list[FlagState]:
+        return plane.flags.states()
 
-        states = with_plane(go)
+    states = on_deployment_or_here(
+        url,
+        token,
+        remote=lambda d: [
+            FlagState.model_validate(i) for i in d.call("GET", "/api/v1/flags")["items"]
+        ],
+        local=here,
+    )
     if as_json:
         typer.echo(json.dumps([s.model_dump(mode="json") for s in states], indent=2))
         return
@@ -55,16 +61,13 @@ def flags_set(
     token: TokenOption = None,
 ) -> None:
     """Override a flag at runtime (persisted and audited)."""
-    target = deployment(url, token)
-    if target is not None:
-        body = {"value": value, "confirm": yes}
-        state = FlagState.model_validate(target.call("PUT", _path(name), body=body))
-    else:
-
-        async def go(plane: ControlPlane) -> FlagState:
-            return await plane.flags.set(name, value, cli_actor(), confirm=yes)
-
-        state = with_plane(go)
+    body = {"value": value, "confirm": yes}
+    state = on_deployment_or_here(
+        url,
+        token,
+        remote=lambda d: FlagState.model_validate(d.call("PUT", _path(name), body=body)),
+        local=lambda plane: plane.flags.set(name, value, cli_actor(), confirm=yes),
+    )
     typer.echo(
         f"{state.name} = {json.dumps(state.value)} ({state.source.value}); "
         f"takes effect {state.applies}"
@@ -76,17 +79,11 @@ def flags_unset(
     name: str, yes: ConfirmOption = False, url: UrlOption = None, token: TokenOption = None
 ) -> None:
     """Clear a runtime override; the flag returns to its env value or default."""
-    target = deployment(url, token)
-    if target is not None:
-        state = FlagState.model_validate(target.call("DELETE", _path(name), body={"confirm": yes}))
-    else:
-
-        async def go(plane: ControlPlane) -> FlagState:
-            return await plane.flags.unset(name, cli_actor(), confirm=yes)
-
-        state = with_plane(go)
+    body = {"confirm": yes}
+    state = on_deployment_or_here(
+        url,
+        token,
+        remote=lambda d: FlagState.model_validate(d.call("DELETE", _path(name), body=body)),
+        local=lambda plane: plane.flags.unset(name, cli_actor(), confirm=yes),
+    )
     typer.echo(f"{state.name} = {json.dumps(state.value)} ({state.source.value})")
-
-
-def _path(name: str) -> str:
-    return f"/api/v1/flags/{quote(name, safe='')}"

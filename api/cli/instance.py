@@ -16,17 +16,21 @@ from __future__ import annotations
 
 import ipaddress
 import os
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 from urllib.parse import urlsplit
 
 import httpx
 import typer
 
-from api.cli.base import fail, load_settings, setup_logging
+from api.cli.base import fail, load_settings, setup_logging, with_plane
 from core.config.settings import Settings
+from core.control_plane import ControlPlane
 from core.models import Role
 from core.security.secrets import ADMIN_TOKEN_FILE
+
+T = TypeVar("T")
 
 URL_ENV = "LUNIA_URL"
 # Names of environment variables, not secrets.
@@ -170,6 +174,19 @@ def deployment(url: str | None, token: str | None) -> Deployment | None:
             2,
         )
     return Deployment(base, explicit)
+
+
+def on_deployment_or_here(
+    url: str | None,
+    token: str | None,
+    *,
+    remote: Callable[[Deployment], T],
+    local: Callable[[ControlPlane], Awaitable[T]],
+) -> T:
+    """Run a runbook command where the state is: ``remote`` against the deployment ``--url`` /
+    LUNIA_URL names, else ``local`` on this host's state (``with_plane``, guarded)."""
+    target = deployment(url, token)
+    return remote(target) if target is not None else with_plane(local)
 
 
 def base_url(settings: Settings, url: str | None) -> str:

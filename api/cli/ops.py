@@ -11,9 +11,8 @@ from typing import Annotated
 
 import typer
 
-from api.cli.base import cli_actor, with_plane
-from api.cli.instance import TokenOption, UrlOption, deployment
-from core.control_plane import ControlPlane
+from api.cli.base import cli_actor
+from api.cli.instance import TokenOption, UrlOption, on_deployment_or_here
 from core.models.ops import Checklist
 from core.ops.access_review import AccessReview, render_markdown
 from core.platform.files import write_atomically
@@ -21,11 +20,12 @@ from core.platform.files import write_atomically
 
 def checklist(url: UrlOption = None, token: TokenOption = None) -> None:
     """Run the daily checklist (runbook §1): one line per check; exit 1 on any ❌."""
-    target = deployment(url, token)
-    if target is not None:
-        result = Checklist.model_validate(target.call("GET", "/api/v1/checklist"))
-    else:
-        result = with_plane(lambda plane: plane.checklist.run())
+    result = on_deployment_or_here(
+        url,
+        token,
+        remote=lambda d: Checklist.model_validate(d.call("GET", "/api/v1/checklist")),
+        local=lambda plane: plane.checklist.run(),
+    )
     for item in result.items:
         typer.echo(f"{item.mark.symbol} {item.name}: {item.reason}")
     if result.worst.value == "fail":
@@ -40,15 +40,12 @@ def report(
     token: TokenOption = None,
 ) -> None:
     """Write the access review (roles, last actions, flags, backups, incidents) as Markdown."""
-    target = deployment(url, token)
-    if target is not None:
-        review = AccessReview.model_validate(target.call("GET", "/api/v1/access-review"))
-    else:
-
-        async def go(plane: ControlPlane) -> AccessReview:
-            return await plane.access_review.review(cli_actor())
-
-        review = with_plane(go)
+    review = on_deployment_or_here(
+        url,
+        token,
+        remote=lambda d: AccessReview.model_validate(d.call("GET", "/api/v1/access-review")),
+        local=lambda plane: plane.access_review.review(cli_actor()),
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     write_atomically(out, render_markdown(review).encode())
     typer.echo(f"access review written to {out}")

@@ -12,8 +12,8 @@ from urllib.parse import quote
 
 import typer
 
-from api.cli.base import JsonOption, cli_actor, with_plane
-from api.cli.instance import TokenOption, UrlOption, deployment
+from api.cli.base import JsonOption, cli_actor
+from api.cli.instance import Deployment, TokenOption, UrlOption, on_deployment_or_here
 from api.schemas import IssuedTokenOut, TokenOut
 from core.control_plane import ControlPlane
 from core.models import Role
@@ -32,17 +32,18 @@ def token_issue(
     token: TokenOption = None,
 ) -> None:
     """Issue a token; its value is printed this once (on stdout, alone, for scripts)."""
-    target = deployment(url, token)
-    if target is not None:
-        body = {"name": name, "role": role.value, "ttl": ttl}
-        issued = IssuedTokenOut.model_validate(target.call("POST", "/api/v1/tokens", body=body))
-    else:
+    body = {"name": name, "role": role.value, "ttl": ttl}
 
-        async def go(plane: ControlPlane) -> IssuedTokenOut:
-            made = await plane.temporary_tokens.issue(cli_actor(), name=name, role=role, ttl=ttl)
-            return IssuedTokenOut.issued(made)
+    async def here(plane: ControlPlane) -> IssuedTokenOut:
+        made = await plane.temporary_tokens.issue(cli_actor(), name=name, role=role, ttl=ttl)
+        return IssuedTokenOut.issued(made)
 
-        issued = with_plane(go)
+    issued = on_deployment_or_here(
+        url,
+        token,
+        remote=lambda d: IssuedTokenOut.model_validate(d.call("POST", "/api/v1/tokens", body=body)),
+        local=here,
+    )
     typer.echo(
         f"issued token {issued.id} ({issued.name}, {issued.role.value}) expiring "
         f"{issued.expires_at:%Y-%m-%dT%H:%M:%SZ}; store it now, it is not shown again:",
@@ -56,16 +57,14 @@ def token_list(
     as_json: JsonOption = False, url: UrlOption = None, token: TokenOption = None
 ) -> None:
     """Every temporary token: id, name, role, state, expiry, issuer (never values)."""
-    target = deployment(url, token)
-    if target is not None:
-        items = target.call("GET", "/api/v1/tokens")["items"]
-        found = [TokenOut.model_validate(item) for item in items]
-    else:
 
-        async def go(plane: ControlPlane) -> list[TokenOut]:
-            return [TokenOut.of(t) for t in await plane.temporary_tokens.list(cli_actor())]
+    def there(d: Deployment) -> list[TokenOut]:
+        return [TokenOut.model_validate(i) for i in d.call("GET", "/api/v1/tokens")["items"]]
 
-        found = with_plane(go)
+    async def here(plane: ControlPlane) -> list[TokenOut]:
+        return [TokenOut.of(t) for t in await plane.temporary_tokens.list(cli_actor())]
+
+    found = on_deployment_or_here(url, token, remote=there, local=here)
     if as_json:
         typer.echo(json.dumps([t.model_dump(mode="json") for t in found], indent=2))
         return
@@ -85,14 +84,12 @@ def token_revoke(
     token: TokenOption = None,
 ) -> None:
     """Revoke a token; it stops working at once (within seconds on a running server)."""
-    target = deployment(url, token)
-    if target is not None:
-        path = f"/api/v1/tokens/{quote(token_id, safe='')}"
-        revoked = TokenOut.model_validate(target.call("DELETE", path))
-    else:
+    path = f"/api/v1/tokens/{quote(token_id, safe='')}"
 
-        async def go(plane: ControlPlane) -> TokenOut:
-            return TokenOut.of(await plane.temporary_tokens.revoke(cli_actor(), token_id))
+    async def here(plane: ControlPlane) -> TokenOut:
+        return TokenOut.of(await plane.temporary_tokens.revoke(cli_actor(), token_id))
 
-        revoked = with_plane(go)
+    revoked = on_deployment_or_here(
+        url, token, remote=lambda d: TokenOut.model_validate(d.call("DELETE", path)), local=here
+    )
     typer.echo(f"revoked token {revoked.id} ({revoked.name})")
