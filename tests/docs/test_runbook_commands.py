@@ -133,6 +133,15 @@ COVERAGE: dict[str, tuple[str, ...]] = {
     "lunia report --out": (
         "tests/api/test_cli_backups.py::test_report_writes_the_access_review_without_tokens",
     ),
+    "lunia status": (
+        "tests/api/test_cli_remote.py::test_halt_resume_and_status_over_the_url_act_on_the_served_engine",
+    ),
+    "lunia halt": (
+        "tests/api/test_cli_remote.py::test_halt_resume_and_status_over_the_url_act_on_the_served_engine",
+    ),
+    "lunia resume": (
+        "tests/api/test_cli_remote.py::test_halt_resume_and_status_over_the_url_act_on_the_served_engine",
+    ),
     "lunia chaos": (
         "tests/api/test_engine_api.py::test_cli_chaos_drill_fails_over_a_running_instance_and_failback_ends_it",
     ),
