@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 from api.cli import app
 from core.control_plane import ControlPlane
 from core.models import ActorKind
-from core.platform.roles import SERVED_MARKER
+from core.platform.roles import SERVED_MARKER, ProcessRole
 from tests.conftest import (
     ADMIN_TOKEN,
     OPERATOR_TOKEN,
@@ -33,7 +33,7 @@ from tests.conftest import (
     SettingsFactory,
 )
 from tests.support.http import serve
-from tests.support.services import free_port
+from tests.support.services import RedisServer, free_port
 
 LUNIA = str(Path(sys.executable).with_name("lunia"))
 ROOT = Path(__file__).resolve().parents[2]
@@ -401,3 +401,29 @@ async def test_make_runbook_targets_act_on_the_deployment_named_by_lunia_url(
     assert f"smoke OK against {deployment.url}" in outputs[-1]
     assert ADMIN_TOKEN not in "".join(outputs) and WEBHOOK_TOKEN not in "".join(outputs)
     assert not deployment.host_state.exists()
+
+
+@pytest.mark.slow
+async def test_inside_a_worker_container_the_cli_acts_on_the_shared_redis_state(
+    host: Path,
+    make_settings: SettingsFactory,
+    redis_server: RedisServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`docker compose exec worker lunia ...`: the worker role served from its state dir over
+    Redis, so the CLI there passes the guard and acts on the deployment's shared state."""
+    settings = make_settings(lunia_state_dir=host, enable_redis=True, redis_url=redis_server.url)
+    worker = ControlPlane(settings, role=ProcessRole.WORKER)
+    await worker.start()
+    try:
+        assert json.loads((host / SERVED_MARKER).read_text())["role"] == "worker"
+        monkeypatch.setenv("ENABLE_REDIS", "true")
+        monkeypatch.setenv("REDIS_URL", redis_server.url)
+        result = await asyncio.to_thread(
+            CliRunner().invoke, app, ["flags", "set", "AUTO_BACKUP_ENABLED", "off"]
+        )
+        assert result.exit_code == 0, result.stderr
+        await worker.flags.load()
+        assert worker.flags.get("AUTO_BACKUP_ENABLED").value is False
+    finally:
+        await worker.close()
