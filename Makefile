@@ -38,7 +38,8 @@ run: setup
 # a deployment"). Unset, they act on this host's state, and refuse if no control plane ever
 # served from it (LUNIA_LOCAL=1 on purpose).
 ACTING_ON = @echo "lunia: acting on $(if $(LUNIA_URL),the deployment at $(LUNIA_URL),this host's state)" >&2
-# The alert webhook token `make smoke` sends to a deployment: the stack's Docker secret file.
+# The alert webhook token `make smoke` sends to a deployment, or to the stack on this host when
+# the file exists: the stack's Docker secret file.
 LUNIA_ALERT_WEBHOOK_TOKEN_FILE ?= secrets/alert_webhook_token
 # `make verify` checks this checkout's own state, never a deployment's.
 LOCAL_LUNIA := env -u LUNIA_URL LUNIA_LOCAL=1 $(BIN)/lunia
@@ -56,7 +57,7 @@ enable-self-healing: setup
 ## smoke: drive a running instance end to end (probes, a test alert, the bot); exit 1 on failure
 smoke: setup
 	$(ACTING_ON)
-	$(if $(LUNIA_URL),LUNIA_ALERT_WEBHOOK_TOKEN_FILE=$(LUNIA_ALERT_WEBHOOK_TOKEN_FILE) )$(BIN)/lunia smoke
+	$(if $(or $(LUNIA_URL),$(wildcard $(LUNIA_ALERT_WEBHOOK_TOKEN_FILE))),LUNIA_ALERT_WEBHOOK_TOKEN_FILE=$(LUNIA_ALERT_WEBHOOK_TOKEN_FILE) )$(BIN)/lunia smoke
 
 ## verify: the full verification: lint, every test (promtool checks the Prometheus config there,
 ## with a temp scrape token), known-vulnerable dependencies, schemathesis with every role's token,

@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 import httpx
 import typer
 
-from api.cli.base import fail, load_settings, setup_logging, with_plane
+from api.cli.base import fail, load_settings, local_state_refusal, setup_logging, with_plane
 from core.config.settings import Settings
 from core.control_plane import ControlPlane
 from core.models import Role
@@ -199,8 +199,9 @@ def base_url(settings: Settings, url: str | None) -> str:
 
 def api_token(settings: Settings, token: str | None, *, local: bool = True) -> str:
     """The token to send, in the documented order of sources; exit 2 if there is none.
-    ``local``: the instance is this host's own, so its configured or generated admin token
-    may be used."""
+    ``local``: the instance is this host's own, so its configured admin token may be used, and
+    the generated one too where a control plane served from the state dir (a stale generated
+    token on a host that never served is not the deployment's)."""
     explicit = _explicit_token(token)
     if explicit is not None:
         return explicit
@@ -209,7 +210,7 @@ def api_token(settings: Settings, token: str | None, *, local: bool = True) -> s
             if configured.role is Role.ADMIN:
                 return configured.token
         path = settings.lunia_state_dir / "secrets" / ADMIN_TOKEN_FILE
-        if path.is_file():
+        if path.is_file() and local_state_refusal(settings) is None:
             return path.read_text().strip()
     raise fail(f"no API token: set {TOKEN_FILE_ENV}=PATH or {TOKEN_ENV} (or pass --token)", 2)
 

@@ -62,7 +62,7 @@ def _webhook_token(settings: Settings, file: Path | None, *, local: bool) -> str
     if settings.alert_webhook_token is not None:
         return settings.alert_webhook_token.get_secret_value()
     path = settings.lunia_state_dir / "secrets" / WEBHOOK_TOKEN_FILE
-    if local and path.is_file():
+    if local and path.is_file() and local_state_refusal(settings) is None:
         return path.read_text().strip()
     raise fail(
         "no alert webhook token: set LUNIA_ALERT_WEBHOOK_TOKEN_FILE=PATH (the deployment's "
