@@ -91,7 +91,7 @@ def local_state_refusal(settings: Settings) -> str | None:
     """Why this host's local state must not be acted on, or None if it may (module docstring)."""
     if os.environ.get(LOCAL_ENV) == "1":
         return None
-    where = settings.lunia_state_dir
+    where = settings.lunia_state_dir.absolute()
     served = read_served(where)
     reach = (
         "reach the deployment with LUNIA_URL=https://... and LUNIA_TOKEN_FILE=PATH (or "
