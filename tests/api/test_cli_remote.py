@@ -22,8 +22,9 @@ from typer.testing import CliRunner
 
 from api.cli import app
 from core.control_plane import ControlPlane
-from core.models import ActorKind
+from core.models import Actor, ActorKind
 from core.platform.roles import SERVED_MARKER, ProcessRole
+from core.security.exports import verify_exports
 from tests.conftest import (
     ADMIN_TOKEN,
     OPERATOR_TOKEN,
@@ -32,6 +33,7 @@ from tests.conftest import (
     PlaneFactory,
     SettingsFactory,
 )
+from tests.fakes.s3 import ACCESS_KEY, SECRET_KEY, running_fake_s3
 from tests.support.http import serve
 from tests.support.services import RedisServer, free_port
 
@@ -436,3 +438,39 @@ async def test_inside_a_worker_container_the_cli_acts_on_the_shared_redis_state(
         assert worker.flags.get("AUTO_BACKUP_ENABLED").value is False
     finally:
         await worker.close()
+
+
+@pytest.mark.slow
+async def test_audit_export_over_the_url_goes_to_s3_or_the_servers_own_destination(
+    make_plane: PlaneFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server_exports = tmp_path / "server-exports"
+    token_file = tmp_path / "lunia-token"
+    token_file.write_text(ADMIN_TOKEN)
+    monkeypatch.delenv("LUNIA_LOCAL")
+    monkeypatch.setenv("LUNIA_STATE_DIR", str(tmp_path / "host-state"))
+    monkeypatch.setenv("LUNIA_TOKEN_FILE", str(token_file))
+    with running_fake_s3() as s3:
+        plane = await make_plane(
+            lunia_state_dir=tmp_path / "server-state",
+            audit_export_dest=str(server_exports),
+            s3_endpoint_url=s3.url,
+            s3_access_key_id=ACCESS_KEY,
+            s3_secret_access_key=SECRET_KEY,
+        )
+        await plane.flags.set("AUTO_BACKUP_ENABLED", "off", Actor.system("test"))
+        async with serve(plane) as url:
+            monkeypatch.setenv("LUNIA_URL", url)
+            to_s3 = await lunia("audit", "export", "--dest", "s3://lunia/audit/prod")
+            assert to_s3.exit_code == 0, to_s3.stderr
+            assert to_s3.stdout.startswith("exported ")
+            assert " entries to s3://lunia/audit/prod/audit-" in to_s3.stdout
+            assert len(s3.objects()) == 2  # the JSONL and its manifest
+            to_server = await lunia("audit", "export")
+            assert to_server.exit_code == 0, to_server.stderr
+            assert f"to {server_exports}/audit-" in to_server.stdout
+    [jsonl] = server_exports.glob("audit-*.jsonl")
+    assert verify_exports([jsonl]).ok
+    exports = [e for e in await plane.audit.tail(20) if e.action == "audit.export"]
+    assert [(e.actor.kind, e.actor.name) for e in exports] == [(ActorKind.API, "admin-1")] * 2
+    assert not (tmp_path / "host-state").exists()
