@@ -32,17 +32,32 @@ lock:
 run: setup
 	$(BIN)/lunia run
 
+# The runbook targets below (create-emergency-backup, enable-self-healing, report, smoke) act on
+# the deployment when LUNIA_URL is set: the CLI calls its API with the token in LUNIA_TOKEN_FILE
+# (or LUNIA_TOKEN), read by the CLI, never put on a line make echoes (docs/DEPLOY.md, "Operating
+# a deployment"). Unset, they act on this host's state, and refuse if no control plane ever
+# served from it (LUNIA_LOCAL=1 on purpose).
+ACTING_ON = @echo "lunia: acting on $(if $(LUNIA_URL),the deployment at $(LUNIA_URL),this host's state)" >&2
+# The alert webhook token `make smoke` sends to a deployment, or to the stack on this host when
+# the file exists: the stack's Docker secret file.
+LUNIA_ALERT_WEBHOOK_TOKEN_FILE ?= secrets/alert_webhook_token
+# `make verify` checks this checkout's own state, never a deployment's.
+LOCAL_LUNIA := env -u LUNIA_URL LUNIA_LOCAL=1 $(BIN)/lunia
+
 ## create-emergency-backup: take a backup of all state now (runbook §3), off-site too if set
 create-emergency-backup: setup
+	$(ACTING_ON)
 	$(BIN)/lunia backup create --reason emergency
 
 ## enable-self-healing: turn SELF_HEALING_ENABLED on (a running instance picks it up in 2 s)
 enable-self-healing: setup
+	$(ACTING_ON)
 	$(BIN)/lunia flags set SELF_HEALING_ENABLED on
 
 ## smoke: drive a running instance end to end (probes, a test alert, the bot); exit 1 on failure
 smoke: setup
-	$(BIN)/lunia smoke
+	$(ACTING_ON)
+	$(if $(or $(LUNIA_URL),$(wildcard $(LUNIA_ALERT_WEBHOOK_TOKEN_FILE))),LUNIA_ALERT_WEBHOOK_TOKEN_FILE=$(LUNIA_ALERT_WEBHOOK_TOKEN_FILE) )$(BIN)/lunia smoke
 
 ## verify: the full verification: lint, every test (promtool checks the Prometheus config there,
 ## with a temp scrape token), known-vulnerable dependencies, schemathesis with every role's token,
@@ -55,11 +70,11 @@ verify: test
 	LUNIA_SCHEMATHESIS_EXAMPLES=25 $(BIN)/pytest -q tests/api/test_schemathesis.py
 	promtool check rules deploy/prometheus/rules/lunia.rules.yml
 	amtool check-config deploy/alertmanager/alertmanager.yml
-	$(BIN)/lunia audit verify
-	$(BIN)/lunia backup create --reason manual
-	$(BIN)/lunia backup verify $$($(BIN)/lunia backup list --json | $(BIN)/python -c \
+	$(LOCAL_LUNIA) audit verify
+	$(LOCAL_LUNIA) backup create --reason manual
+	$(LOCAL_LUNIA) backup verify $$($(LOCAL_LUNIA) backup list --json | $(BIN)/python -c \
 	  'import json,sys; print(json.load(sys.stdin)[0]["id"])')
-	$(BIN)/lunia report --out docs/RELEASE_REPORT.md
+	$(LOCAL_LUNIA) report --out docs/RELEASE_REPORT.md
 
 ## bench: run every bench in bench/ (under 10 min) and write the figures to docs/PERFORMANCE.md
 bench: setup
@@ -83,6 +98,7 @@ down:
 
 ## report: write the access review to docs/RELEASE_REPORT.md (runbook §4, quarterly)
 report: setup
+	$(ACTING_ON)
 	$(BIN)/lunia report --out docs/RELEASE_REPORT.md
 
 ## system-deps: install the Debian services the tests run for real (and Chromium), when missing

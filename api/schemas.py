@@ -88,6 +88,21 @@ class BackupCreate(BaseModel):
     reason: Literal["manual", "emergency"] = "manual"
 
 
+class AuditExportIn(BaseModel):
+    """Body of ``POST /api/v1/audit/export``: where and which time range."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dest: str | None = Field(
+        default=None,
+        pattern=r"^s3://",
+        description="s3://bucket/prefix; omitted: the server's AUDIT_EXPORT_DEST. A caller over "
+        "HTTP never names a path on the server's disk",
+    )
+    since: datetime | None = Field(default=None, description="first instant included (UTC)")
+    until: datetime | None = Field(default=None, description="first instant excluded (UTC)")
+
+
 class RestoreBody(BaseModel):
     """Body of ``POST /api/v1/backups/{id}/restore``."""
 

@@ -52,7 +52,7 @@ from core.platform.health import HealthService
 from core.platform.lease import Lease
 from core.platform.metrics import Metrics
 from core.platform.outbox import Delivery, OutboxRetention, OutboxWorker
-from core.platform.roles import Duties, ProcessRole, Stop
+from core.platform.roles import Duties, ProcessRole, Stop, mark_served, store_kind
 from core.platform.s3 import S3Client
 from core.platform.scheduler import Scheduler
 from core.platform.spool import LocalSpool
@@ -369,6 +369,9 @@ class ControlPlane:
             await self._stack.aclose()
             raise
         self.ready = True
+        mark_served(
+            self.settings.lunia_state_dir, self.role, store_kind(self.settings.enable_redis)
+        )
         logger.info(
             "control plane %s started as %s (state in %s)",
             self.version,

@@ -46,6 +46,11 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[N
             monkeypatch.delenv(name)
         elif name.upper().endswith(("_API_KEY", "_SECRET", "_PASSWORD", "_API_URL")):
             monkeypatch.delenv(name)  # venue credentials: no test may reach a real exchange
+    for name in ("LUNIA_URL", "LUNIA_TOKEN", "LUNIA_TOKEN_FILE", "LUNIA_API_TOKEN"):
+        monkeypatch.delenv(name, raising=False)  # no test reaches the developer's deployment
+    # Tests run the CLI on fresh temp state dirs on purpose; the local-state guard that refuses
+    # that outside tests has its own tests (tests/api/test_cli_remote.py), which unset this.
+    monkeypatch.setenv("LUNIA_LOCAL", "1")
     yield
 
 

@@ -10,7 +10,7 @@ Exit codes: 0 success, 1 a failed check or operation, 2 bad usage or configurati
 
 from __future__ import annotations
 
-from api.cli import audit, backups, flags, ops, serve, smoke, tokens, venues
+from api.cli import audit, backups, engine, flags, ops, serve, smoke, tokens, venues
 from api.cli.base import app
 
 __all__ = ["app", "main"]
@@ -23,12 +23,15 @@ app.command("api")(serve.api_role)
 app.command("bot")(serve.bot_role)
 app.command("worker")(serve.worker_role)
 app.command()(ops.checklist)
+app.command()(engine.status)
 app.add_typer(backups.backup_app, name="backup")
 app.command()(ops.report)
 app.add_typer(venues.chaos_app, name="chaos")
 app.command()(venues.venues)
 app.command()(venues.failover)
 app.command()(venues.failback)
+app.command()(engine.halt)
+app.command()(engine.resume)
 app.add_typer(tokens.token_app, name="token")
 app.command()(smoke.smoke)
 

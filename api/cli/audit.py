@@ -1,6 +1,7 @@
-"""``lunia audit verify|export``: the hash-chained audit log from the host (runbook §4).
+"""``lunia audit verify|export``: the hash-chained audit log (runbook §4).
 
 Assembled into ``lunia`` by ``api.cli``; ``verify --file`` checks exports offline, no state needed.
+With ``--url`` / ``LUNIA_URL`` verify and export run on the deployment, through its API.
 """
 
 from __future__ import annotations
@@ -11,9 +12,11 @@ from typing import Annotated
 
 import typer
 
-from api.cli.base import cli_actor, fail, with_plane
+from api.cli.base import cli_actor, fail
+from api.cli.instance import Deployment, TokenOption, UrlOption, on_deployment_or_here
 from core.errors import InvalidInput
-from core.security.exports import parse_destination, verify_exports
+from core.security.audit import VerifyReport
+from core.security.exports import ExportResult, parse_destination, verify_exports
 
 audit_app = typer.Typer(help="The hash-chained audit log (runbook §4).", no_args_is_help=True)
 
@@ -29,10 +32,20 @@ def audit_verify(
             dir_okay=False,
         ),
     ] = None,
+    url: UrlOption = None,
+    token: TokenOption = None,
 ) -> None:
     """Check the hash chain and the anchored head (state dir); exit 1 naming the first bad entry
     or the removed tail. Restores the chain went through are named (fork entries)."""
-    report = verify_exports(file) if file else with_plane(lambda plane: plane.audit.verify())
+    if file:
+        report = verify_exports(file)
+    else:
+        report = on_deployment_or_here(
+            url,
+            token,
+            remote=lambda d: VerifyReport.model_validate(d.call("GET", "/api/v1/audit/verify")),
+            local=lambda plane: plane.audit.verify(),
+        )
     for fork in report.forks:
         typer.echo(f"fork (a restore rolled the chain back): {fork}")
     if not report.ok:
@@ -49,7 +62,8 @@ def audit_export(
         str | None,
         typer.Option(
             "--dest",
-            help="directory, file://PATH or s3://bucket/prefix (default AUDIT_EXPORT_DEST)",
+            help="directory, file://PATH or s3://bucket/prefix (default AUDIT_EXPORT_DEST; "
+            "with --url: s3:// or the server's AUDIT_EXPORT_DEST)",
         ),
     ] = None,
     since: Annotated[
@@ -58,6 +72,8 @@ def audit_export(
     until: Annotated[
         datetime | None, typer.Option("--until", help="first instant excluded (UTC)")
     ] = None,
+    url: UrlOption = None,
+    token: TokenOption = None,
 ) -> None:
     """Export the audit log (a time range of it) as JSONL plus a manifest with its sha256."""
     if dest is not None:
@@ -66,8 +82,25 @@ def audit_export(
         except InvalidInput as exc:
             raise fail(exc.message, 2) from None
 
-    result = with_plane(
-        lambda plane: plane.exports.export(cli_actor(), dest, since=since, until=until)
+    def there(d: Deployment) -> ExportResult:
+        if dest is not None and not dest.strip().startswith("s3://"):
+            raise fail(
+                f"--dest {dest!r} is a path: a deployment exports to s3://bucket/prefix or to its "
+                "own AUDIT_EXPORT_DEST (omit --dest)",
+                2,
+            )
+        body = {
+            "dest": dest.strip() if dest else None,
+            "since": since.isoformat() if since else None,
+            "until": until.isoformat() if until else None,
+        }
+        return ExportResult.model_validate(d.call("POST", "/api/v1/audit/export", body=body))
+
+    result = on_deployment_or_here(
+        url,
+        token,
+        remote=there,
+        local=lambda plane: plane.exports.export(cli_actor(), dest, since=since, until=until),
     )
     manifest = result.manifest
     typer.echo(f"exported {manifest.count} entries to {result.files[0]} (sha256 {manifest.sha256})")

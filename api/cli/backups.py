@@ -1,18 +1,20 @@
 """``lunia backup create|list|verify|sign|restore`` (runbook §3).
 
 Assembled into ``lunia`` by ``api.cli``; every command is one core call through ``with_plane``,
-so exit codes and one-line errors are the CLI's usual ones.
+or with ``--url`` / ``LUNIA_URL`` the matching ``/api/v1/backups`` call to the deployment, so exit
+codes, one-line errors and output are the CLI's usual ones either way.
 """
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Annotated
+from urllib.parse import quote
 
 import typer
 
-from api.cli.base import JsonOption, cli_actor, fail, with_plane
+from api.cli.base import JsonOption, cli_actor, fail
+from api.cli.instance import Deployment, TokenOption, UrlOption, on_deployment_or_here
 from core.backups import BackupInfo, BackupManifest, BackupReason, RestoreReport, Verification
 from core.control_plane import ControlPlane
 
@@ -39,28 +41,38 @@ def _size(size: int) -> str:
     return f"{value:.1f} GiB"
 
 
+def _path(backup_id: str) -> str:
+    return f"/api/v1/backups/{quote(backup_id, safe='')}"
+
+
 @backup_app.command("create")
 def backup_create(
     reason: Annotated[
         str, typer.Option("--reason", help="manual or emergency (shown in the catalogue)")
     ] = "manual",
     as_json: JsonOption = False,
+    url: UrlOption = None,
+    token: TokenOption = None,
 ) -> None:
     """Take a backup of all state now."""
     if reason not in (BackupReason.MANUAL.value, BackupReason.EMERGENCY.value):
         raise fail(f"--reason must be manual or emergency, not {reason!r}", 2)
 
-    async def go(plane: ControlPlane) -> tuple[BackupInfo, Path]:
-        info = await plane.backups.create(cli_actor(), reason=BackupReason(reason))
-        return info, plane.backups.root / info.id
+    def there(d: Deployment) -> tuple[BackupInfo, str]:
+        answer = d.call("POST", "/api/v1/backups", body={"reason": reason})
+        return BackupInfo.model_validate(answer), f"on the deployment at {d.base}"
 
-    info, where = with_plane(go)
+    async def here(plane: ControlPlane) -> tuple[BackupInfo, str]:
+        info = await plane.backups.create(cli_actor(), reason=BackupReason(reason))
+        return info, f"in {plane.backups.root / info.id}"
+
+    info, where = on_deployment_or_here(url, token, remote=there, local=here)
     if as_json:
         typer.echo(info.model_dump_json(indent=2))
         return
     counts = ", ".join(f"{k} {v}" for k, v in sorted(info.counts.items()))
     typer.echo(f"backup {info.id} taken: {_size(info.size_bytes)} ({counts})")
-    typer.echo(f"  in {where}" + (f", copied to {info.offsite}" if info.offsite else ""))
+    typer.echo(f"  {where}" + (f", copied to {info.offsite}" if info.offsite else ""))
     if info.problem:
         typer.echo(f"  warning: {info.problem}", err=True)
 
@@ -69,9 +81,18 @@ def backup_create(
 def backup_list(
     remote: Annotated[bool, typer.Option("--remote", help="include off-site-only backups")] = False,
     as_json: JsonOption = False,
+    url: UrlOption = None,
+    token: TokenOption = None,
 ) -> None:
     """Show every backup, newest first, with age, size and verification status."""
-    backups = with_plane(lambda plane: plane.backups.list(remote=remote))
+
+    def there(d: Deployment) -> list[BackupInfo]:
+        answer = d.call("GET", "/api/v1/backups", params={"remote": remote})
+        return [BackupInfo.model_validate(item) for item in answer["items"]]
+
+    backups = on_deployment_or_here(
+        url, token, remote=there, local=lambda plane: plane.backups.list(remote=remote)
+    )
     if as_json:
         typer.echo(json.dumps([b.model_dump(mode="json") for b in backups], indent=2))
         return
@@ -89,13 +110,16 @@ def backup_list(
 
 
 @backup_app.command("verify")
-def backup_verify(backup_id: str, as_json: JsonOption = False) -> None:
+def backup_verify(
+    backup_id: str, as_json: JsonOption = False, url: UrlOption = None, token: TokenOption = None
+) -> None:
     """Check checksums, then trial-restore into a scratch store; exit 1 naming any problem."""
-
-    async def go(plane: ControlPlane) -> Verification:
-        return await plane.backups.verify(backup_id, cli_actor())
-
-    result = with_plane(go)
+    result = on_deployment_or_here(
+        url,
+        token,
+        remote=lambda d: Verification.model_validate(d.call("POST", f"{_path(backup_id)}/verify")),
+        local=lambda plane: plane.backups.verify(backup_id, cli_actor()),
+    )
     if as_json:
         typer.echo(result.model_dump_json(indent=2))
     if not result.ok:
@@ -109,14 +133,17 @@ def backup_verify(backup_id: str, as_json: JsonOption = False) -> None:
 
 
 @backup_app.command("sign")
-def backup_sign(backup_id: str, as_json: JsonOption = False) -> None:
+def backup_sign(
+    backup_id: str, as_json: JsonOption = False, url: UrlOption = None, token: TokenOption = None
+) -> None:
     """Sign an unsigned backup whose origin you trust with BACKUP_SIGNING_KEY (admin; audited),
     after checking its files against its manifest."""
-
-    async def go(plane: ControlPlane) -> BackupManifest:
-        return await plane.backups.sign(backup_id, cli_actor())
-
-    manifest = with_plane(go)
+    manifest = on_deployment_or_here(
+        url,
+        token,
+        remote=lambda d: BackupManifest.model_validate(d.call("POST", f"{_path(backup_id)}/sign")),
+        local=lambda plane: plane.backups.sign(backup_id, cli_actor()),
+    )
     if as_json:
         typer.echo(manifest.model_dump_json(indent=2))
         return
@@ -131,13 +158,21 @@ def backup_restore(
     backup_id: str,
     yes: Annotated[bool, typer.Option("--yes", help="confirm: replaces all current state")] = False,
     as_json: JsonOption = False,
+    url: UrlOption = None,
+    token: TokenOption = None,
 ) -> None:
     """Replace all state with a backup (a safety backup is taken first; rolled back on failure)."""
 
-    async def go(plane: ControlPlane) -> RestoreReport:
-        return await plane.backups.restore(backup_id, cli_actor(), confirm=yes)
+    def there(d: Deployment) -> RestoreReport:
+        answer = d.call("POST", f"{_path(backup_id)}/restore", body={"confirm": yes})
+        return RestoreReport.model_validate(answer)
 
-    report = with_plane(go)
+    report = on_deployment_or_here(
+        url,
+        token,
+        remote=there,
+        local=lambda plane: plane.backups.restore(backup_id, cli_actor(), confirm=yes),
+    )
     if as_json:
         typer.echo(report.model_dump_json(indent=2))
         return

@@ -2,17 +2,25 @@
 
 Probes (/healthz, /readyz, /metrics), the status summary, a test alert through the real webhook
 to an incident and back to resolved, and the Telegram bot's health when it is enabled.
+
+Against a deployment (``--url`` / ``LUNIA_URL``) it sends the deployment's tokens: the API token
+from ``--token`` / ``LUNIA_TOKEN`` / ``LUNIA_TOKEN_FILE`` and the alert webhook token from
+``--webhook-token-file`` / ``LUNIA_ALERT_WEBHOOK_TOKEN_FILE`` (or ``ALERT_WEBHOOK_TOKEN[_FILE]``),
+never tokens this host generated, unless it serves an instance of its own (its state dir
+passes the local-state guard of ``api.cli.base``).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated
 
 import httpx
 import typer
 
-from api.cli.base import fail, load_settings
+from api.cli.base import fail, load_settings, local_state_refusal
 from api.cli.instance import TokenOption, UrlOption, api_token, base_url
 from core.config.settings import Settings
 from core.security.secrets import WEBHOOK_TOKEN_FILE
@@ -28,13 +36,39 @@ def expect(condition: bool, message: str) -> None:
         raise SmokeFailure(message)
 
 
-def _webhook_token(settings: Settings) -> str:
+WebhookTokenFileOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--webhook-token-file",
+        envvar="LUNIA_ALERT_WEBHOOK_TOKEN_FILE",
+        dir_okay=False,
+        show_default=False,
+        help="the deployment's alert webhook token (e.g. secrets/alert_webhook_token)",
+    ),
+]
+
+
+def _webhook_token(settings: Settings, file: Path | None, *, local: bool) -> str:
+    """The webhook token: the file given, the configured one, or (only for this host's own
+    instance) the one generated into the state dir."""
+    if file is not None:
+        try:
+            value = file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise fail(f"--webhook-token-file: cannot read {file}: {exc.strerror}", 2) from None
+        if value:
+            return value
+        raise fail(f"--webhook-token-file: {file} is empty", 2)
     if settings.alert_webhook_token is not None:
         return settings.alert_webhook_token.get_secret_value()
     path = settings.lunia_state_dir / "secrets" / WEBHOOK_TOKEN_FILE
-    if path.is_file():
+    if local and path.is_file() and local_state_refusal(settings) is None:
         return path.read_text().strip()
-    raise fail("no alert webhook token: set ALERT_WEBHOOK_TOKEN", 2)
+    raise fail(
+        "no alert webhook token: set LUNIA_ALERT_WEBHOOK_TOKEN_FILE=PATH (the deployment's "
+        "secrets/alert_webhook_token) or ALERT_WEBHOOK_TOKEN",
+        2,
+    )
 
 
 def _test_alert(fingerprint: str, status: str) -> dict[str, object]:
@@ -62,12 +96,19 @@ def _test_alert(fingerprint: str, status: str) -> dict[str, object]:
     }
 
 
-def smoke(url: UrlOption = None, token: TokenOption = None) -> None:
+def smoke(
+    url: UrlOption = None,
+    token: TokenOption = None,
+    webhook_token_file: WebhookTokenFileOption = None,
+) -> None:
     """Drive the running instance end to end; exit 1 if any check fails."""
     settings = load_settings()
     base = base_url(settings, url)
-    api = {"Authorization": f"Bearer {api_token(settings, token)}"}
-    hook = {"Authorization": f"Bearer {_webhook_token(settings)}"}
+    # This host's own tokens are right for its own instance: no --url, or a host that serves
+    # (its state dir passes the local-state guard). A bare host never sends them anywhere.
+    local = url is None or local_state_refusal(settings) is None
+    api = {"Authorization": f"Bearer {api_token(settings, token, local=local)}"}
+    hook = {"Authorization": f"Bearer {_webhook_token(settings, webhook_token_file, local=local)}"}
     failures = 0
 
     def check(name: str, probe: Callable[[httpx.Client], str]) -> None:

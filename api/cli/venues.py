@@ -1,8 +1,8 @@
 """``lunia venues|failover|failback`` and ``lunia chaos exchange-failover`` (runbook §2.1).
 
 These act on the RUNNING instance through its HTTP API (the engine's state lives in that
-process); see ``api.cli.instance`` for the address and token. Assembled into ``lunia`` by
-``api.cli``.
+process): the deployment ``--url`` / ``LUNIA_URL`` names, else this host's own API; see
+``api.cli.instance`` for the address and token. Assembled into ``lunia`` by ``api.cli``.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
-from api.cli.base import JsonOption, fail, with_plane
+from api.cli.base import JsonOption, fail, load_settings, local_state_refusal, with_plane
 from api.cli.instance import TokenOption, UrlOption, remote
 from core.control_plane import ControlPlane
 
@@ -77,7 +77,10 @@ def chaos_exchange_failover(
     async def check(plane: ControlPlane) -> None:
         plane.flags.check_chaos_allowed()
 
-    with_plane(check)  # refused here, before the instance is contacted, if production is on
+    # Refused here, before the instance is contacted, if this host's state says production is
+    # on; a host without the deployment's state leaves the same rule to the deployment's API.
+    if url is None or local_state_refusal(load_settings()) is None:
+        with_plane(check)
     status = remote(
         "POST", "/api/v1/chaos/exchange-failover", url=url, token=token, body={"confirm": yes}
     )

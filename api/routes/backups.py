@@ -1,4 +1,4 @@
-"""Backups over HTTP (runbook §3): list, take, verify and restore (rules enforced in core)."""
+"""Backups over HTTP (runbook §3): list, take, verify, sign and restore (rules in core)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from fastapi import APIRouter, Body, Query
 
 from api.deps import ActorDep, PlaneDep, ViewerDep
 from api.schemas import BackupCreate, ErrorBody, Items, RestoreBody
-from core.backups import BackupInfo, BackupReason, RestoreReport, Verification
+from core.backups import BackupInfo, BackupManifest, BackupReason, RestoreReport, Verification
 
 router = APIRouter(prefix="/api/v1/backups", tags=["backups"])
 
@@ -48,6 +48,17 @@ async def create_backup(
 async def verify_backup(backup_id: str, plane: PlaneDep, actor: ActorDep) -> Verification:
     """Check checksums, then trial-restore into a scratch store (operator); ``ok`` says."""
     return await plane.backups.verify(backup_id, actor)
+
+
+@router.post(
+    "/{backup_id}/sign",
+    response_model=BackupManifest,
+    responses={**_ERRORS, 400: {"model": ErrorBody, "description": "its files fail the check"}},
+)
+async def sign_backup(backup_id: str, plane: PlaneDep, actor: ActorDep) -> BackupManifest:
+    """Sign an unsigned backup whose origin the admin trusts with BACKUP_SIGNING_KEY (admin;
+    audited), after checking its files against its manifest."""
+    return await plane.backups.sign(backup_id, actor)
 
 
 @router.post(

@@ -10,15 +10,24 @@ split over processes that share the store and the bus:
 Work only one replica may do at a time is a *duty*. Duties start when the process wins its
 Redis lease (``core.platform.lease``) and stop the moment it loses it; without Redis (one process,
 the embedded default) they simply start with the process.
+
+A process that serves (any role but ``tool``) leaves a *served marker* in its state dir, naming
+its role and store: the ``lunia`` CLI acts on a local state only where a control plane has served
+from it, so a host that never ran one cannot be mistaken for the deployment (docs/DEPLOY.md).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from enum import StrEnum
+from pathlib import Path
+
+from core.platform.files import write_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -115,3 +124,39 @@ class Duties:
                     logger.exception("duty %s failed to stop cleanly", duty.name)
             if running:
                 logger.info("leader duties stopped (%s)", "drained" if drain else "at once")
+
+
+SERVED_MARKER = "served-by.json"
+
+
+@dataclass(frozen=True)
+class Served:
+    """What the served marker says: the last serving role and the store it served from."""
+
+    role: str
+    store: str  # "sqlite" or "redis"
+    at: str
+
+
+def store_kind(enable_redis: bool) -> str:
+    """The store a process with these settings works on, in the marker's words."""
+    return "redis" if enable_redis else "sqlite"
+
+
+def mark_served(state_dir: Path, role: ProcessRole, store: str) -> None:
+    """Record that a control plane serves from ``state_dir`` (a CLI tool does not count)."""
+    if role is ProcessRole.TOOL:
+        return
+    state_dir.mkdir(parents=True, exist_ok=True)
+    at = datetime.now(UTC).isoformat(timespec="seconds")
+    body = {"role": role.value, "store": store, "at": at}
+    write_atomically(state_dir / SERVED_MARKER, json.dumps(body).encode())
+
+
+def read_served(state_dir: Path) -> Served | None:
+    """The served marker of ``state_dir``, or None if no control plane has served from it."""
+    try:
+        body = json.loads((state_dir / SERVED_MARKER).read_text(encoding="utf-8"))
+        return Served(role=str(body["role"]), store=str(body["store"]), at=str(body["at"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None

@@ -89,6 +89,8 @@ MAKEFILE = ROOT / "Makefile"
 NOT_RUN: dict[str, str] = {
     "docker compose -f docker-compose.prod.yml ps": "needs a Docker engine",
     "docker compose -f docker-compose.prod.yml restart redis": "needs a Docker engine",
+    "docker compose -f docker-compose.prod.yml exec worker lunia backup list": "needs a Docker "
+    "engine; the same command over the API is run (`--url URL --token TOKEN`)",
     "make up": "needs a Docker engine (`make -n` checks the recipe)",
     "make down": "needs a Docker engine (`make -n` checks the recipe)",
     "make test": "runs this very suite, after lint (`make -n` checks the recipe)",
@@ -130,6 +132,15 @@ COVERAGE: dict[str, tuple[str, ...]] = {
     ),
     "lunia report --out": (
         "tests/api/test_cli_backups.py::test_report_writes_the_access_review_without_tokens",
+    ),
+    "lunia status": (
+        "tests/api/test_cli_remote.py::test_halt_resume_and_status_over_the_url_act_on_the_served_engine",
+    ),
+    "lunia halt": (
+        "tests/api/test_cli_remote.py::test_halt_resume_and_status_over_the_url_act_on_the_served_engine",
+    ),
+    "lunia resume": (
+        "tests/api/test_cli_remote.py::test_halt_resume_and_status_over_the_url_act_on_the_served_engine",
     ),
     "lunia chaos": (
         "tests/api/test_engine_api.py::test_cli_chaos_drill_fails_over_a_running_instance_and_failback_ends_it",
@@ -221,8 +232,8 @@ MAKE_RECIPES: dict[str, str] = {
     "down": "docker compose -f docker-compose.prod.yml down",
 }
 
-# `lunia` commands that act on the running instance over its API (api/cli/venues.py, smoke).
-REMOTE = frozenset({"venues", "failover", "failback", "chaos"})
+# `lunia` commands that act on the running instance over its API (api/cli/venues.py, engine.py).
+REMOTE = frozenset({"venues", "failover", "failback", "chaos", "status", "halt", "resume"})
 
 # Exit codes the runbook promises other than 0.
 LUNIA_EXIT: dict[str, int] = {"lunia failover": 2}  # "Without --yes it only shows the pre-check"
