@@ -1711,7 +1711,7 @@ class RedisStore:
         """Each core's latest PnL point at or before ``at``: the time index read backwards a
         page at a time until every core has one (all cores snapshot together, so the first
         page usually holds them all)."""
-        wanted, found = set(cores), {}
+        wanted, found = set(cores), dict[str, PnlPoint]()
         redis = self._client()
         offset = 0
         with _translated("reading PnL points"):
@@ -1725,7 +1725,11 @@ class RedisStore:
                 picked = {}
                 for member in members:
                     point_core, ts = json.loads(member)
-                    if point_core in wanted and point_core not in found and point_core not in picked:
+                    if (
+                        point_core in wanted
+                        and point_core not in found
+                        and point_core not in picked
+                    ):
                         picked[point_core] = (member, ts)
                 if not picked:
                     continue
