@@ -196,6 +196,14 @@ def _as_record(order: Order, core: str, mode: VenueMode) -> OrderRecord:
     return OrderRecord(**fields, core=core, mode=mode)
 
 
+def _remember(known: dict[str, OrderRecord], record: OrderRecord) -> None:
+    """Index an order as last booked, by client order id and by the venue's order id (trades
+    name only the latter)."""
+    known[record.client_order_id] = record
+    if record.venue_order_id:
+        known[f"{record.venue}#{record.venue_order_id}"] = record
+
+
 @dataclass
 class _Runtime:
     crashes: int = 0
@@ -640,10 +648,8 @@ class TradingEngine:
             recent = await self._store.list_orders(limit=ORDER_LIST_MAX)
             resting = await self._store.list_orders(limit=ORDER_LIST_MAX, statuses=list(_OPEN))
             known: dict[str, OrderRecord] = {}
-            for record in [*recent, *resting]:
-                known.setdefault(record.client_order_id, record)
-                if record.venue_order_id:
-                    known.setdefault(f"{record.venue}#{record.venue_order_id}", record)
+            for record in [*reversed(recent), *resting]:  # the newest state of each wins
+                _remember(known, record)
             full = len(recent) == ORDER_LIST_MAX
             since = recent[-1].created_at if full else utcnow() - RECONCILE_LOOKBACK
             report = ReconcileReport(
@@ -679,7 +685,7 @@ class TradingEngine:
                 continue
             updated = _as_record(found, record.core, record.mode)
             await self._book(updated, record)
-            known[updated.client_order_id] = updated
+            _remember(known, updated)
             if updated.filled > record.filled:
                 report.fills.append(updated)
             elif updated.status not in _OPEN:
@@ -701,7 +707,7 @@ class TradingEngine:
                     update={"client_order_id": booked.client_order_id}
                 )
                 await self._book(updated, booked)
-                known[booked.client_order_id] = updated
+                _remember(known, updated)
                 report.fills.append(updated)
 
     @staticmethod
@@ -715,9 +721,7 @@ class TradingEngine:
         """Record a venue's order the store did not know (booked to the ``adopted`` core)."""
         record = _as_record(order, ADOPTED_CORE, venue.mode)
         await self._book(record)
-        known[record.client_order_id] = record
-        if record.venue_order_id:
-            known[f"{record.venue}#{record.venue_order_id}"] = record
+        _remember(known, record)
         logger.warning(
             "adopted order %s on %s (%s, %s %.8g %s, filled %.8g)",
             record.client_order_id,
@@ -753,7 +757,9 @@ class TradingEngine:
         )
         await self._incidents.raise_engine(
             RECONCILE_INCIDENT,
-            "Venue reconciliation found differences",
+            "Venue reconciliation found differences"
+            if report.differences
+            else "Venue reconciliation could not check every venue",
             Severity.WARNING,
             summary + ". Adopted orders are open in /orders (core adopted); /halt cancels them.",
             labels={"reason": report.reason},
