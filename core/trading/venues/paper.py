@@ -42,8 +42,9 @@ DEFAULT_START_PRICES: dict[str, float] = {
 }
 _SPREAD = 0.0002  # half-spread around the mid, as a fraction
 MAX_REMEMBERED_ORDERS = 10_000
-# Finished orders written with the account (so an order's fate can be looked up after a restart).
-SAVED_FINISHED_ORDERS = 200
+# Finished orders written with the account, so a lost answer can be looked up after a restart
+# (kept small: the account is written on every paper fill).
+SAVED_FINISHED_ORDERS = 20
 
 
 class PaperLedger(Protocol):
