@@ -212,6 +212,8 @@ async def test_a_standby_taking_over_trades_on_the_leaders_positions(
         assert standby.standing_by
         await trade(leader)
         before = await picture(leader)
+        # Standing by, it already shows the leader's booked positions (re-read every 2 s).
+        await until(lambda: standby.trading.exposure().total == before["exposure"], timeout=10)
         await leader.close()  # hands the lease over
         await until(lambda: standby.duties.active)
         assert await picture(standby) == before
