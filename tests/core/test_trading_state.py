@@ -272,3 +272,24 @@ async def test_start_adopts_unknown_open_orders_and_books_fills_missed_while_dow
     third = await build(venue_timeout_seconds=2)
     assert {(p.core, p.symbol): p.quantity for p in third.trading.positions()} == positions
     assert len([e for e in await third.audit.tail(50) if e.action == "trading.reconcile"]) == 1
+
+
+async def test_a_venue_down_at_start_is_reported_and_trading_starts_on_the_stored_positions(
+    build: Build, binance: BinanceFake
+) -> None:
+    plane = await build(venue_timeout_seconds=2)
+    await plane.trading.place_order("momentum", buy("BTC/USDT", 0.002))
+    exposure = plane.trading.exposure().total
+    await plane.close()
+    binance.fail(503)
+
+    again = await build(venue_timeout_seconds=2)
+    assert again.trading.exposure().total == pytest.approx(exposure)
+    [incident] = [
+        i
+        for i in await again.incidents.list(open_only=True)
+        if i.title == "Venue reconciliation could not check every venue"
+    ]
+    [entry] = [e for e in await again.audit.tail(30) if e.action == "trading.reconcile"]
+    assert entry.after["errors"] and entry.after["errors"][0].startswith("binance: ")
+    assert "could not check: binance" in entry.detail
