@@ -263,6 +263,7 @@ class TradingEngine:
         self._read_only: str | None = None
         self._started = False
         self._restored_seen: Any = None  # the last restore marker acted upon
+        self._restored_now: Any = None  # the marker as last read before an order
         self._order_lock = asyncio.Lock()
         # Raises (an OperationError) when this process must not trade now: the worker lease's
         # local check, so a leader that was paused past its lease cannot tick or order once more.
@@ -286,8 +287,7 @@ class TradingEngine:
     async def start(self) -> None:
         """Restore core switches, the halt and the positions, reconcile with the venues, then
         start each core's supervised loop (at start, and when this worker takes over)."""
-        await self.reload()
-        await self.rebuild()
+        await self.reload()  # not started yet: this rebuilds the positions from the store
         await self.reconcile("start or takeover")
         self._started = True
         for core in self._cores.values():
@@ -309,8 +309,9 @@ class TradingEngine:
             self._restored_seen = restored
             await self.rebuild()
         elif restored != self._restored_seen:
-            self._restored_seen = restored
-            await self._after_restore(restored)
+            async with self._order_lock:
+                if restored != self._restored_seen:  # an order may have caught up meanwhile
+                    await self._catch_up(restored)
 
     async def rebuild(self) -> None:
         """Load every booked position from the store (marks as last saved, until a ticker)."""
@@ -333,16 +334,18 @@ class TradingEngine:
             ),
         )
         if self._started:
-            self._restored_seen = marker
-            await self._after_restore(marker)
+            async with self._order_lock:
+                await self._catch_up(marker)
 
-    async def _after_restore(self, marker: Any) -> None:
+    async def _catch_up(self, marker: Any) -> None:
+        """Rebuild and reconcile after a restore (the caller holds the order lock)."""
+        self._restored_seen = marker
         by = marker.get("by") if isinstance(marker, dict) else None
         logger.warning("state restored (by %s): rebuilding positions, reconciling venues", by)
         # Paper venues are exchanges: their live accounts go back over the restored ones.
         await self._venues.keep_paper_accounts()
         await self.rebuild()
-        await self.reconcile("a restore")
+        await self._reconcile("a restore")
 
     def _adopt_halt(self, state: dict[str, Any]) -> None:
         halt = state.get(HALT_KEY)
@@ -354,7 +357,9 @@ class TradingEngine:
     async def _read_halt(self) -> bool:
         """Adopt the halt as the store has it now; True while halted. Read before each order
         and when one returns, so a halt through any replica stops this one at once."""
-        self._adopt_halt(await self._store.engine_state())
+        state = await self._store.engine_state()
+        self._adopt_halt(state)
+        self._restored_now = state.get(RESTORED_KEY)
         return self._halt is not None
 
     async def follow_shared_state(self, interval: float) -> None:
@@ -525,6 +530,10 @@ class TradingEngine:
         if refusal is not None:
             self._metrics.orders.labels(venue_name, intent.side.value, "rejected").inc()
             raise OrderRejected(refusal)
+        if self._started and self._restored_now != self._restored_seen:
+            # Another replica restored a backup since this one last looked: no order is checked
+            # against the positions from before it.
+            await self._catch_up(self._restored_now)
         venue = self._venues.venue(venue_name)
         price = intent.price or self.portfolio.price(intent.symbol)
         if price is None:
@@ -645,27 +654,31 @@ class TradingEngine:
         adopt open orders only the venue knows, book fills missed meanwhile, close stored
         orders the venue finished; audit and raise in chat whatever differed."""
         async with self._order_lock:
-            recent = await self._store.list_orders(limit=ORDER_LIST_MAX)
-            resting = await self._store.list_orders(limit=ORDER_LIST_MAX, statuses=list(_OPEN))
-            known: dict[str, OrderRecord] = {}
-            for record in [*reversed(recent), *resting]:  # the newest state of each wins
-                _remember(known, record)
-            full = len(recent) == ORDER_LIST_MAX
-            since = recent[-1].created_at if full else utcnow() - RECONCILE_LOOKBACK
-            report = ReconcileReport(
-                reason=reason,
-                at=utcnow(),
-                venues=sorted({self._venues.active_name} | {r.venue for r in resting}),
-                adopted=[],
-                fills=[],
-                closed=[],
-                errors=[],
-            )
-            for name in report.venues:
-                try:
-                    await self._reconcile_venue(name, resting, known, since, report)
-                except OperationError as exc:
-                    report.errors.append(f"{name}: {exc.message}")
+            return await self._reconcile(reason)
+
+    async def _reconcile(self, reason: str) -> ReconcileReport:
+        """Reconcile; the caller holds the order lock."""
+        recent = await self._store.list_orders(limit=ORDER_LIST_MAX)
+        resting = await self._store.list_orders(limit=ORDER_LIST_MAX, statuses=list(_OPEN))
+        known: dict[str, OrderRecord] = {}
+        for record in [*reversed(recent), *resting]:  # the newest state of each wins
+            _remember(known, record)
+        full = len(recent) == ORDER_LIST_MAX
+        since = recent[-1].created_at if full else utcnow() - RECONCILE_LOOKBACK
+        report = ReconcileReport(
+            reason=reason,
+            at=utcnow(),
+            venues=sorted({self._venues.active_name} | {r.venue for r in resting}),
+            adopted=[],
+            fills=[],
+            closed=[],
+            errors=[],
+        )
+        for name in report.venues:
+            try:
+                await self._reconcile_venue(name, resting, known, since, report)
+            except OperationError as exc:
+                report.errors.append(f"{name}: {exc.message}")
         self._export_metrics()
         await self._report(report)
         return report

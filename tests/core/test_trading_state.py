@@ -17,6 +17,7 @@ from core.errors import RiskLimitExceeded
 from core.models import Actor, ActorKind, Role, utcnow
 from core.models.trading import PnlWindow
 from core.models.venues import OrderSide, OrderStatus, OrderType
+from core.platform.roles import ProcessRole
 from core.store import PnlPoint
 from core.trading.engine import ADOPTED_CORE
 from core.trading.strategies import Intent
@@ -217,6 +218,51 @@ async def test_a_standby_taking_over_trades_on_the_leaders_positions(
         await leader.close()  # hands the lease over
         await until(lambda: standby.duties.active)
         assert await picture(standby) == before
+    finally:
+        for plane in reversed(planes):
+            await plane.close()
+
+
+async def test_a_restore_through_an_api_replica_is_caught_up_by_the_trading_worker(
+    make_settings: SettingsFactory, make_redis: RedisFactory, tmp_path: Path
+) -> None:
+    """Redis only: the worker learns of the restore before its next order (or within 2 s)."""
+    redis = make_redis()
+    planes = []
+    try:
+        for name, role in (("worker", ProcessRole.WORKER), ("api", ProcessRole.API)):
+            plane = ControlPlane(
+                make_settings(
+                    **QUIET,
+                    lunia_state_dir=tmp_path / name,
+                    enable_redis=True,
+                    redis_url=redis.url,
+                    backup_signing_key="one-key-for-every-replica",
+                ),
+                role=role,
+            )
+            await plane.start()
+            planes.append(plane)
+        worker, api = planes
+        await until(lambda: worker.duties.active)
+        await worker.trading.place_order("momentum", buy("BTC/USDT", 0.002))
+        backup = await api.backups.create(ADMIN)
+        late = await worker.trading.place_order("mean_reversion", buy("ETH/USDT", 0.02))
+        exposure = worker.trading.exposure().total
+
+        await api.backups.restore(backup.id, ADMIN, confirm=True)
+        # The very next order is checked against the caught-up positions, not the old memory.
+        await worker.trading.place_order("momentum", buy("BTC/USDT", 0.001))
+        positions = {(p.core, p.symbol): p.quantity for p in worker.trading.positions()}
+        assert positions == {
+            ("momentum", "BTC/USDT"): pytest.approx(0.003),
+            (ADOPTED_CORE, "ETH/USDT"): pytest.approx(0.02),
+        }
+        assert worker.trading.exposure().total > exposure
+        orders = {o.client_order_id: o for o in await worker.trading.orders(limit=50)}
+        assert orders[late.client_order_id].core == ADOPTED_CORE
+        actions = [e.action for e in await api.audit.tail(20)]
+        assert "trading.rebuild" in actions and "trading.reconcile" in actions
     finally:
         for plane in reversed(planes):
             await plane.close()
