@@ -573,7 +573,6 @@ class Toolbox:
         report = await self._trading.pnl(str(args.get("window", PnlWindow.DAY)))
         data = report.model_dump(mode="json", exclude={"points"})
         data["history_points"] = len(report.points)
-        data["label"] = report.label
         per_core = ", ".join(f"{c} {_usdt(v)}" for c, v in report.core_changes.items())
         return data, (
             f"PnL {report.label}: {_usdt(report.change)} ({per_core}); "

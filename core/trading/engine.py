@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, computed_field
 
 from core.config.settings import Settings
 from core.errors import (
@@ -147,6 +147,7 @@ class PnlReport(BaseModel):
     core_changes: dict[str, float]
     points: list[PnlPoint]
 
+    @computed_field  # type: ignore[prop-decorator]
     @property
     def label(self) -> str:
         """What the change covers, in words: the window, or since when if history is shorter."""
