@@ -112,11 +112,14 @@ async def pnl(message: Message, command: CommandObject, plane: ControlPlane, ui:
     """A PnL chart with a one-line summary."""
     report = await plane.trading.pnl(command.args or PnlWindow.DAY)
     png = await asyncio.to_thread(pnl_png, report)
-    per_core = ", ".join(f"{e(c.core)} {c.total:+,.2f}" for c in report.cores)
+    per_core = ", ".join(
+        f"{e(name)} {change:+,.2f}" for name, change in report.core_changes.items()
+    )
     await ui.photo(
         message.chat.id,
         png,
-        f"💰 PnL now <b>{report.total:+,.2f} USDT</b> ({per_core}); last {report.window}",
+        f"💰 PnL {e(report.label)}: <b>{report.change:+,.2f} USDT</b> ({per_core}); "
+        f"total {report.total:+,.2f} USDT",
     )
 
 

@@ -241,11 +241,15 @@ class RuleAssistant:
         data = await run.tool("pnl", window=window.value)
         if data is None:
             return
+        changes = data.get("core_changes", {})
+        # The change over the window when the history covers it; else since when it does.
+        title = f"PnL ({window})" if data.get("full_window") else f"PnL ({data.get('label')})"
         run.section(
-            f"PnL ({window})",
-            [f"Total: {_money(data['total'])}"],
+            title,
+            [f"Change: {_money(data['change'])}", f"Total now: {_money(data['total'])}"],
             [
-                f"{c['core']}: {_money(c['total'])} (realized {_money(c['realized'])}, "
+                f"{c['core']}: {_money(changes.get(c['core'], 0.0))} "
+                f"(total {_money(c['total'])}: realized {_money(c['realized'])}, "
                 f"unrealized {_money(c['unrealized'])})"
                 for c in data.get("cores", [])
             ],

@@ -574,8 +574,11 @@ class Toolbox:
         report = await self._trading.pnl(str(args.get("window", PnlWindow.DAY)))
         data = report.model_dump(mode="json", exclude={"points"})
         data["history_points"] = len(report.points)
-        per_core = ", ".join(f"{c.core} {_usdt(c.total)}" for c in report.cores)
-        return data, f"PnL total {_usdt(report.total)} ({per_core})"
+        per_core = ", ".join(f"{c} {_usdt(v)}" for c, v in report.core_changes.items())
+        return data, (
+            f"PnL {report.label}: {_usdt(report.change)} ({per_core}); "
+            f"total now {_usdt(report.total)}"
+        )
 
     async def _exposure_tool(self, args: dict[str, Any]) -> tuple[Any, str]:
         assert self._trading is not None  # noqa: S101 - registered only with an engine

@@ -1,11 +1,16 @@
-"""The trading engine's vocabulary shared by every adapter: PnL windows and the trading mode."""
+"""The trading engine's vocabulary shared by every adapter and the store: PnL windows, the
+trading mode, and the booked positions and paper accounts kept as state."""
 
 from __future__ import annotations
 
 import enum
-from datetime import timedelta
+from datetime import datetime, timedelta
+
+from pydantic import BaseModel, Field
 
 from core.errors import InvalidInput
+from core.models import utcnow
+from core.models.venues import Order
 
 
 class PnlWindow(enum.StrEnum):
@@ -37,3 +42,29 @@ class TradingMode(enum.StrEnum):
     TRADING = "trading"
     READ_ONLY = "read-only"
     HALTED = "halted"
+
+
+class Holding(BaseModel):
+    """One core's booked position in one symbol, as the store keeps it: quantity at average
+    cost, the PnL realized so far (fees taken off), and the last mark seen (for exposure before
+    the first ticker after a restart)."""
+
+    core: str
+    symbol: str
+    quantity: float
+    average_cost: float
+    realized: float
+    mark: float | None = None
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class VenueAccount(BaseModel):
+    """A paper venue's account as the store keeps it: balances, resting orders and the orders
+    it finished lately (a paper venue is its own exchange: without this a restart forgets it)."""
+
+    venue: str
+    free: dict[str, float]
+    used: dict[str, float] = Field(default_factory=dict)
+    orders: list[Order] = Field(default_factory=list)
+    placed: int = 0  # orders placed so far (numbers the venue's order ids)
+    updated_at: datetime = Field(default_factory=utcnow)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import uuid
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Protocol
 
@@ -133,6 +134,10 @@ class Venue(Protocol):
 
     async def cancel(self, order: Order) -> Order:
         """Cancel a resting order and return its final state."""
+
+    async def filled_since(self, since: datetime, symbols: Sequence[str]) -> list[Order]:
+        """Orders (of ``symbols``) with fills at or after ``since``, one per order: how fills
+        missed while the engine was down are found."""
 
     async def probe(self) -> None:
         """Raise a ``VenueError`` unless markets and prices can be read."""

@@ -40,10 +40,14 @@ class RestoreQuiesce:
 
     async def after(self, actor: Actor) -> None:
         """Resume after a restore (restored or rolled back): adopt the halt, core switches and
-        active venue now in the store, then orders, jobs, gauges."""
+        active venue now in the store, rebuild positions and reconcile the venues, then orders,
+        jobs, gauges."""
         await self._trading.reload()
         if self._venues is not None:
             await self._venues.reload()
+        # Positions and orders came back as the backup had them: the trading leader rebuilds
+        # them and reconciles with the venues (adopting orders placed after the backup).
+        await self._trading.note_restore(actor)
         if self._set_read_only:
             self._set_read_only = False
             await self._trading.leave_read_only(actor)

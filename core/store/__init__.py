@@ -26,6 +26,7 @@ from core.models import (
 )
 from core.models.alerts import Alert, Severity
 from core.models.incidents import Change, EventKind, Incident, IncidentEvent, IncidentState
+from core.models.trading import Holding, VenueAccount
 from core.models.venues import OrderRecord, OrderStatus
 
 AlertPlanner = Callable[[Alert, Incident | None, Incident | None], Change | None]
@@ -344,8 +345,22 @@ class Store(Protocol):
     async def put_engine_state(self, key: str, value: Any, audit: AuditRecord) -> AuditEntry:
         """Set one engine setting and audit it atomically."""
 
-    async def save_order(self, order: OrderRecord) -> None:
-        """Insert or update an order, keyed by its client order id."""
+    async def save_order(self, order: OrderRecord, holdings: Sequence[Holding] = ()) -> None:
+        """Insert or update an order, keyed by its client order id; with ``holdings`` (the
+        positions a fill of it changed), save those in the same transaction, so a fill is
+        booked on both or on neither."""
+
+    async def holdings(self) -> list[Holding]:
+        """Every booked position (closed ones too: they carry realized PnL), by core and symbol."""
+
+    async def save_holdings(self, holdings: Sequence[Holding]) -> None:
+        """Insert or replace positions by core and symbol (the marks, refreshed on a schedule)."""
+
+    async def venue_account(self, venue: str) -> VenueAccount | None:
+        """A paper venue's saved account, or None before its first order."""
+
+    async def save_venue_account(self, account: VenueAccount) -> None:
+        """Save a paper venue's account (balances, resting and recent orders)."""
 
     async def list_orders(
         self,
@@ -361,6 +376,10 @@ class Store(Protocol):
 
     async def pnl_points(self, *, since: datetime, core: str | None = None) -> list[PnlPoint]:
         """PnL points at or after ``since``, oldest first."""
+
+    async def pnl_baseline(self, at: datetime, cores: Sequence[str]) -> list[PnlPoint]:
+        """Each of ``cores``' latest PnL point at or before ``at`` (a core without one is left
+        out): where a change over a window starts."""
 
     async def prune_pnl_points(self, before: datetime) -> int:
         """Delete PnL points older than ``before``; return how many went."""

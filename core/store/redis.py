@@ -44,6 +44,8 @@ under ``{prefix}:``, so a snapshot or a restore of the store never touches them:
     R:orders:status:{status}    zset of client order ids in that status (score: order number)
     R:pnl                       hash: ``[core, ts]`` JSON -> ``[realized, unrealized]``
     R:pnl:ts                    zset of ``[core, ts]`` JSON (score: ts)
+    R:holdings                  hash: ``[core, symbol]`` JSON -> Holding JSON (booked positions)
+    R:venues                    hash: paper venue name -> VenueAccount JSON
 
 Times in scores are microseconds since the epoch (exact in a double until the year 2255).
 
@@ -116,6 +118,7 @@ from core.models.incidents import (
     incident_key,
     legacy_key,
 )
+from core.models.trading import Holding, VenueAccount
 from core.models.venues import OrderRecord, OrderStatus
 from core.store import (
     AlertPlanner,
@@ -228,6 +231,8 @@ _COUNTED: list[tuple[str, str, str]] = [
     ("orders", "hash", "orders"),
     ("outbox", "stream", "outbox"),
     ("pnl_points", "hash", "pnl"),
+    ("holdings", "hash", "holdings"),
+    ("venue_accounts", "hash", "venues"),
 ]
 
 # ARGV: [1] key root, [2] "1" to add every key's DUMP payload, then (kind, type, key) triples.
@@ -379,6 +384,8 @@ class _Keys:
         self.orders_all = f"{root}:orders:all"
         self.pnl = f"{root}:pnl"
         self.pnl_ts = f"{root}:pnl:ts"
+        self.holdings = f"{root}:holdings"
+        self.venues = f"{root}:venues"
 
     def state(self, state: IncidentState) -> str:
         return f"{self.root}:incidents:state:{state.value}"
@@ -439,6 +446,8 @@ _KEY_TYPES = {
     "orders:all": "zset",
     "pnl": "hash",
     "pnl:ts": "zset",
+    "holdings": "hash",
+    "venues": "hash",
 }
 _KEY_PREFIX_TYPES = (
     ("incidents:state:", "zset"),
@@ -1590,8 +1599,8 @@ class RedisStore:
 
         return await self._transaction("saving engine state", body)
 
-    async def save_order(self, order: OrderRecord) -> None:
-        """Insert or update an order by client order id."""
+    async def save_order(self, order: OrderRecord, holdings: Sequence[Holding] = ()) -> None:
+        """Insert or update an order by client order id, with the positions its fill changed."""
         k, cid = self._k, order.client_order_id
 
         async def body(tx: _Tx) -> None:
@@ -1608,8 +1617,38 @@ class RedisStore:
                     tx.zrem(k.order_status(old.status), cid)
                     tx.zadd(k.order_status(order.status), cid, number)
             tx.hset(k.orders, cid, order.model_dump_json())
+            for h in holdings:
+                tx.hset(k.holdings, _dump([h.core, h.symbol]), h.model_dump_json())
 
         await self._transaction(f"saving order {cid}", body)
+
+    async def holdings(self) -> list[Holding]:
+        """Every booked position by core and symbol."""
+        with _translated("reading positions"):
+            values = await _reply(self._client().hvals(self._k.holdings))
+        found = [Holding.model_validate_json(v) for v in values]
+        return sorted(found, key=lambda h: (h.core, h.symbol))
+
+    async def save_holdings(self, holdings: Sequence[Holding]) -> None:
+        """Insert or replace positions by core and symbol (idempotent: one HSET)."""
+        if not holdings:
+            return
+        mapping = {_dump([h.core, h.symbol]): h.model_dump_json() for h in holdings}
+        with _translated("saving positions"):
+            await _reply(self._client().hset(self._k.holdings, mapping=mapping))
+
+    async def venue_account(self, venue: str) -> VenueAccount | None:
+        """A paper venue's saved account."""
+        with _translated("reading a paper account"):
+            raw = await _reply(self._client().hget(self._k.venues, venue))
+        return None if raw is None else VenueAccount.model_validate_json(raw)
+
+    async def save_venue_account(self, account: VenueAccount) -> None:
+        """Save a paper venue's account."""
+        with _translated("saving a paper account"):
+            await _reply(
+                self._client().hset(self._k.venues, account.venue, account.model_dump_json())
+            )
 
     async def list_orders(
         self,
@@ -1667,6 +1706,44 @@ class RedisStore:
             )
         found.sort(key=lambda p: (p.ts, p.core))
         return found
+
+    async def pnl_baseline(self, at: datetime, cores: Sequence[str]) -> list[PnlPoint]:
+        """Each core's latest PnL point at or before ``at``: the time index read backwards a
+        page at a time until every core has one (all cores snapshot together, so the first
+        page usually holds them all)."""
+        wanted, found = set(cores), dict[str, PnlPoint]()
+        redis = self._client()
+        offset = 0
+        with _translated("reading PnL points"):
+            while wanted - found.keys():
+                members = await redis.zrevrangebyscore(
+                    self._k.pnl_ts, _micros(at), "-inf", start=offset, num=_PAGE
+                )
+                if not members:
+                    break
+                offset += len(members)
+                picked = {}
+                for member in members:
+                    point_core, ts = json.loads(member)
+                    if (
+                        point_core in wanted
+                        and point_core not in found
+                        and point_core not in picked
+                    ):
+                        picked[point_core] = (member, ts)
+                if not picked:
+                    continue
+                values = await _reply(redis.hmget(self._k.pnl, [m for m, _ in picked.values()]))
+                for (point_core, (_, ts)), raw in zip(picked.items(), values, strict=True):
+                    if raw is not None:
+                        realized, unrealized = json.loads(raw)
+                        found[point_core] = PnlPoint(
+                            core=point_core,
+                            ts=datetime.fromisoformat(ts),
+                            realized=realized,
+                            unrealized=unrealized,
+                        )
+        return [found[c] for c in cores if c in found]
 
     async def prune_pnl_points(self, before: datetime) -> int:
         """Delete PnL points older than ``before``."""

@@ -42,6 +42,7 @@ from core.models.incidents import (
     incident_key,
     legacy_key,
 )
+from core.models.trading import Holding, VenueAccount
 from core.models.venues import OrderRecord, OrderStatus
 from core.store import (
     AlertPlanner,
@@ -229,6 +230,16 @@ MIGRATIONS: list[str] = [
     ALTER TABLE outbox ADD COLUMN finished_at TEXT;
     UPDATE outbox SET payload = '{}', finished_at = next_at WHERE status != 'pending';
     CREATE INDEX outbox_finished ON outbox (status, finished_at);
+    """,
+    # -- positions and paper accounts are state, not memory (issue 16 point 1)
+    """
+    CREATE TABLE holdings (
+        core TEXT NOT NULL,
+        symbol TEXT NOT NULL,
+        doc TEXT NOT NULL,
+        PRIMARY KEY (core, symbol)
+    );
+    CREATE TABLE venue_accounts (venue TEXT PRIMARY KEY, doc TEXT NOT NULL);
     """,
 ]
 
@@ -1093,22 +1104,55 @@ class SqliteStore:
 
         return await self._write(lambda: self._transaction(tx))
 
-    async def save_order(self, order: OrderRecord) -> None:
-        """Insert or update an order by client order id."""
+    async def save_order(self, order: OrderRecord, holdings: Sequence[Holding] = ()) -> None:
+        """Insert or update an order by client order id, with the positions its fill changed."""
+
+        def tx(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO orders (client_order_id, core, venue, status, created_at, doc)"
+                " VALUES (?,?,?,?,?,?) ON CONFLICT (client_order_id) DO UPDATE SET"
+                " venue = excluded.venue, status = excluded.status, doc = excluded.doc",
+                (
+                    order.client_order_id,
+                    order.core,
+                    order.venue,
+                    order.status.value,
+                    _ts(order.created_at),
+                    order.model_dump_json(),
+                ),
+            )
+            _put_holdings(conn, holdings)
+
+        await self._write(lambda: self._transaction(tx))
+
+    async def holdings(self) -> list[Holding]:
+        """Every booked position by core and symbol."""
+        rows = await self._read(
+            lambda c: c.execute("SELECT doc FROM holdings ORDER BY core, symbol").fetchall()
+        )
+        return [Holding.model_validate_json(r["doc"]) for r in rows]
+
+    async def save_holdings(self, holdings: Sequence[Holding]) -> None:
+        """Insert or replace positions by core and symbol."""
+        if holdings:
+            await self._write(lambda: self._transaction(lambda c: _put_holdings(c, holdings)))
+
+    async def venue_account(self, venue: str) -> VenueAccount | None:
+        """A paper venue's saved account."""
+        row = await self._read(
+            lambda c: c.execute(
+                "SELECT doc FROM venue_accounts WHERE venue = ?", (venue,)
+            ).fetchone()
+        )
+        return None if row is None else VenueAccount.model_validate_json(row["doc"])
+
+    async def save_venue_account(self, account: VenueAccount) -> None:
+        """Save a paper venue's account."""
         await self._write(
             lambda: self._transaction(
                 lambda c: c.execute(
-                    "INSERT INTO orders (client_order_id, core, venue, status, created_at, doc)"
-                    " VALUES (?,?,?,?,?,?) ON CONFLICT (client_order_id) DO UPDATE SET"
-                    " venue = excluded.venue, status = excluded.status, doc = excluded.doc",
-                    (
-                        order.client_order_id,
-                        order.core,
-                        order.venue,
-                        order.status.value,
-                        _ts(order.created_at),
-                        order.model_dump_json(),
-                    ),
+                    "INSERT OR REPLACE INTO venue_accounts (venue, doc) VALUES (?, ?)",
+                    (account.venue, account.model_dump_json()),
                 )
             )
         )
@@ -1156,6 +1200,36 @@ class SqliteStore:
             args.append(core)
         sql += " ORDER BY ts, core"
         rows = await self._read(lambda c: c.execute(sql, args).fetchall())
+        return [
+            PnlPoint(
+                core=r["core"],
+                ts=datetime.fromisoformat(r["ts"]),
+                realized=r["realized"],
+                unrealized=r["unrealized"],
+            )
+            for r in rows
+        ]
+
+    async def pnl_baseline(self, at: datetime, cores: Sequence[str]) -> list[PnlPoint]:
+        """Each core's latest PnL point at or before ``at`` (one indexed lookup per core)."""
+        if not cores:
+            return []
+
+        def read(c: sqlite3.Connection) -> list[sqlite3.Row]:
+            return [
+                row
+                for core in cores
+                if (
+                    row := c.execute(
+                        "SELECT * FROM pnl_points WHERE core = ? AND ts <= ?"
+                        " ORDER BY ts DESC LIMIT 1",
+                        (core, _ts(at)),
+                    ).fetchone()
+                )
+                is not None
+            ]
+
+        rows = await self._read(read)
         return [
             PnlPoint(
                 core=r["core"],
@@ -1348,6 +1422,13 @@ class SqliteStore:
             return ConfirmationTake(outcome="taken", confirmation=found)
 
         return await self._write(lambda: self._transaction(tx))
+
+
+def _put_holdings(conn: sqlite3.Connection, holdings: Sequence[Holding]) -> None:
+    conn.executemany(
+        "INSERT OR REPLACE INTO holdings (core, symbol, doc) VALUES (?,?,?)",
+        [(h.core, h.symbol, h.model_dump_json()) for h in holdings],
+    )
 
 
 def _count_rows(conn: sqlite3.Connection) -> dict[str, int]:

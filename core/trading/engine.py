@@ -4,6 +4,12 @@ Every order passes the same gates in order: read-only mode, halt, the risk manag
 active venue (``VenueService``). Each core runs in its own supervised task: a crash raises an
 incident and the core restarts with exponential backoff, without taking the engine down. Core
 switches and the halt survive a restart (engine state in the store, audited with each change).
+
+Positions are state too: a fill is booked on the order and the positions it moves in one store
+transaction, and the portfolio is rebuilt from the store when trading starts (at start, on a
+worker takeover) and after a restore, then reconciled with the venues: open orders the venue
+knows and the store does not are adopted (so a halt cancels them), fills missed meanwhile are
+booked, and what differed is audited and raised in chat.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, computed_field
 
 from core.config.settings import Settings
 from core.errors import (
@@ -36,7 +42,14 @@ from core.models import Actor, AuditRecord, Role, utcnow
 from core.models.alerts import Severity
 from core.models.ops import ChecklistItem, Mark, StatusLine
 from core.models.trading import PnlWindow, TradingMode
-from core.models.venues import Order, OrderRecord, OrderRequest, OrderStatus, VenueMode
+from core.models.venues import (
+    Order,
+    OrderRecord,
+    OrderRequest,
+    OrderStatus,
+    Venue,
+    VenueMode,
+)
 from core.platform.metrics import Metrics
 from core.platform.tasks import cancel_and_wait
 from core.security.access import Guard, require
@@ -56,6 +69,14 @@ PNL_RETENTION = timedelta(days=30)
 RATE_WINDOW = timedelta(minutes=5)  # signal and tick rates are averaged over this
 _OPEN = (OrderStatus.NEW, OrderStatus.OPEN)
 _PAGE = 500  # open orders read per page when a halt cancels them all
+# The core booked for orders found on a venue that the store did not know (placed by a process
+# whose record was lost, e.g. after the backup a restore went back to).
+ADOPTED_CORE = "adopted"
+RECONCILE_INCIDENT = "trading:reconcile"
+# A restore done by any replica: the trading leader rebuilds and reconciles when it changes.
+RESTORED_KEY = "trading.restored"
+# How far back missed fills are looked for when the store holds few orders.
+RECONCILE_LOOKBACK = timedelta(days=7)
 
 
 class CoreInfo(BaseModel):
@@ -110,19 +131,78 @@ class HaltReport(BaseModel):
 
 
 class PnlReport(BaseModel):
-    """PnL now per core, and its history over a window (for charts)."""
+    """PnL over a window: the change since the window began (from recorded points), the
+    running totals now per core, and the history (for charts)."""
 
     window: PnlWindow
     since: datetime
-    total: float
+    total: float = Field(description="realized plus unrealized now, over the whole history")
+    change: float = Field(description="change of the total over the window")
+    change_since: datetime | None = Field(
+        description="when the change is measured from: the last point recorded at or before "
+        "the window's start, else the first one inside it (None: nothing recorded yet)"
+    )
+    full_window: bool = Field(description="the recorded history covers the whole window")
     cores: list[CorePnl]
+    core_changes: dict[str, float]
     points: list[PnlPoint]
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def label(self) -> str:
+        """What the change covers, in words: the window, or since when if history is shorter."""
+        if self.full_window:
+            return f"last {self.window}"
+        if self.change_since is None:
+            return f"{self.window}: no history recorded yet"
+        return f"since {self.change_since.isoformat(timespec='minutes')} (history < {self.window})"
+
+
+class ReconcileReport(BaseModel):
+    """What reconciling the store with the venues found and did."""
+
+    reason: str
+    at: datetime
+    venues: list[str]
+    adopted: list[OrderRecord] = Field(description="open orders the store did not know")
+    fills: list[OrderRecord] = Field(description="orders whose missed fills were booked")
+    closed: list[OrderRecord] = Field(description="stored open orders the venue had finished")
+    errors: list[str]
+
+    @property
+    def differences(self) -> int:
+        """How many orders differed between the store and the venues."""
+        return len(self.adopted) + len(self.fills) + len(self.closed)
+
+    def summary(self) -> str:
+        """One line per difference kind, for chat and the audit entry."""
+        parts = [
+            f"{len(self.adopted)} open order(s) adopted"
+            + (
+                f" ({', '.join(o.client_order_id for o in self.adopted[:5])})"
+                if self.adopted
+                else ""
+            ),
+            f"{len(self.fills)} order(s) with missed fills booked",
+            f"{len(self.closed)} stored open order(s) closed on the venue",
+        ]
+        if self.errors:
+            parts.append("could not check: " + "; ".join(self.errors))
+        return f"after {self.reason} on {', '.join(self.venues)}: " + ", ".join(parts)
 
 
 def _as_record(order: Order, core: str, mode: VenueMode) -> OrderRecord:
     """The engine's record of a venue's order."""
     fields = order.model_dump(exclude={"core", "mode", "error"})
     return OrderRecord(**fields, core=core, mode=mode)
+
+
+def _remember(known: dict[str, OrderRecord], record: OrderRecord) -> None:
+    """Index an order as last booked, by client order id and by the venue's order id (trades
+    name only the latter)."""
+    known[record.client_order_id] = record
+    if record.venue_order_id:
+        known[f"{record.venue}#{record.venue_order_id}"] = record
 
 
 @dataclass
@@ -183,6 +263,8 @@ class TradingEngine:
         self._halt: dict[str, Any] | None = None
         self._read_only: str | None = None
         self._started = False
+        self._restored_seen: Any = None  # the last restore marker acted upon
+        self._restored_now: Any = None  # the marker as last read before an order
         self._order_lock = asyncio.Lock()
         # Raises (an OperationError) when this process must not trade now: the worker lease's
         # local check, so a leader that was paused past its lease cannot tick or order once more.
@@ -204,8 +286,10 @@ class TradingEngine:
             self._spawn(core)
 
     async def start(self) -> None:
-        """Restore core switches and the halt, then start each core's supervised loop."""
-        await self.reload()
+        """Restore core switches, the halt and the positions, reconcile with the venues, then
+        start each core's supervised loop (at start, and when this worker takes over)."""
+        await self.reload()  # not started yet: this rebuilds the positions from the store
+        await self.reconcile("start or takeover")
         self._started = True
         for core in self._cores.values():
             self._spawn(core)
@@ -220,6 +304,49 @@ class TradingEngine:
             if key.startswith("core.") and isinstance(value, dict):
                 self._enabled[key.removeprefix("core.")] = bool(value.get("enabled", True))
         self._adopt_halt(state)
+        restored = state.get(RESTORED_KEY)
+        if not self._started:
+            # Not trading here (an API replica, a standby): show the leader's booked positions.
+            self._restored_seen = restored
+            await self.rebuild()
+        elif restored != self._restored_seen:
+            async with self._order_lock:
+                if restored != self._restored_seen:  # an order may have caught up meanwhile
+                    await self._catch_up(restored)
+
+    async def rebuild(self) -> None:
+        """Load every booked position from the store (marks as last saved, until a ticker)."""
+        self.portfolio.load(await self._store.holdings())
+        self._export_metrics()
+
+    async def note_restore(self, actor: Actor) -> None:
+        """A restore just replaced the state (called by the process that restored): tell the
+        trading leader, wherever it runs, to rebuild and reconcile; at once if it is this one."""
+        marker = {"at": utcnow().isoformat(), "by": actor.describe()}
+        await self._store.put_engine_state(
+            RESTORED_KEY,
+            marker,
+            AuditRecord(
+                actor=actor,
+                action="trading.rebuild",
+                target="engine",
+                after=marker,
+                detail="a restore replaced the state: positions rebuilt and venues reconciled",
+            ),
+        )
+        if self._started:
+            async with self._order_lock:
+                await self._catch_up(marker)
+
+    async def _catch_up(self, marker: Any) -> None:
+        """Rebuild and reconcile after a restore (the caller holds the order lock)."""
+        self._restored_seen = marker
+        by = marker.get("by") if isinstance(marker, dict) else None
+        logger.warning("state restored (by %s): rebuilding positions, reconciling venues", by)
+        # Paper venues are exchanges: their live accounts go back over the restored ones.
+        await self._venues.keep_paper_accounts()
+        await self.rebuild()
+        await self._reconcile("a restore")
 
     def _adopt_halt(self, state: dict[str, Any]) -> None:
         halt = state.get(HALT_KEY)
@@ -231,7 +358,9 @@ class TradingEngine:
     async def _read_halt(self) -> bool:
         """Adopt the halt as the store has it now; True while halted. Read before each order
         and when one returns, so a halt through any replica stops this one at once."""
-        self._adopt_halt(await self._store.engine_state())
+        state = await self._store.engine_state()
+        self._adopt_halt(state)
+        self._restored_now = state.get(RESTORED_KEY)
         return self._halt is not None
 
     async def follow_shared_state(self, interval: float) -> None:
@@ -402,6 +531,10 @@ class TradingEngine:
         if refusal is not None:
             self._metrics.orders.labels(venue_name, intent.side.value, "rejected").inc()
             raise OrderRejected(refusal)
+        if self._started and self._restored_now != self._restored_seen:
+            # Another replica restored a backup since this one last looked: no order is checked
+            # against the positions from before it.
+            await self._catch_up(self._restored_now)
         venue = self._venues.venue(venue_name)
         price = intent.price or self.portfolio.price(intent.symbol)
         if price is None:
@@ -444,9 +577,8 @@ class TradingEngine:
             raise
         self._venues.record_success(venue_name)
         record = _as_record(order, core, venue.mode)
-        await self._store.save_order(record)
+        await self._book(record)
         self._metrics.orders.labels(venue_name, record.side.value, record.status.value).inc()
-        self.portfolio.apply_fill(core, record)
         self._export_metrics()
         logger.info(
             "order %s %s %s %.8g %s on %s: %s",
@@ -475,12 +607,20 @@ class TradingEngine:
             )
             return record
         done = _as_record(order, record.core, record.mode)
-        await self._store.save_order(done)
+        await self._book(done, record)
         self._metrics.orders.labels(done.venue, done.side.value, done.status.value).inc()
         logger.warning(
             "order %s landed after the halt: %s", done.client_order_id, done.status.value
         )
         return done
+
+    async def _book(self, record: OrderRecord, booked: OrderRecord | None = None) -> None:
+        """Save ``record`` with the position its fills since ``booked`` moved, in one store
+        transaction; the portfolio follows once the store has it."""
+        holding = self.portfolio.fill(record.core, record, booked)
+        await self._store.save_order(record, [holding] if holding else ())
+        if holding is not None:
+            self.portfolio.put(holding)
 
     async def _finish(self, record: OrderRecord, status: OrderStatus, error: str) -> None:
         self._metrics.orders.labels(record.venue, record.side.value, status.value).inc()
@@ -502,14 +642,142 @@ class TradingEngine:
             if order is None or order.status is OrderStatus.OPEN:
                 continue
             updated = _as_record(order, record.core, record.mode)
-            await self._store.save_order(updated)
+            await self._book(updated, record)
             self._metrics.orders.labels(
                 updated.venue, updated.side.value, updated.status.value
             ).inc()
-            self.portfolio.apply_fill(record.core, updated)
             changed.append(updated)
         self._export_metrics()
         return changed
+
+    async def reconcile(self, reason: str) -> ReconcileReport:
+        """Compare the store with the venues (the active one and any holding our open orders):
+        adopt open orders only the venue knows, book fills missed meanwhile, close stored
+        orders the venue finished; audit and raise in chat whatever differed."""
+        async with self._order_lock:
+            return await self._reconcile(reason)
+
+    async def _reconcile(self, reason: str) -> ReconcileReport:
+        """Reconcile; the caller holds the order lock."""
+        recent = await self._store.list_orders(limit=ORDER_LIST_MAX)
+        resting = await self._store.list_orders(limit=ORDER_LIST_MAX, statuses=list(_OPEN))
+        known: dict[str, OrderRecord] = {}
+        for record in [*reversed(recent), *resting]:  # the newest state of each wins
+            _remember(known, record)
+        full = len(recent) == ORDER_LIST_MAX
+        since = recent[-1].created_at if full else utcnow() - RECONCILE_LOOKBACK
+        report = ReconcileReport(
+            reason=reason,
+            at=utcnow(),
+            venues=sorted({self._venues.active_name} | {r.venue for r in resting}),
+            adopted=[],
+            fills=[],
+            closed=[],
+            errors=[],
+        )
+        for name in report.venues:
+            try:
+                await self._reconcile_venue(name, resting, known, since, report)
+            except OperationError as exc:
+                report.errors.append(f"{name}: {exc.message}")
+        self._export_metrics()
+        await self._report(report)
+        return report
+
+    async def _reconcile_venue(
+        self,
+        name: str,
+        resting: list[OrderRecord],
+        known: dict[str, OrderRecord],
+        since: datetime,
+        report: ReconcileReport,
+    ) -> None:
+        venue = self._venues.venue(name)
+        for record in (r for r in resting if r.venue == name):
+            found = await venue.fetch_order(record.symbol, record.client_order_id)
+            if found is None or (found.status, found.filled) == (record.status, record.filled):
+                continue
+            updated = _as_record(found, record.core, record.mode)
+            await self._book(updated, record)
+            _remember(known, updated)
+            if updated.filled > record.filled:
+                report.fills.append(updated)
+            elif updated.status not in _OPEN:
+                report.closed.append(updated)
+        for order in await venue.open_orders():
+            if self._known(known, order) is None:
+                adopted = await self._adopt(order, venue, known)
+                report.adopted.append(adopted)
+        symbols = sorted(
+            {s for c in self._cores.values() for s in c.symbols}
+            | {h.symbol for h in self.portfolio.holdings()}
+        )
+        for order in await venue.filled_since(since, symbols):
+            booked = self._known(known, order)
+            if booked is None:
+                report.fills.append(await self._adopt(order, venue, known))
+            elif order.filled > booked.filled + 1e-12:
+                updated = _as_record(order, booked.core, booked.mode).model_copy(
+                    update={"client_order_id": booked.client_order_id}
+                )
+                await self._book(updated, booked)
+                _remember(known, updated)
+                report.fills.append(updated)
+
+    @staticmethod
+    def _known(known: dict[str, OrderRecord], order: Order) -> OrderRecord | None:
+        by_venue_id = known.get(f"{order.venue}#{order.venue_order_id}")
+        return known.get(order.client_order_id) or by_venue_id
+
+    async def _adopt(
+        self, order: Order, venue: Venue, known: dict[str, OrderRecord]
+    ) -> OrderRecord:
+        """Record a venue's order the store did not know (booked to the ``adopted`` core)."""
+        record = _as_record(order, ADOPTED_CORE, venue.mode)
+        await self._book(record)
+        _remember(known, record)
+        logger.warning(
+            "adopted order %s on %s (%s, %s %.8g %s, filled %.8g)",
+            record.client_order_id,
+            record.venue,
+            record.status.value,
+            record.side.value,
+            record.amount,
+            record.symbol,
+            record.filled,
+        )
+        return record
+
+    async def _report(self, report: ReconcileReport) -> None:
+        """Audit and raise in chat what reconciling changed or could not check."""
+        if not report.differences and not report.errors:
+            logger.info("reconciled %s after %s: no differences", report.venues, report.reason)
+            return
+        summary = report.summary()
+        logger.warning("reconciliation %s", summary)
+        await self._store.append_audit(
+            AuditRecord(
+                actor=Actor.system("reconcile"),
+                action="trading.reconcile",
+                target=",".join(report.venues),
+                after={
+                    "adopted": [o.client_order_id for o in report.adopted],
+                    "fills": [o.client_order_id for o in report.fills],
+                    "closed": [o.client_order_id for o in report.closed],
+                    "errors": report.errors,
+                },
+                detail=summary,
+            )
+        )
+        await self._incidents.raise_engine(
+            RECONCILE_INCIDENT,
+            "Venue reconciliation found differences"
+            if report.differences
+            else "Venue reconciliation could not check every venue",
+            Severity.WARNING,
+            summary + ". Adopted orders are open in /orders (core adopted); /halt cancels them.",
+            labels={"reason": report.reason},
+        )
 
     async def orders(
         self, *, limit: int = 50, status: OrderStatus | None = None, core: str | None = None
@@ -638,7 +906,7 @@ class TradingEngine:
         except OperationError as exc:
             return f"{record.client_order_id} on {record.venue}: {exc.message}"
         done = _as_record(order, record.core, record.mode)
-        await self._store.save_order(done)
+        await self._book(done, record)
         self._metrics.orders.labels(done.venue, done.side.value, done.status.value).inc()
         return done
 
@@ -758,27 +1026,56 @@ class TradingEngine:
         """Total and per-symbol exposure against the risk limits."""
         return self.risk.report()
 
-    async def pnl(self, window: PnlWindow | str = PnlWindow.DAY) -> PnlReport:
-        """PnL per core now, and its recorded history over ``window`` (24h or 7d)."""
+    def _names(self) -> list[str]:
+        """Registered cores, and any other core holding positions (``adopted``)."""
+        held = {h.core for h in self.portfolio.holdings()}
+        return sorted(set(self._cores) | held)
+
+    async def pnl(
+        self, window: PnlWindow | str = PnlWindow.DAY, *, history: bool = True
+    ) -> PnlReport:
+        """PnL's change over ``window`` (24h or 7d) from recorded points, per core and in all,
+        the totals now, and (with ``history``) the recorded points of the window."""
         window = PnlWindow.parse(window)
         since = utcnow() - window.delta
-        cores = [self.portfolio.pnl(n) for n in sorted(self._cores)]
+        names = self._names()
+        cores = [self.portfolio.pnl(n) for n in names]
+        baseline = {p.core: p for p in await self._store.pnl_baseline(since, names)}
+        points = await self._store.pnl_points(since=since) if history else []
+        full = bool(baseline)
+        if not baseline:  # history shorter than the window: from the first point inside it
+            first = points or await self._store.pnl_points(since=since)
+            for point in first:
+                baseline.setdefault(point.core, point)
+        starts = [p.ts for p in baseline.values()]
+        changes = {
+            c.core: c.total - (baseline[c.core].total if c.core in baseline else 0.0) for c in cores
+        }
         return PnlReport(
             window=window,
             since=since,
             total=sum(c.total for c in cores),
+            change=sum(changes.values()),
+            change_since=(max(starts) if full else min(starts)) if starts else None,
+            full_window=full,
             cores=cores,
-            points=await self._store.pnl_points(since=since),
+            core_changes=changes,
+            points=points,
         )
 
     async def status_lines(self) -> list[StatusLine]:
         """PnL, exposure, active venue and, unless it trades, the engine's mode for ``/status``."""
-        pnl = await self.pnl(PnlWindow.DAY)
+        pnl = await self.pnl(PnlWindow.DAY, history=False)
         exposure = self.exposure()
         venues = self._venues.status()
         state = self.state()
         lines = [
-            StatusLine(label="PnL", value=f"{pnl.total:+,.2f} USDT"),
+            StatusLine(
+                label="PnL 24h" if pnl.full_window else "PnL",
+                value=f"{pnl.change:+,.2f} USDT"
+                + ("" if pnl.full_window else f" {pnl.label}")
+                + f"; total {pnl.total:+,.2f} USDT",
+            ),
             StatusLine(
                 label="exposure",
                 value=f"{exposure.total:,.2f} / {exposure.limit:,.0f} USDT",
@@ -811,12 +1108,14 @@ class TradingEngine:
         """Persist one PnL point per core (the scheduler's snapshot job); prune old ones."""
         now = utcnow()
         points = []
-        for name in sorted(self._cores):
+        for name in self._names():
             pnl = self.portfolio.pnl(name)
             points.append(
                 PnlPoint(core=name, ts=now, realized=pnl.realized, unrealized=pnl.unrealized)
             )
         await self._store.add_pnl_points(points)
+        # The marks with it, so exposure right after a restart is near the last one seen.
+        await self._store.save_holdings(self.portfolio.holdings())
         with contextlib.suppress(StoreError):
             await self._store.prune_pnl_points(now - PNL_RETENTION)
         self._export_metrics()

@@ -2,14 +2,20 @@
 
 Positions use average cost; fees reduce realized PnL. Marks (last prices) come from the tickers
 the engine reads, so unrealized PnL and exposure move with the market between fills.
+
+The portfolio is a cache of the store's booked positions (``Holding``): the engine computes a
+fill's effect with ``fill``, saves it with the order in one transaction, then ``put``s it here;
+``load`` rebuilds everything from the store at start, on takeover and after a restore.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
 
 from pydantic import BaseModel
 
+from core.models.trading import Holding
 from core.models.venues import Order, OrderSide
 
 _EPSILON = 1e-12
@@ -48,6 +54,17 @@ def _sign(value: float) -> int:
     return (value > _EPSILON) - (value < -_EPSILON)
 
 
+def _unbooked(order: Order, booked: Order | None) -> tuple[float, float | None, float]:
+    """Quantity, average price and fee of the part of ``order`` filled since ``booked``."""
+    if booked is None or booked.filled <= 0 or booked.average is None:
+        return order.filled, order.average, order.fee
+    done = order.filled - booked.filled
+    if done <= _EPSILON or order.average is None:
+        return 0.0, None, 0.0
+    price = (order.average * order.filled - booked.average * booked.filled) / done
+    return done, price, order.fee - booked.fee
+
+
 class Portfolio:
     """Positions and PnL, updated from fills and marks."""
 
@@ -63,13 +80,15 @@ class Portfolio:
         """The latest mark of ``symbol``, if any."""
         return self._marks.get(symbol)
 
-    def apply_fill(self, core: str, order: Order) -> None:
-        """Book the filled part of ``order`` against ``core``'s position."""
-        if order.filled <= 0 or order.average is None:
-            return
-        holding = self._holdings.setdefault((core, order.symbol), _Holding())
-        signed = order.filled if order.side is OrderSide.BUY else -order.filled
-        price = order.average
+    def fill(self, core: str, order: Order, booked: Order | None = None) -> Holding | None:
+        """``core``'s position in ``order``'s symbol once the part of ``order`` filled since
+        ``booked`` (the same order as last booked) is applied; None when nothing new filled.
+        Nothing changes here until the result is ``put`` (after the store has it)."""
+        done, price, fee = _unbooked(order, booked)
+        if done <= _EPSILON or price is None:
+            return None
+        holding = replace(self._holdings.get((core, order.symbol), _Holding()))
+        signed = done if order.side is OrderSide.BUY else -done
         q = holding.quantity
         if _sign(q) == 0 or _sign(q) == _sign(signed):
             total = abs(q) + abs(signed)
@@ -83,8 +102,40 @@ class Portfolio:
                 holding.quantity, holding.average_cost = 0.0, 0.0
             elif _sign(holding.quantity) != _sign(q):
                 holding.average_cost = price
-        holding.realized -= order.fee
-        self._marks.setdefault(order.symbol, price)
+        holding.realized -= fee
+        return self._as_holding(core, order.symbol, holding, self._marks.get(order.symbol, price))
+
+    def put(self, holding: Holding) -> None:
+        """Adopt one booked position (as just saved to the store)."""
+        self._holdings[(holding.core, holding.symbol)] = _Holding(
+            holding.quantity, holding.average_cost, holding.realized
+        )
+        if holding.mark is not None:
+            self._marks.setdefault(holding.symbol, holding.mark)
+
+    def load(self, holdings: Iterable[Holding]) -> None:
+        """Replace every position with the store's; a saved mark stands in until a ticker."""
+        self._holdings = {}
+        for holding in holdings:
+            self.put(holding)
+
+    def holdings(self) -> list[Holding]:
+        """Every position as the store keeps it, with the latest marks."""
+        return [
+            self._as_holding(core, symbol, h, self._marks.get(symbol))
+            for (core, symbol), h in sorted(self._holdings.items())
+        ]
+
+    @staticmethod
+    def _as_holding(core: str, symbol: str, h: _Holding, mark: float | None) -> Holding:
+        return Holding(
+            core=core,
+            symbol=symbol,
+            quantity=h.quantity,
+            average_cost=h.average_cost,
+            realized=h.realized,
+            mark=mark,
+        )
 
     def quantities(self, core: str) -> dict[str, float]:
         """``core``'s quantity per symbol."""

@@ -144,6 +144,9 @@ async def test_pnl_exposure_and_orders_read_for_viewers(
     assert pnl.status_code == 200
     assert {c["core"] for c in pnl.json()["cores"]} >= {"buyer", "momentum"}
     assert pnl.json()["points"]
+    # One point recorded just now: the change is labelled since then, not as 7d.
+    assert pnl.json()["full_window"] is False
+    assert pnl.json()["label"].startswith("since ") and "(history < 7d)" in pnl.json()["label"]
     bad = await api.get("/api/v1/pnl", params={"window": "1y"}, headers=auth(VIEWER_TOKEN))
     assert bad.status_code == 422
     exposure = (await api.get("/api/v1/exposure", headers=auth(VIEWER_TOKEN))).json()

@@ -1,4 +1,5 @@
-"""Killed with messages queued, ``lunia run`` delivers every one of them once after a restart."""
+"""Killed with messages queued, ``lunia run`` delivers every one of them once after a restart,
+on the SQLite store and on the Redis store alike (issue 16 point 7)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import httpx
 import pytest
 
 from tests.bot.conftest import ADMIN, OPS
-from tests.conftest import WEBHOOK_TOKEN
+from tests.conftest import WEBHOOK_TOKEN, RedisFactory
 from tests.fakes.telegram import FakeTelegram
 from tests.support.payloads import am_alert, am_payload
 from tests.support.services import free_port
@@ -23,7 +24,9 @@ pytestmark = pytest.mark.slow  # lunia run processes, killed and restarted
 LUNIA = str(Path(sys.executable).with_name("lunia"))
 
 
-def start(tmp_path: Path, fake: FakeTelegram, port: int) -> subprocess.Popen[bytes]:
+def start(
+    tmp_path: Path, fake: FakeTelegram, port: int, redis_url: str | None = None
+) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("API_", "TELEGRAM_"))}
     env.update(
         LUNIA_STATE_DIR=str(tmp_path / "var"),
@@ -35,6 +38,9 @@ def start(tmp_path: Path, fake: FakeTelegram, port: int) -> subprocess.Popen[byt
         TELEGRAM_ADMINS=str(ADMIN),
         ENABLE_REDIS="false",
     )
+    if redis_url is not None:
+        # The killed leader's lease lapses after its TTL; the restarted process then leads.
+        env.update(ENABLE_REDIS="true", REDIS_URL=redis_url, LEASE_TTL_SECONDS="2")
     return subprocess.Popen(
         [LUNIA, "run"], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
@@ -64,12 +70,16 @@ async def outbox_empty(url: str) -> None:
     raise AssertionError("the telegram outbox did not empty")
 
 
-async def test_queued_messages_survive_kill_9(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["sqlite", "redis"])
+async def test_queued_messages_survive_kill_9(
+    tmp_path: Path, kind: str, make_redis: RedisFactory
+) -> None:
+    redis_url = make_redis().url if kind == "redis" else None
     async with FakeTelegram() as fake:
         fake.set_offline(True, mode="502")
         port = free_port()
         url = f"http://127.0.0.1:{port}"
-        first = start(tmp_path, fake, port)
+        first = start(tmp_path, fake, port, redis_url)
         try:
             await wait_healthy(url, first)
             # Three alert groups (one notification each): three incidents, three messages.
@@ -95,7 +105,7 @@ async def test_queued_messages_survive_kill_9(tmp_path: Path) -> None:
         assert not fake.calls_to("sendMessage", ok=True)
 
         fake.set_offline(False)
-        second = start(tmp_path, fake, port)
+        second = start(tmp_path, fake, port, redis_url)
         try:
             await wait_healthy(url, second)
 

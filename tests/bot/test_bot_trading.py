@@ -21,7 +21,10 @@ async def test_pnl_chart_arrives_as_a_png(
     assert call.ok, call.description
     photo = fake_telegram.messages(VIEWER)[-1].photo
     assert photo is not None and photo.startswith(PNG_SIGNATURE)
-    assert "PnL now" in str(call.params.get("caption"))
+    # One point recorded a moment ago: the change is labelled since then, never as 24h.
+    caption = str(call.params.get("caption"))
+    assert "PnL since " in caption and "(history &lt; 24h)" in caption, caption
+    assert "last 24h" not in caption
     fake_telegram.push_message(VIEWER, VIEWER, "/pnl 1y")
     assert "window must be one of 24h, 7d, not '1y'" in await replies(
         fake_telegram, VIEWER, "window"

@@ -194,7 +194,8 @@ async def test_rate_limit_opens_circuit_falls_back_in_the_same_question_and_prob
     assert answer.fallback_reason == "rate_limited"
     assert answer.intent == "pnl"
     assert answer.text.startswith("# Rule-based fallback\nAnswered without the LLM: the LLM server")
-    assert "# PnL (24h)" in answer.text
+    # Nothing recorded yet: said so, not a "since start" figure passed off as 24h.
+    assert "# PnL (24h: no history recorded yet)" in answer.text
     assert len(fake_openai.requests) == 1  # the SDK's own retries are off
     incident = await llm_incident(plane)
     assert incident is not None

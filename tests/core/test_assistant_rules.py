@@ -178,7 +178,7 @@ async def test_redis_latency_backup_and_pnl_answers(plane: ControlPlane) -> None
     backup = await plane.assistant.ask("last backup?", VIC)
     assert "Last successful backup: none" not in backup.text
     pnl = await plane.assistant.ask("pnl this week", VIC)
-    assert "# PnL (7d)" in pnl.text
+    assert "# PnL (7d: no history recorded yet)" in pnl.text
 
 
 async def test_audit_answer_needs_operator(plane: ControlPlane) -> None:

@@ -192,6 +192,7 @@ async def test_restore_brings_back_flags_incidents_and_audit_log_exactly(
     assert restored[: len(saved_entries)] == saved_entries  # entry by entry, hashes included
     assert [e.action for e in restored[len(saved_entries) :]] == [
         "backup.restore.fork",  # links the replaced head to the restored chain
+        "trading.rebuild",  # positions rebuilt and venues reconciled on the restored state
         "engine.read_only",  # trading resumes after the swap
         "backup.restore",
     ]
@@ -258,6 +259,7 @@ async def test_restore_that_fails_its_checks_rolls_back_to_the_previous_state(
         ("engine.read_only", "ok"),  # read-only on (kept: it was in the safety backup)
         ("backup.restore.fork", "ok"),  # the safety backup's own entry was rolled back
         ("backup.restore", "failed"),
+        ("trading.rebuild", "ok"),  # positions rebuilt on the state put back
         ("engine.read_only", "ok"),  # and off again once jobs resume
     ]
     assert (await plane.audit.verify()).ok

@@ -348,6 +348,99 @@ async def test_pnl_points_by_time_window_and_pruned(store: Store) -> None:
     assert len(await store.pnl_points(since=now - timedelta(days=30))) == 4
 
 
+async def test_fill_books_order_and_positions_together_and_survives_reopening(
+    open_store: StoreFactory,
+) -> None:
+    from core.models.trading import Holding
+    from core.models.venues import OrderRecord, OrderSide, OrderStatus, OrderType, VenueMode
+
+    store = await open_store()
+    filled = OrderRecord(
+        client_order_id="f1",
+        venue="binance",
+        symbol="BTC/USDT",
+        side=OrderSide.BUY,
+        type=OrderType.MARKET,
+        amount=0.002,
+        filled=0.002,
+        average=60125.0,
+        fee=0.12,
+        status=OrderStatus.FILLED,
+        core="momentum",
+        mode=VenueMode.PAPER,
+    )
+    held = Holding(
+        core="momentum", symbol="BTC/USDT", quantity=0.002, average_cost=60125.0, realized=-0.12
+    )
+    await store.save_order(filled, [held])
+    closed = Holding(core="grid", symbol="ETH/USDT", quantity=0.0, average_cost=0.0, realized=4.5)
+    await store.save_holdings([closed])
+    marked = held.model_copy(update={"mark": 61000.0})
+    await store.save_holdings([marked])  # replaces by core and symbol
+
+    reopened = await open_store()
+    assert await reopened.holdings() == [closed, marked]  # sorted by core, then symbol
+    assert (await reopened.list_orders())[0] == filled
+    assert (await reopened.counts())["holdings"] == 2
+
+
+async def test_paper_venue_account_round_trips_and_is_replaced(open_store: StoreFactory) -> None:
+    from core.models.trading import VenueAccount
+    from core.models.venues import Order, OrderSide, OrderStatus, OrderType
+
+    store = await open_store()
+    assert await store.venue_account("binance") is None
+    resting = Order(
+        client_order_id="r1",
+        venue_order_id="paper-3",
+        venue="binance",
+        symbol="ETH/USDT",
+        side=OrderSide.BUY,
+        type=OrderType.LIMIT,
+        amount=1.0,
+        price=2900.0,
+        status=OrderStatus.OPEN,
+    )
+    first = VenueAccount(venue="binance", free={"USDT": 100000.0})
+    await store.save_venue_account(first)
+    second = VenueAccount(
+        venue="binance",
+        free={"USDT": 97096.1, "BTC": 0.002},
+        used={"USDT": 2902.9},
+        orders=[resting],
+        placed=3,
+    )
+    await store.save_venue_account(second)
+    await store.save_venue_account(VenueAccount(venue="okx", free={"USDT": 5.0}))
+    reopened = await open_store()
+    assert await reopened.venue_account("binance") == second
+    assert (await reopened.venue_account("okx")) is not None
+
+
+async def test_pnl_baseline_is_each_cores_last_point_at_or_before_a_time(store: Store) -> None:
+    from core.store import PnlPoint
+
+    now = utcnow()
+    await store.add_pnl_points(
+        [
+            PnlPoint(core="momentum", ts=now - timedelta(hours=h), realized=h, unrealized=0.0)
+            for h in (1, 23, 25, 30)
+        ]
+        + [PnlPoint(core="grid", ts=now - timedelta(hours=2), realized=7.0, unrealized=1.0)]
+        + [  # many newer points of another core do not hide the older ones
+            PnlPoint(core="noise", ts=now - timedelta(minutes=m), realized=0, unrealized=0)
+            for m in range(1, 1300)
+        ]
+    )
+    base = await store.pnl_baseline(now - timedelta(hours=24), ["momentum", "grid", "missing"])
+    assert [(p.core, p.realized) for p in base] == [("momentum", 25)]  # grid has none before
+    later = await store.pnl_baseline(now, ["grid", "momentum"])
+    assert [(p.core, p.realized, p.unrealized) for p in later] == [
+        ("grid", 7.0, 1.0),
+        ("momentum", 1, 0.0),
+    ]
+
+
 async def test_snapshot_then_restore_brings_back_every_record(store: Store, tmp_path: Path) -> None:
     import os
     import stat

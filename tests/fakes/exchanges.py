@@ -207,6 +207,7 @@ class BinanceFake(FakeExchange):
         app.router.add_get("/api/v3/order", self.get_order)
         app.router.add_delete("/api/v3/order", self.delete_order)
         app.router.add_get("/api/v3/openOrders", self.open_orders)
+        app.router.add_get("/api/v3/myTrades", self.my_trades)
 
     def fault_body(self, status: int) -> web.Response:
         """Binance's bodies for a ban and for an outage."""
@@ -447,6 +448,33 @@ class BinanceFake(FakeExchange):
                 self._order_json(o, full=False)
                 for o in self.created_orders()
                 if o.status == "open" and market_id in (None, o.symbol.replace("/", ""))
+            ]
+        )
+
+    async def my_trades(self, request: web.Request) -> web.Response:
+        """``GET /api/v3/myTrades``: one trade per filled order of ``symbol`` since
+        ``startTime`` (the fake fills an order in one trade)."""
+        market_id = request.query["symbol"]
+        start = int(request.query.get("startTime", 0))
+        return web.json_response(
+            [
+                {
+                    "symbol": market_id,
+                    "id": o.order_id,
+                    "orderId": o.order_id,
+                    "orderListId": -1,
+                    "price": _n(o.average),
+                    "qty": _n(o.filled),
+                    "quoteQty": _n(o.filled * (o.average or 0.0)),
+                    "commission": _n(o.filled * (o.average or 0.0) * FEE_RATE),
+                    "commissionAsset": o.symbol.split("/")[1],
+                    "time": o.created_ms,
+                    "isBuyer": o.side == "buy",
+                    "isMaker": o.type == "limit",
+                    "isBestMatch": True,
+                }
+                for o in self.created_orders()
+                if o.filled and o.symbol.replace("/", "") == market_id and o.created_ms >= start
             ]
         )
 

@@ -16,7 +16,7 @@ import functools
 import importlib.util
 import logging
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -142,6 +142,39 @@ def _ts(millis: Any) -> datetime:
     if isinstance(millis, int | float):
         return datetime.fromtimestamp(millis / 1000, UTC)
     return utcnow()
+
+
+async def _my_trades(exchange: Any, *, symbol: str, since: int) -> list[dict[str, Any]]:
+    return list(await exchange.fetch_my_trades(symbol, since))
+
+
+def _order_of_trades(venue: str, symbol: str, order_id: str, trades: list[dict[str, Any]]) -> Order:
+    """One order's trades as the order's fill (quantity, average price, fee in the quote)."""
+    quote = symbol.partition("/")[2]
+    amount = sum(float(t.get("amount") or 0) for t in trades)
+    cost = sum(float(t.get("cost") or 0) or float(t.get("amount") or 0) * float(t.get("price") or 0)
+               for t in trades)  # fmt: skip
+    fee = sum(
+        float((t.get("fee") or {}).get("cost") or 0)
+        for t in trades
+        if (t.get("fee") or {}).get("currency") == quote
+    )
+    first = min(trades, key=lambda t: t.get("timestamp") or 0)
+    return Order(
+        client_order_id=order_id,
+        venue_order_id=order_id,
+        venue=venue,
+        symbol=symbol,
+        side=OrderSide(str(first.get("side") or "buy")),
+        type=OrderType.LIMIT if first.get("type") == "limit" else OrderType.MARKET,
+        amount=amount,
+        filled=amount,
+        average=cost / amount if amount else None,
+        fee=fee,
+        status=OrderStatus.FILLED,
+        created_at=_ts(first.get("timestamp")),
+        updated_at=_ts(max(t.get("timestamp") or 0 for t in trades)),
+    )
 
 
 class CcxtVenue:
@@ -338,6 +371,19 @@ class CcxtVenue:
             )
             orders.append(self._order(raw, request))
         return orders
+
+    async def filled_since(self, since: datetime, symbols: Sequence[str]) -> list[Order]:
+        """Orders with trades at or after ``since`` (``fetch_my_trades`` per symbol), their
+        trades summed per order; the venue's order id stands in for a client order id."""
+        found: list[Order] = []
+        start = int(since.timestamp() * 1000)
+        for symbol in symbols:
+            trades = await self._call(functools.partial(_my_trades, symbol=symbol, since=start))
+            by_order: dict[str, list[dict[str, Any]]] = {}
+            for trade in trades:
+                by_order.setdefault(str(trade.get("order") or trade.get("id")), []).append(trade)
+            found += [_order_of_trades(self.name, symbol, oid, t) for oid, t in by_order.items()]
+        return found
 
     async def cancel(self, order: Order) -> Order:
         """Cancel a resting order."""

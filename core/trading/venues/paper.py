@@ -4,6 +4,12 @@ Prices come from a ``PriceSource``: ``RandomWalkPrices`` (seeded, so a run is re
 never touching the network) or a real venue's public tickers (a ``CcxtVenue`` without keys).
 Market orders fill at once at the touch; limit orders rest, with their funds reserved, until a
 later ticker crosses their price.
+
+A paper venue is its own exchange, so its account (balances, resting orders, the orders it
+finished lately) is state: kept in the store through a ``PaperLedger`` after every change, read
+back on first use after a restart or a takeover. A restore does not rewind it (an exchange does
+not forget orders because we restored a backup): the live account is written back over the
+restored one, and the engine's reconciliation then adopts what the backup did not know.
 """
 
 from __future__ import annotations
@@ -11,10 +17,13 @@ from __future__ import annotations
 import math
 import random
 import zlib
+from collections.abc import Sequence
+from datetime import datetime
 from typing import Protocol
 
 from core.errors import InsufficientFunds, InvalidInput, NotFound, OrderRejected
 from core.models import utcnow
+from core.models.trading import VenueAccount
 from core.models.venues import (
     Balance,
     Order,
@@ -33,6 +42,19 @@ DEFAULT_START_PRICES: dict[str, float] = {
 }
 _SPREAD = 0.0002  # half-spread around the mid, as a fraction
 MAX_REMEMBERED_ORDERS = 10_000
+# Finished orders written with the account, so a lost answer can be looked up after a restart
+# (kept small: the account is written on every paper fill).
+SAVED_FINISHED_ORDERS = 20
+
+
+class PaperLedger(Protocol):
+    """Where a paper venue keeps its account (the store)."""
+
+    async def venue_account(self, venue: str) -> VenueAccount | None:
+        """The saved account, or None."""
+
+    async def save_venue_account(self, account: VenueAccount) -> None:
+        """Save the account."""
 
 
 class PriceSource(Protocol):
@@ -89,6 +111,7 @@ class PaperVenue:
         *,
         start_balance: dict[str, float] | None = None,
         fee_rate: float = 0.001,
+        ledger: PaperLedger | None = None,
     ) -> None:
         self.name = name
         self._prices = prices
@@ -96,6 +119,46 @@ class PaperVenue:
         self._free: dict[str, float] = dict(start_balance or {"USDT": 100000.0})
         self._used: dict[str, float] = {}
         self._orders: dict[str, Order] = {}
+        self._placed = 0
+        self._ledger = ledger
+        self._loaded = ledger is None
+
+    async def _load(self) -> None:
+        """Read the saved account once, before the first call that uses it."""
+        if self._loaded or self._ledger is None:
+            return
+        account = await self._ledger.venue_account(self.name)
+        if account is not None:
+            self._free, self._used = dict(account.free), dict(account.used)
+            self._orders = {o.client_order_id: o for o in account.orders}
+            self._placed = account.placed
+        self._loaded = True
+
+    async def persist(self) -> None:
+        """Write the account as it is now (after every change; after a restore, over the
+        restored one)."""
+        if self._ledger is None or not self._loaded:
+            return
+        finished = [o for o in self._orders.values() if o.status is not OrderStatus.OPEN]
+        kept = [o for o in self._orders.values() if o.status is OrderStatus.OPEN]
+        await self._ledger.save_venue_account(
+            VenueAccount(
+                venue=self.name,
+                free=self._free,
+                used=self._used,
+                orders=kept + finished[-SAVED_FINISHED_ORDERS:],
+                placed=self._placed,
+            )
+        )
+
+    async def filled_since(self, since: datetime, symbols: Sequence[str]) -> list[Order]:
+        """Orders of ``symbols`` with fills updated at or after ``since``."""
+        await self._load()
+        return [
+            o
+            for o in self._orders.values()
+            if o.filled > 0 and o.updated_at >= since and o.symbol in symbols
+        ]
 
     async def start(self) -> None:
         """Nothing to open."""
@@ -105,14 +168,19 @@ class PaperVenue:
 
     async def ticker(self, symbol: str) -> Ticker:
         """The source's ticker; resting limit orders that it crosses fill."""
+        await self._load()
         ticker = await self._prices.ticker(symbol)
+        filled = False
         for order in [o for o in self._orders.values() if o.status is OrderStatus.OPEN]:
             if order.symbol == symbol:
-                self._maybe_fill_limit(order, ticker)
+                filled = self._maybe_fill_limit(order, ticker) or filled
+        if filled:  # written on fills only, never per tick
+            await self.persist()
         return ticker
 
     async def balances(self) -> dict[str, Balance]:
         """Simulated balances by asset."""
+        await self._load()
         assets = {a for a in {*self._free, *self._used} if self._free.get(a) or self._used.get(a)}
         return {
             a: Balance(asset=a, free=self._free.get(a, 0.0), used=self._used.get(a, 0.0))
@@ -134,6 +202,7 @@ class PaperVenue:
 
     async def place(self, request: OrderRequest) -> Order:
         """Fill a market order at the touch, or rest a limit order with its funds reserved."""
+        await self._load()
         if request.client_order_id in self._orders:
             raise OrderRejected(f"{self.name} (paper): duplicate client order id")
         base, _, quote = request.symbol.partition("/")
@@ -150,7 +219,7 @@ class PaperVenue:
                 self._take(base, request.amount, reserve=True)
             order = Order(
                 client_order_id=request.client_order_id,
-                venue_order_id=f"paper-{len(self._orders) + 1}",
+                venue_order_id=self._next_id(),
                 venue=self.name,
                 symbol=request.symbol,
                 side=request.side,
@@ -163,6 +232,7 @@ class PaperVenue:
             )
             self._orders[order.client_order_id] = order
             self._maybe_fill_limit(order, ticker)
+            await self.persist()
             return self._orders[order.client_order_id]
         price = ticker.ask if request.side is OrderSide.BUY else ticker.bid
         cost = request.amount * price
@@ -175,7 +245,7 @@ class PaperVenue:
             self._credit(quote, cost - fee)
         order = Order(
             client_order_id=request.client_order_id,
-            venue_order_id=f"paper-{len(self._orders) + 1}",
+            venue_order_id=self._next_id(),
             venue=self.name,
             symbol=request.symbol,
             side=request.side,
@@ -190,7 +260,12 @@ class PaperVenue:
         )
         self._orders[order.client_order_id] = order
         self._forget_old()
+        await self.persist()
         return order
+
+    def _next_id(self) -> str:
+        self._placed += 1
+        return f"paper-{self._placed}"
 
     def _forget_old(self) -> None:
         """Keep memory bounded in long runs: drop the oldest finished orders."""
@@ -201,13 +276,13 @@ class PaperVenue:
         for key in finished[:excess]:
             del self._orders[key]
 
-    def _maybe_fill_limit(self, order: Order, ticker: Ticker) -> None:
+    def _maybe_fill_limit(self, order: Order, ticker: Ticker) -> bool:
         assert order.price is not None  # noqa: S101 - limit orders always have one
         crossed = (
             ticker.ask <= order.price if order.side is OrderSide.BUY else ticker.bid >= order.price
         )
         if not crossed:
-            return
+            return False
         base, _, quote = order.symbol.partition("/")
         cost = order.amount * order.price
         fee = cost * self._fee_rate
@@ -226,13 +301,16 @@ class PaperVenue:
                 "updated_at": utcnow(),
             }
         )
+        return True
 
     async def fetch_order(self, symbol: str, client_order_id: str) -> Order | None:
         """A paper order by client order id."""
+        await self._load()
         return self._orders.get(client_order_id)
 
     async def open_orders(self, symbol: str | None = None) -> list[Order]:
         """Resting paper orders."""
+        await self._load()
         return [
             o
             for o in self._orders.values()
@@ -241,6 +319,7 @@ class PaperVenue:
 
     async def cancel(self, order: Order) -> Order:
         """Cancel a resting paper order and release its funds."""
+        await self._load()
         current = self._orders.get(order.client_order_id)
         if current is None:
             raise NotFound(f"{self.name} (paper): no order {order.client_order_id}")
@@ -259,6 +338,7 @@ class PaperVenue:
             update={"status": OrderStatus.CANCELED, "updated_at": utcnow()}
         )
         self._orders[current.client_order_id] = canceled
+        await self.persist()
         return canceled
 
     async def probe(self) -> None:

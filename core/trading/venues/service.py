@@ -261,8 +261,15 @@ class VenueService:
                 prices,
                 start_balance={"USDT": self._settings.paper_start_balance},
                 fee_rate=self._settings.paper_fee_rate,
+                ledger=self._store,
             )
         return self._paper[name]
+
+    async def keep_paper_accounts(self) -> None:
+        """After a restore, write the paper venues' live accounts back over the restored ones:
+        a paper venue is an exchange, and an exchange is not rewound by our backup."""
+        for venue in self._paper.values():
+            await venue.persist()
 
     # -- calls the engine makes, with failures counted toward failover -----------------------
 
