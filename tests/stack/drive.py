@@ -489,8 +489,8 @@ async def check_stack(stack: Stack, telegram: FakeTelegram, report: Report) -> N
         await check_backup(stack, http, report)
         await check_worker_failover(stack, report)
         await check_redis_outage(stack, http, report)
-        await check_checklist(stack, telegram, report)
         await check_smoke(stack, report)
+        await check_checklist(stack, telegram, report)
 
 
 async def check_health(stack: Stack, http: httpx.AsyncClient, report: Report) -> None:
