@@ -41,6 +41,7 @@ ACTING_ON = @echo "lunia: acting on $(if $(LUNIA_URL),the deployment at $(LUNIA_
 # The alert webhook token `make smoke` sends to a deployment, or to the stack on this host when
 # the file exists: the stack's Docker secret file.
 LUNIA_ALERT_WEBHOOK_TOKEN_FILE ?= secrets/alert_webhook_token
+LUNIA_METRICS_TOKEN_FILE ?= secrets/metrics_token
 # `make verify` checks this checkout's own state, never a deployment's.
 LOCAL_LUNIA := env -u LUNIA_URL LUNIA_LOCAL=1 $(BIN)/lunia
 
@@ -57,7 +58,7 @@ enable-self-healing: setup
 ## smoke: drive a running instance end to end (probes, a test alert, the bot); exit 1 on failure
 smoke: setup
 	$(ACTING_ON)
-	$(if $(or $(LUNIA_URL),$(wildcard $(LUNIA_ALERT_WEBHOOK_TOKEN_FILE))),LUNIA_ALERT_WEBHOOK_TOKEN_FILE=$(LUNIA_ALERT_WEBHOOK_TOKEN_FILE) )$(BIN)/lunia smoke
+	$(if $(or $(LUNIA_URL),$(wildcard $(LUNIA_ALERT_WEBHOOK_TOKEN_FILE))),LUNIA_ALERT_WEBHOOK_TOKEN_FILE=$(LUNIA_ALERT_WEBHOOK_TOKEN_FILE) )$(if $(wildcard $(LUNIA_METRICS_TOKEN_FILE)),LUNIA_METRICS_TOKEN_FILE=$(LUNIA_METRICS_TOKEN_FILE) )$(BIN)/lunia smoke
 
 ## verify: the full verification: lint, every test (promtool checks the Prometheus config there,
 ## with a temp scrape token), known-vulnerable dependencies, schemathesis with every role's token,

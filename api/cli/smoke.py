@@ -48,17 +48,43 @@ WebhookTokenFileOption = Annotated[
 ]
 
 
+MetricsTokenFileOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--metrics-token-file",
+        envvar="LUNIA_METRICS_TOKEN_FILE",
+        dir_okay=False,
+        show_default=False,
+        help="the deployment's metrics token (e.g. secrets/metrics_token), which /metrics asks for",
+    ),
+]
+
+
+def _read_token_file(file: Path, option: str) -> str:
+    """A token kept in a file (a Docker secret): its content, or a one-line error naming it."""
+    try:
+        value = file.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise fail(f"{option}: cannot read {file}: {exc.strerror}", 2) from None
+    if value:
+        return value
+    raise fail(f"{option}: {file} is empty", 2)
+
+
+def _metrics_token(settings: Settings, file: Path | None) -> str | None:
+    """The bearer token for /metrics: the file given, else the configured one, else none."""
+    if file is not None:
+        return _read_token_file(file, "--metrics-token-file")
+    if settings.metrics_token is not None:
+        return settings.metrics_token.get_secret_value()
+    return None
+
+
 def _webhook_token(settings: Settings, file: Path | None, *, local: bool) -> str:
     """The webhook token: the file given, the configured one, or (only for this host's own
     instance) the one generated into the state dir."""
     if file is not None:
-        try:
-            value = file.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise fail(f"--webhook-token-file: cannot read {file}: {exc.strerror}", 2) from None
-        if value:
-            return value
-        raise fail(f"--webhook-token-file: {file} is empty", 2)
+        return _read_token_file(file, "--webhook-token-file")
     if settings.alert_webhook_token is not None:
         return settings.alert_webhook_token.get_secret_value()
     path = settings.lunia_state_dir / "secrets" / WEBHOOK_TOKEN_FILE
@@ -100,6 +126,7 @@ def smoke(
     url: UrlOption = None,
     token: TokenOption = None,
     webhook_token_file: WebhookTokenFileOption = None,
+    metrics_token_file: MetricsTokenFileOption = None,
 ) -> None:
     """Drive the running instance end to end; exit 1 if any check fails."""
     settings = load_settings()
@@ -109,6 +136,8 @@ def smoke(
     local = url is None or local_state_refusal(settings) is None
     api = {"Authorization": f"Bearer {api_token(settings, token, local=local)}"}
     hook = {"Authorization": f"Bearer {_webhook_token(settings, webhook_token_file, local=local)}"}
+    metrics_token = _metrics_token(settings, metrics_token_file)
+    scrape = {"Authorization": f"Bearer {metrics_token}"} if metrics_token else {}
     failures = 0
 
     def check(name: str, probe: Callable[[httpx.Client], str]) -> None:
@@ -129,7 +158,13 @@ def smoke(
 
     def probes(c: httpx.Client) -> str:
         expect(c.get("/readyz").status_code == 200, "/readyz not ready")
-        metrics = c.get("/metrics").text
+        response = c.get("/metrics", headers=scrape)
+        expect(
+            response.status_code != 401,
+            "/metrics asks for a token: set LUNIA_METRICS_TOKEN_FILE (the deployment's "
+            "secrets/metrics_token) or METRICS_TOKEN",
+        )
+        metrics = response.text
         for name in ("request_duration_seconds_bucket", "redis_status", "exchange_failover"):
             expect(name in metrics, f"/metrics lacks {name}")
         return "/readyz 200, /metrics complete"

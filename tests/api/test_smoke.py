@@ -51,3 +51,24 @@ async def test_smoke_fails_with_a_bad_token_or_no_instance(
     )
     assert down.exit_code == 1
     assert "smoke FAILED: 5 check(s) failed" in down.stderr
+
+
+@pytest.mark.slow
+async def test_smoke_scrapes_metrics_with_the_deployments_metrics_token(
+    make_plane: PlaneFactory, cli_env: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Production: /metrics asks for METRICS_TOKEN (the stack's secrets/metrics_token).
+    plane = await make_plane(metrics_token="a-metrics-token-for-the-smoke")
+    args = ["smoke", "--token", ADMIN_TOKEN]
+    async with serve(plane) as url:
+        without = await asyncio.to_thread(CliRunner().invoke, app, [*args, "--url", url])
+        secret = tmp_path / "metrics_token"
+        secret.write_text("a-metrics-token-for-the-smoke\n")
+        monkeypatch.setenv("LUNIA_METRICS_TOKEN_FILE", str(secret))
+        scraped = await asyncio.to_thread(CliRunner().invoke, app, [*args, "--url", url])
+    assert without.exit_code == 1
+    assert "❌ probes and metrics: /metrics asks for a token: set LUNIA_METRICS_TOKEN_FILE" in (
+        without.stdout
+    )
+    assert scraped.exit_code == 0, scraped.stdout + scraped.stderr
+    assert "✅ probes and metrics: /readyz 200, /metrics complete" in scraped.stdout

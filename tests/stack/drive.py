@@ -446,6 +446,7 @@ class Stack:
             "LUNIA_URL": self.api,
             "LUNIA_TOKEN_FILE": str(WORK / "admin_token"),
             "LUNIA_ALERT_WEBHOOK_TOKEN_FILE": str(WORK / "secrets" / "alert_webhook_token"),
+            "LUNIA_METRICS_TOKEN_FILE": str(WORK / "secrets" / "metrics_token"),
         }
         env.pop("LUNIA_LOCAL", None)
         return run(["make", "--no-print-directory", target], env=env, timeout=300).stdout
