@@ -492,6 +492,7 @@ async def check_stack(stack: Stack, telegram: FakeTelegram, report: Report) -> N
         await check_redis_outage(stack, http, report)
         await check_smoke(stack, report)
         await check_checklist(stack, telegram, report)
+        await check_redis_lost_for_good(stack, http, report)
 
 
 async def check_health(stack: Stack, http: httpx.AsyncClient, report: Report) -> None:
@@ -596,21 +597,18 @@ async def check_backup(stack: Stack, http: httpx.AsyncClient, report: Report) ->
     title = "make create-emergency-backup (LUNIA_URL) backs up the deployment, verified"
     with report.step(title) as details:
         out = stack.make("create-emergency-backup")
-        match = re.search(r"backup (\d{8}T\d{6}Z)", out)
-        if match is None or f"on the deployment at {stack.api}" not in out:
-            raise CheckFailed(f"no backup of the deployment in: {out!r}")
-        backup_id = match.group(1)
+        if f"on the deployment at {stack.api}" not in out:
+            raise CheckFailed(f"not a backup of the deployment: {out!r}")
+        taken = backup_id(out)
         # The field's symptom: the worker listed "no backups yet" after the host's backup.
         inside = stack.lunia(stack.containers("worker")[0], "backup", "list")
-        if backup_id not in inside:
-            raise CheckFailed(f"backup {backup_id} not seen inside the worker: {inside!r}")
-        verified = await http.post(
-            f"{stack.api}/api/v1/backups/{backup_id}/verify", headers=stack.auth
-        )
+        if taken not in inside:
+            raise CheckFailed(f"backup {taken} not seen inside the worker: {inside!r}")
+        verified = await http.post(f"{stack.api}/api/v1/backups/{taken}/verify", headers=stack.auth)
         body = verified.json()
         if verified.status_code != 200 or not body.get("ok"):
-            raise CheckFailed(f"verify {backup_id}: {verified.status_code} {body}")
-        details.append(f"{backup_id} seen by the worker, verified by the api replica")
+            raise CheckFailed(f"verify {taken}: {verified.status_code} {body}")
+        details.append(f"{taken} seen by the worker, verified by the api replica")
 
 
 async def check_checklist(stack: Stack, telegram: FakeTelegram, report: Report) -> None:
@@ -660,22 +658,12 @@ async def check_redis_outage(stack: Stack, http: httpx.AsyncClient, report: Repo
             return bool(body["components"].get("redis", {}).get("status") != "ok")
 
         await eventually("api sees Redis down", degraded, timeout=30)
-        alert = {
-            "labels": {"alertname": "SpooledDuringOutage", "severity": "warning"},
-            "annotations": {"summary": "sent while Redis was down"},
-            "startsAt": datetime.now(UTC).isoformat(),
-        }
         token = stack.secret_values["alert_webhook_token"]
         response = await http.post(
             f"{stack.api}/api/v1/alerts/alertmanager",
             headers={"Authorization": f"Bearer {token}"},
-            json={
-                "version": "4", "status": "firing", "receiver": "lunia",
-                "groupKey": "{}:{alertname=\"SpooledDuringOutage\"}", "groupLabels": {},
-                "commonLabels": {}, "commonAnnotations": {}, "externalURL": "http://am",
-                "alerts": [{**alert, "status": "firing", "fingerprint": "5b0a7c1e9d2f3a44"}],
-            },
-        )  # fmt: skip
+            json=webhook_body("SpooledDuringOutage", "5b0a7c1e9d2f3a44"),
+        )
         details.append(f"webhook during outage: {response.status_code}")
         if not response.is_success:
             raise CheckFailed(f"alert during the outage refused: {response.status_code}")
@@ -693,6 +681,83 @@ async def check_smoke(stack: Stack, report: Report) -> None:
     with report.step("make smoke against the deployment (LUNIA_URL, its tokens)") as details:
         out = stack.make("smoke")
         details.append(out.strip().splitlines()[-1] if out.strip() else "")
+
+
+async def incident_titles(stack: Stack, http: httpx.AsyncClient) -> str:
+    response = await http.get(f"{stack.api}/api/v1/incidents", headers=stack.auth)
+    response.raise_for_status()
+    return response.text
+
+
+async def wait_healthy(stack: Stack, services: tuple[str, ...], timeout: float = 120) -> None:
+    async def healthy() -> bool:
+        containers = [c for s in services for c in stack.containers(s)]
+        return bool(containers) and all(stack.health(c) == "healthy" for c in containers)
+
+    await eventually(f"{', '.join(services)} healthy", healthy, timeout=timeout, every=1)
+
+
+def backup_id(out: str) -> str:
+    match = re.search(r"backup (\d{8}T\d{6}Z)", out)
+    if match is None:
+        raise CheckFailed(f"no backup id in: {out!r}")
+    return match.group(1)
+
+
+async def check_redis_lost_for_good(stack: Stack, http: httpx.AsyncClient, report: Report) -> None:
+    """Runbook §2.2 with the commands docs/RUNBOOK.md gives: to the embedded store and back."""
+    with report.step("runbook §2.2: Redis lost for good → embedded SQLite → back") as details:
+        worker = stack.containers("worker")[0]
+        taken = backup_id(stack.lunia(worker, "backup", "create", "--reason", "emergency"))
+        stack.compose("stop", "api", "bot", "worker", "redis")
+        moved = stack.compose("run", "--rm", "--no-deps", "embedded", "backup", "restore",
+                              taken, "--yes")  # fmt: skip
+        if "into the sqlite store" not in moved:
+            raise CheckFailed(f"restore into SQLite did not say it moved the state: {moved!r}")
+        stack.compose("--profile", "embedded", "up", "-d", "embedded")
+        await wait_healthy(stack, ("embedded",))
+        if "StackTestAlert" not in await incident_titles(stack, http):
+            raise CheckFailed("the embedded store lacks the incident taken over from Redis")
+        details.append(f"{taken} → sqlite")
+        # Work done while on SQLite must come back: an incident opened there.
+        token = stack.secret_values["alert_webhook_token"]
+        opened = await http.post(
+            f"{stack.api}/api/v1/alerts/alertmanager",
+            headers={"Authorization": f"Bearer {token}"},
+            json=webhook_body("WhileOnSqlite", "8c1d0e2f3a4b5c6d"),
+        )
+        opened.raise_for_status()
+        embedded = stack.containers("embedded")[0]
+        back = backup_id(stack.lunia(embedded, "backup", "create", "--reason", "manual"))
+        stack.compose("stop", "embedded")
+        stack.compose("up", "-d", "redis")
+        await wait_healthy(stack, ("redis",))
+        moved = stack.compose("run", "--rm", "api", "backup", "restore", back, "--yes")
+        if "into the redis store" not in moved:
+            raise CheckFailed(f"restore into Redis did not say it moved the state: {moved!r}")
+        stack.compose("up", "-d", "--scale", "worker=2", "api", "bot", "worker")
+        await wait_healthy(stack, ("api", "bot", "worker"))
+        titles = await incident_titles(stack, http)
+        if "StackTestAlert" not in titles or "WhileOnSqlite" not in titles:
+            raise CheckFailed("back on Redis, an incident is missing")
+        details.append(f"{back} → redis, both incidents there")
+
+
+def webhook_body(alertname: str, fingerprint: str) -> dict[str, Any]:
+    """An Alertmanager webhook body with one firing alert."""
+    alert = {
+        "status": "firing",
+        "labels": {"alertname": alertname, "severity": "warning"},
+        "annotations": {"summary": f"stack-test: {alertname}"},
+        "startsAt": datetime.now(UTC).isoformat(),
+        "fingerprint": fingerprint,
+    }
+    return {
+        "version": "4", "status": "firing", "receiver": "lunia",
+        "groupKey": f'{{}}:{{alertname="{alertname}"}}', "groupLabels": {},
+        "commonLabels": {}, "commonAnnotations": {}, "externalURL": "http://am",
+        "alerts": [alert],
+    }  # fmt: skip
 
 
 # Main -----------------------------------------------------------------------------------------
