@@ -139,9 +139,13 @@ class ClusterService:
                 logger.warning("could not drop this process's heartbeat (it expires): %s", exc)
 
     async def _loop(self) -> None:
+        task = asyncio.current_task()
         while True:
             await asyncio.sleep(self.interval)
             await self.tick()
+            if task is not None and task.cancelling():
+                # A cancellation swallowed inside a Redis call (Python 3.11): honour it here.
+                raise asyncio.CancelledError
 
     async def tick(self) -> None:
         """One beat and one read of every beat; a store failure keeps the last view."""
