@@ -114,6 +114,7 @@ class ClusterService:
         self._read_at: datetime | None = None
         self._published_cores: list[CoreInfo] | None = None
         self._task: asyncio.Task[None] | None = None
+        self._failing = False  # the store refused the last beat (logged once per outage)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -155,7 +156,13 @@ class ClusterService:
             if self.shared:
                 await self._read()
         except StoreError as exc:
-            logger.warning("heartbeat: %s", exc)
+            if not self._failing:
+                logger.warning("heartbeat: %s (the last view is kept until beats expire)", exc)
+            self._failing = True
+        else:
+            if self._failing:
+                logger.info("heartbeat: the store answers again")
+            self._failing = False
         self._export()
 
     # -- writing -----------------------------------------------------------------------------
@@ -212,9 +219,16 @@ class ClusterService:
 
     def deployment(self) -> Deployment:
         """Every live process as last read (this process alone without a shared store)."""
-        beats = self._beats if self.shared else [self._beat(views=False)]
+        now = utcnow()
+        # Beats read before a store outage still expire here: no process is reported alive on
+        # the strength of a read that can no longer be repeated.
+        beats = (
+            [b for b in self._beats if b.expires_at > now]
+            if self.shared
+            else [self._beat(views=False)]
+        )
         return Deployment(
-            generated_at=self._read_at if self.shared else utcnow(),
+            generated_at=self._read_at if self.shared else now,
             shared=self.shared,
             heartbeat_seconds=self.interval,
             processes=[
@@ -276,7 +290,7 @@ class ClusterService:
         standby = len(alive) - (leader is not None)
         if leader is not None:
             where = "this process" if leader.this_process else leader.instance
-            age = max(0.0, (view.generated_at - leader.seen_at).total_seconds())
+            age = max(0.0, (utcnow() - leader.seen_at).total_seconds())
             detail = f"{where} {does} (last beat {age:.0f} s ago)"
             return ComponentHealth(
                 status=Status.OK, detail=detail + (f"; {standby} standby" if standby else "")

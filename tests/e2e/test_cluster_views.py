@@ -90,9 +90,7 @@ class Deployment:
         }
 
     async def plane(self, role: ProcessRole) -> ControlPlane:
-        settings = self._make_settings(
-            lunia_state_dir=self._tmp_path / role.value, **self.common()
-        )
+        settings = self._make_settings(lunia_state_dir=self._tmp_path / role.value, **self.common())
         plane = ControlPlane(settings, role=role)
         await plane.start()
         self.planes.append(plane)
@@ -259,7 +257,9 @@ async def test_any_replica_reports_the_whole_split_deployment_from_shared_state(
     assert "no live bot process" in body["components"]["telegram"]["detail"]
     assert "lunia bot" in body["components"]["telegram"]["detail"]
     assert body["components"]["worker"]["status"] == "ok"
-    assert sample(api, "cluster_leaders", role="bot") == 0
+    await eventually(  # exported at the next beat
+        lambda: sample(api, "cluster_leaders", role="bot") == 0, timeout=2, what="the metric"
+    )
     async with client(api) as http:
         status = (await http.get("/api/v1/status", headers=auth(ADMIN_TOKEN))).json()
     assert "no live bot process" in status["unhealthy"]["telegram"]
@@ -293,4 +293,4 @@ async def test_the_worker_stopping_leaves_the_api_replica_degraded_with_the_reas
     )
     detail = api.health.snapshot().components["worker"].detail
     assert "no live worker process" in detail and "lunia worker" in detail
-    assert sample(api, "cluster_processes", role="worker") == 0
+    await eventually(lambda: sample(api, "cluster_processes", role="worker") == 0, timeout=2)
