@@ -8,13 +8,17 @@ and a backup one process takes dates the last backup of another process sharing 
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 from core.control_plane import JOB_CHECKLIST, ControlPlane
 from core.incidents.delivery import CHANNEL
 from core.models import Actor, ActorKind, Role, utcnow
+from core.models.cluster import Heartbeat
 from core.platform.health import Status
-from tests.conftest import PlaneFactory
+from core.platform.roles import ProcessRole
+from tests.conftest import PlaneFactory, SettingsFactory
+from tests.support.services import RedisServer
 
 OPS = -1001000000001
 OPS_CLI = Actor(kind=ActorKind.CLI, id="ops", name="ops", role=Role.OPERATOR)
@@ -70,3 +74,44 @@ async def test_a_backup_taken_by_one_process_is_the_last_backup_of_another(
     assert taken.created_at.isoformat() in backups.detail
     sample = other.metrics.registry.get_sample_value("backup_last_success_timestamp_seconds")
     assert sample == taken.created_at.timestamp()
+
+
+async def test_a_bot_alive_but_not_leading_and_a_bot_gone_are_told_apart(
+    make_settings: SettingsFactory, redis_server: RedisServer
+) -> None:
+    settings = make_settings(
+        enable_redis=True, redis_url=redis_server.url, telegram_bot_token="1:x"
+    )
+    api = ControlPlane(settings, role=ProcessRole.API)
+    await api.start()
+    try:
+        await _tell_bots_apart(api)
+    finally:
+        await api.close()
+
+
+async def _tell_bots_apart(api: ControlPlane) -> None:
+    assert (await api.cluster.bot_health()).detail.startswith("no live bot process")
+    now = utcnow()
+    standby = Heartbeat(
+        role="bot",
+        instance="bot-host:7:abc",
+        version=api.version,
+        started_at=now,
+        seen_at=now,
+        expires_at=now + timedelta(seconds=30),
+        leads=False,
+    )
+    await api.store.put_heartbeat(standby)  # as a `lunia bot` standby writes it
+    await api.cluster.tick()
+    health = await api.cluster.bot_health()
+    assert health.status is Status.DEGRADED
+    assert health.detail == "1 bot process(es) alive but none leads (taking over?)"
+
+    await api.store.put_heartbeat(standby.model_copy(update={"leads": True}))
+    await api.cluster.tick()
+    health = await api.cluster.bot_health()
+    assert health.status is Status.OK and "bot-host:7:abc polls and sends" in health.detail
+    [line] = await api.cluster.status_lines()
+    assert "bot×1 (leader bot-host:7:abc)" in line.value and "no worker leads" in line.value
+    assert line.ok is False  # no worker: nothing trades, no scheduled job runs
