@@ -12,7 +12,7 @@ The same loop reads every beat back into a cached view, so probes never wait on 
 ``telegram`` (bot) and ``worker`` health components, status and checklist lines and the Signal
 Health page read memory. It also adopts the published venue health into this process's
 ``VenueService`` (so ``/venues``, the assistant and ``venue_healthy{venue}`` agree on every
-replica) and exports ``cluster_processes{role}`` and ``cluster_leaders{role}``.
+replica) and exports ``cluster_processes{process_role}`` and ``cluster_leaders{process_role}``.
 
 ``lunia run`` on SQLite is one process holding every role: nothing is written, the view is the
 process itself, and only the metrics are kept.

@@ -293,16 +293,18 @@ class Metrics:
         )
         # The deployment as this replica reads it from every process's heartbeat
         # (core/ops/cluster.py): the same figures on every replica, so any one scraped will do.
+        # The label is ``process_role``: Prometheus's scrape config already labels each target
+        # with the ``role`` of the process scraped.
         self.cluster_processes = Gauge(
             "cluster_processes",
             "Live processes of the deployment by role (from their heartbeats).",
-            ["role"],
+            ["process_role"],
             registry=r,
         )
         self.cluster_leaders = Gauge(
             "cluster_leaders",
             "Live processes of a role that lead it (1 expected for bot and worker; 0: none).",
-            ["role"],
+            ["process_role"],
             registry=r,
         )
         self.venue_healthy = Gauge(

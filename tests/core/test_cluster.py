@@ -37,8 +37,8 @@ async def test_one_process_on_sqlite_writes_no_heartbeat_and_reports_itself(
     await plane.venues.probe()
     await plane.cluster.tick()
     metric = plane.metrics.registry.get_sample_value
-    assert metric("cluster_processes", {"role": "all"}) == 1
-    assert metric("cluster_leaders", {"role": "all"}) == 1
+    assert metric("cluster_processes", {"process_role": "all"}) == 1
+    assert metric("cluster_leaders", {"process_role": "all"}) == 1
     assert metric("venue_healthy", {"venue": "binance"}) == 1  # paper venue, probed fine
 
 

@@ -180,10 +180,10 @@ async def test_any_replica_reports_the_whole_split_deployment_from_shared_state(
     assert body["status"] == "ok", body
     assert "polls and sends Telegram" in body["components"]["telegram"]["detail"]
     assert worker.instance in body["components"]["worker"]["detail"]
-    assert sample(api, "cluster_processes", role="bot") == 1
-    assert sample(api, "cluster_leaders", role="bot") == 1
-    assert sample(api, "cluster_leaders", role="worker") == 1
-    assert sample(api, "cluster_processes", role="api") == 1
+    assert sample(api, "cluster_processes", process_role="bot") == 1
+    assert sample(api, "cluster_leaders", process_role="bot") == 1
+    assert sample(api, "cluster_leaders", process_role="worker") == 1
+    assert sample(api, "cluster_processes", process_role="api") == 1
 
     # Venue health and core ticks: probed and ticked by the worker, shown by the api replica.
     probed = await eventually(
@@ -258,7 +258,9 @@ async def test_any_replica_reports_the_whole_split_deployment_from_shared_state(
     assert "lunia bot" in body["components"]["telegram"]["detail"]
     assert body["components"]["worker"]["status"] == "ok"
     await eventually(  # exported at the next beat
-        lambda: sample(api, "cluster_leaders", role="bot") == 0, timeout=2, what="the metric"
+        lambda: sample(api, "cluster_leaders", process_role="bot") == 0,
+        timeout=2,
+        what="the metric",
     )
     async with client(api) as http:
         status = (await http.get("/api/v1/status", headers=auth(ADMIN_TOKEN))).json()
@@ -293,4 +295,6 @@ async def test_the_worker_stopping_leaves_the_api_replica_degraded_with_the_reas
     )
     detail = api.health.snapshot().components["worker"].detail
     assert "no live worker process" in detail and "lunia worker" in detail
-    await eventually(lambda: sample(api, "cluster_processes", role="worker") == 0, timeout=2)
+    await eventually(
+        lambda: sample(api, "cluster_processes", process_role="worker") == 0, timeout=2
+    )
