@@ -115,6 +115,7 @@ class ClusterService:
         self._published_cores: list[CoreInfo] | None = None
         self._task: asyncio.Task[None] | None = None
         self._failing = False  # the store refused the last beat (logged once per outage)
+        self._unreadable: str | None = None  # the leader whose published views we cannot read
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -212,8 +213,11 @@ class ClusterService:
             venues = VenuesStatus.model_validate(leader.views["venues"])
             cores = [CoreInfo.model_validate(c) for c in leader.views["cores"]]
         except (KeyError, TypeError, ValidationError) as exc:  # a newer or older release
-            logger.warning("heartbeat of %s: unreadable views (%s)", leader.instance, exc)
+            if self._unreadable != leader.instance:  # once per leader, not every beat
+                logger.warning("heartbeat of %s: unreadable views (%s)", leader.instance, exc)
+            self._unreadable = leader.instance
             return
+        self._unreadable = None
         self._venues.adopt_health(venues)
         self._published_cores = cores
 

@@ -115,3 +115,31 @@ async def _tell_bots_apart(api: ControlPlane) -> None:
     [line] = await api.cluster.status_lines()
     assert "bot×1 (leader bot-host:7:abc)" in line.value and "no worker leads" in line.value
     assert line.ok is False  # no worker: nothing trades, no scheduled job runs
+
+
+async def test_a_leaders_unreadable_views_leave_the_local_figures_in_place(
+    make_settings: SettingsFactory, redis_server: RedisServer
+) -> None:
+    settings = make_settings(enable_redis=True, redis_url=redis_server.url)
+    api = ControlPlane(settings, role=ProcessRole.API)
+    await api.start()
+    try:
+        now = utcnow()
+        await api.store.put_heartbeat(  # a worker of another release publishing another shape
+            Heartbeat(
+                role="worker",
+                instance="worker-host:9:def",
+                version="0.0-other",
+                started_at=now,
+                seen_at=now,
+                expires_at=now + timedelta(seconds=30),
+                leads=True,
+                views={"venues": "not the shape this release reads", "cores": []},
+            )
+        )
+        await api.cluster.tick()
+        assert (await api.cluster.worker_health()).status is Status.OK  # alive and leading
+        assert [v.healthy for v in api.venues.status().items] == [None, None]  # not adopted
+        assert api.cluster.cores() == api.trading.cores()  # its own (never ticked) cores
+    finally:
+        await api.close()
