@@ -333,7 +333,8 @@ class ClusterService:
 
     def _export(self) -> None:
         view = self.deployment()
-        for role in METRIC_ROLES:
+        # One process holding every role reports just that (``/metrics`` stays short).
+        for role in METRIC_ROLES if self.shared else (ProcessRole.ALL.value,):
             alive = view.alive((role,))
             self._metrics.cluster_processes.labels(role).set(len(alive))
             self._metrics.cluster_leaders.labels(role).set(sum(p.leads for p in alive))
