@@ -26,7 +26,7 @@ from bot.callbacks import Confirmations, Signer
 from bot.handlers import all_commands, build_routers
 from bot.middlewares import AccessMiddleware, ChatScopeMiddleware
 from bot.notifier import Notifier
-from bot.render import checklist_text, e
+from bot.render import e
 from bot.sender import TelegramSender
 from bot.ui import BotHealth, Ui
 from core.control_plane import ControlPlane
@@ -68,7 +68,8 @@ class _WatchRequests(BaseRequestMiddleware):
 
 
 class TelegramBot:
-    """Everything Telegram: polling or webhook, handlers, notifier, outbox, daily checklist."""
+    """Everything Telegram: polling or webhook, handlers, notifier, outbox (the daily checklist
+    is queued there by the scheduler's job, ``ControlPlane.post_checklist``)."""
 
     def __init__(self, plane: ControlPlane, *, sends: bool = True) -> None:
         """``sends=False``: an API replica that only handles webhook updates (its replies are
@@ -112,11 +113,6 @@ class TelegramBot:
         if sends and plane.redis_watch is not None:
             plane.redis_watch.on_notice(self._outage_notice)
         plane.health.register("telegram", self._check, critical=False)
-        if s.telegram_ops_chat_id is not None:
-            hour, minute = s.checklist_time_utc.split(":")
-            plane.scheduler.cron(
-                "daily-checklist", self.post_checklist, hour=int(hour), minute=int(minute)
-            )
 
     async def start(self) -> None:
         """Deliver queued messages, catch up on events, then start receiving updates."""
@@ -200,12 +196,6 @@ class TelegramBot:
         await self.stop(drain=True)
         await self.bot.session.close()
 
-    async def post_checklist(self) -> None:
-        """The scheduled daily checklist, to the ops chat (runbook §1)."""
-        chat = self.plane.settings.telegram_ops_chat_id
-        if chat is not None:
-            await self.ui.reply(chat, checklist_text(await self.plane.checklist.run()))
-
     async def _operation_error(self, event: ErrorEvent) -> None:
         """One place where refusals and failures become a reply to the person."""
         exc = event.exception
@@ -231,14 +221,15 @@ class TelegramBot:
     async def _check(self) -> ComponentHealth:
         h = self.health
         if not h.started:
-            if not self.sends:
-                return ComponentHealth(
-                    status=Status.OK, detail="webhook updates only; the bot process sends"
-                )
-            if self.plane.standing_by:
-                return ComponentHealth(
-                    status=Status.OK, detail="standby: another replica polls and sends"
-                )
+            cluster = self.plane.cluster
+            if not self.sends or self.plane.standing_by:
+                # The bot that polls and sends runs in another process: report it from its
+                # heartbeat (ok while one leads, degraded with the reason when none does).
+                here = "webhook updates only" if not self.sends else "standby"
+                if not cluster.shared:
+                    return ComponentHealth(status=Status.OK, detail=f"{here}; another sends")
+                found = await cluster.bot_health()
+                return found.model_copy(update={"detail": f"{here} here; {found.detail}"})
             return ComponentHealth(status=Status.DEGRADED, detail="starting")
         sent = self.sender.last_success
         detail = (

@@ -8,6 +8,9 @@ Payloads (written by ``bot.notifier`` and the handlers) are small JSON dicts:
   queued edits coalesce (an unchanged text is not sent again).
 - ``{"op": "photo", "chat_id", "png_b64", "caption"}``
 - ``{"op": "board", "chat_id", "storm", "part"}``: one message of a storm board (``bot.board``)
+- ``{"op": "checklist", "chat_id", "checklist"}``: the daily checklist queued by the scheduler's
+  job in the worker (``core.ops.checklist``), rendered here and sent in as many messages as its
+  length needs (a retry after a partial send repeats the whole checklist: at least once)
 
 429 waits exactly ``retry_after``; "message is not modified" counts as done; unparsable HTML is
 resent as plain text; a migrated group is followed and remembered; a chat that blocked or
@@ -37,12 +40,13 @@ from aiogram.types import BufferedInputFile, InlineKeyboardMarkup, Message
 from bot.board import BoardPoster
 from bot.callbacks import Signer, incident_keyboard
 from bot.pacing import Pacer
-from bot.render import incident_message, strip_html
+from bot.render import checklist_text, incident_message, split_html, strip_html
 from core.control_plane import ControlPlane
 from core.errors import NotFound
 from core.incidents.delivery import ShownMessage
 from core.models import OutboxItem
 from core.models.alerts import Severity
+from core.models.ops import Checklist
 from core.platform.metrics import Metrics
 from core.platform.outbox import Delivery
 
@@ -128,6 +132,11 @@ class TelegramSender:
             return await self._incident(chat_id, int(payload["incident_id"]))
         if op == "board":
             return await self._board.show(chat_id, str(payload["storm"]), int(payload["part"]))
+        if op == "checklist":
+            text = checklist_text(Checklist.model_validate(payload["checklist"]))
+            for part in split_html(text):
+                await self._send_text(chat_id, part, None)
+            return True
         if op == "photo":
             photo = BufferedInputFile(base64.b64decode(payload["png_b64"]), "chart.png")
             await self._bot.send_photo(

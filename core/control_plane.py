@@ -38,6 +38,7 @@ from core.models import Actor, OutboxItem
 from core.models.incidents import Rules
 from core.ops.access_review import AccessReviewService, render_markdown
 from core.ops.checklist import ChecklistService
+from core.ops.cluster import ClusterService
 from core.ops.jobs import JobService
 from core.ops.quiesce import RestoreQuiesce
 from core.ops.redis_outage import RedisWatch
@@ -47,7 +48,7 @@ from core.ops.slo import SloGuard
 from core.ops.status import StatusService
 from core.ops.store_health import StoreHealth
 from core.platform.bus import Bus, InProcessBus
-from core.platform.bus_redis import RedisStreamsBus
+from core.platform.bus_redis import RedisStreamsBus, consumer_name
 from core.platform.health import HealthService
 from core.platform.lease import Lease
 from core.platform.metrics import Metrics
@@ -75,6 +76,7 @@ from core.trading.venues.service import VenueService
 logger = logging.getLogger(__name__)
 
 REDIS_PREFIX = "lunia"  # every Redis key of the control plane starts with this
+JOB_CHECKLIST = "daily-checklist"
 STANDBY = "standby"  # the scheduler hold while another replica leads
 
 # How quickly a flag flipped by the CLI (or another replica) reaches this process.
@@ -126,6 +128,8 @@ class ControlPlane:
         # started with the process, or when this replica wins its Redis lease.
         self.duties = Duties()
         self.lease: Lease | None = None
+        # Names this process in its heartbeat and as the holder of its lease.
+        self.instance = consumer_name()
         self._leading: asyncio.Task[None] | None = None
         self._closing = False
         self.scheduler = Scheduler(self.metrics)
@@ -239,14 +243,36 @@ class ControlPlane:
         )
         self.jobs.watch_outcomes()
         self.health = HealthService(self.metrics, interval=settings.health_check_interval_seconds)
+        # The whole deployment from every process's heartbeat (issue 19): the bot and worker
+        # components, the processes line, and what only the leading worker observes.
+        self.cluster = ClusterService(
+            settings,
+            self.store,
+            self.metrics,
+            role=role,
+            instance=self.instance,
+            version=self.version,
+            leads=self._leads,
+            venues=self.venues,
+            trading=self.trading,
+        )
         self.status = StatusService(self.health, self.incidents, self.flags)
         self.checklist = ChecklistService(self.health, self.incidents)
         self.status.register("engine", self.trading.status_lines)
         self.checklist.register("engine", self.trading.checklist_items)
         self._store_health = StoreHealth(
-            settings, self.store, self.incidents, self.metrics, self.bus, self.redis_watch
+            settings,
+            self.store,
+            self.incidents,
+            self.metrics,
+            self.bus,
+            self.redis_watch,
+            bot_elsewhere=self.cluster.bot_health if self.cluster.shared else None,
         )
         self._store_health.register(self.health)
+        if self.cluster.shared:
+            self.health.register("worker", self.cluster.worker_health, critical=False)
+            self.status.register("deployment", self.cluster.status_lines)
         self.health.register("backups", self.backups.health, critical=False)
         self.status.register("backups", self.backups.status_lines)
         self.checklist.register("backups", self.backups.checklist_items)
@@ -314,8 +340,17 @@ class ControlPlane:
         )
         self.scheduler.every("slo-check", settings.slo_check_seconds, self.slo.run)
         self.signal_health = SignalHealthService(
-            settings, self.trading, self.venues, self.assistant, self.incidents
+            settings, self.trading, self.venues, self.assistant, self.incidents, self.cluster.cores
         )
+        if self.cluster.shared or role.runs_engine:
+            self.checklist.register("signals", self.signal_health.checklist_items)
+        # The daily checklist (runbook §1) is a job like the others: it runs where the scheduler
+        # leads (the worker) and reaches the ops chat through the shared outbox, sent by the bot.
+        if settings.telegram_bot_token is not None and settings.telegram_ops_chat_id is not None:
+            hour, minute = settings.checklist_time_utc.split(":")
+            self.scheduler.cron(
+                JOB_CHECKLIST, self.post_checklist, hour=int(hour), minute=int(minute)
+            )
         if role.runs_engine:
             self._register_engine_duties()
         else:
@@ -362,6 +397,8 @@ class ControlPlane:
             self.scheduler.pause(STANDBY)  # jobs fire only while this process leads
             await self.scheduler.start()
             self._stack.push_async_callback(self.scheduler.close)
+            await self.cluster.start()
+            self._stack.push_async_callback(self.cluster.close)
             await self.health.start()
             self._stack.push_async_callback(self.health.close)
             await self._take_up_duties()
@@ -413,6 +450,18 @@ class ControlPlane:
 
         return start, stop
 
+    def _leads(self) -> bool:
+        """Whether this process does its role's leader duties now (what its heartbeat says)."""
+        if self.lease is not None:
+            return self.lease.is_leader
+        return self.duties.active
+
+    async def post_checklist(self) -> None:
+        """The scheduled daily checklist, queued for the ops chat (the bot delivers it)."""
+        chat = self.settings.telegram_ops_chat_id
+        if chat is not None:
+            await self.checklist.post(self.telegram_delivery, chat)
+
     @property
     def standing_by(self) -> bool:
         """True while another replica holds this role's lease (this one waits to take over)."""
@@ -429,6 +478,7 @@ class ControlPlane:
         self.lease = Lease(
             self.settings.redis_dsn,
             lease_name,
+            holder=self.instance,
             ttl=self.settings.lease_ttl_seconds,
             prefix=REDIS_PREFIX,
             on_acquired=self._lead,

@@ -65,7 +65,7 @@ SECTIONS: tuple[RunbookSection, ...] = (
             "Monitor core_pnl and orders_total; once the primary answers again, fail back "
             "(POST /api/v1/failback).",
         ],
-        alerts=["ExchangeFailoverActive"],
+        alerts=["ExchangeFailoverActive", "VenueUnhealthy"],
         keywords=["exchange", "venue", "failover", "outage", "binance", "okx", "standby", "orders"],
     ),
     RunbookSection(
@@ -115,6 +115,23 @@ SECTIONS: tuple[RunbookSection, ...] = (
         ],
         alerts=["LatencySLOBreach"],
         keywords=["latency", "slow", "slo", "p99", "response", "timeout", "performance"],
+    ),
+    RunbookSection(
+        ref="2.5",
+        title="Worker or bot down",
+        symptoms=[
+            "NoWorkerLeading or TelegramBotDown alert; /healthz component worker or telegram "
+            "degraded on every replica (no live process leads the role).",
+        ],
+        actions=[
+            "See who is alive and who leads: the processes line of /status.",
+            "Restart the missing role (`make up` starts whatever is down); a standby takes "
+            "over within LEASE_TTL_SECONDS x 4/3.",
+            "Without a worker nothing trades and no scheduled job runs; without a bot, "
+            "messages wait in the outbox and are sent once a bot leads again.",
+        ],
+        alerts=["NoWorkerLeading", "TelegramBotDown"],
+        keywords=["worker", "bot", "leader", "lease", "heartbeat", "process", "replica"],
     ),
     RunbookSection(
         ref="3",

@@ -13,6 +13,7 @@ import builtins
 import logging
 import time
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from core.backups.catalog import BackupCatalog, load_manifest, newest
@@ -55,6 +56,10 @@ JOB_BACKUP = "backup"
 JOB_VERIFY = "backup-verify"
 JOB_OVERDUE = "backup-overdue"
 JOBS_WITH_OWN_INCIDENTS = frozenset({JOB_BACKUP, JOB_VERIFY})
+
+# The backups directory is shared by every process of a deployment (one volume), and a backup
+# taken by one is news to the others: they re-read it when it changes, and at least this often.
+CATALOG_REFRESH_SECONDS = 60.0
 
 
 class BackupService:
@@ -106,6 +111,7 @@ class BackupService:
         self._last_success: tuple[datetime, str] | None = None
         self._last_error: str | None = None
         self._started_at = utcnow()
+        self._catalog_seen: tuple[int, float] | None = None  # (directory mtime, when read)
 
     @property
     def interval(self) -> timedelta:
@@ -120,10 +126,7 @@ class BackupService:
         """Prepare the backup directory and read the newest good backup into the metrics."""
         await asyncio.to_thread(self._catalog.prepare)
         self._started_at = utcnow()
-        for info in await self.list():
-            if info.status in ("verified", "unverified"):
-                self._note_success(info.created_at, info.id, info.size_bytes)
-                break
+        await self.refresh()
         self._export_schedule()
         await self._journal.sync()
         self._flags.subscribe(self._flag_changed)
@@ -163,6 +166,22 @@ class BackupService:
             raise NotFound(f"no backup {backup_id!r} here; `lunia backup list` shows them")
         return await asyncio.to_thread(self._catalog.describe, directory, utcnow())
 
+    async def refresh(self) -> None:
+        """Adopt the newest good backup of the shared catalog as the last success (whichever
+        process took it), re-reading the directory only when it changed or once a minute."""
+        stamp = await asyncio.to_thread(_mtime_ns, self.root)
+        seen = self._catalog_seen
+        if (
+            seen is not None
+            and seen[0] == stamp
+            and time.monotonic() - seen[1] < CATALOG_REFRESH_SECONDS
+        ):
+            return
+        latest = newest(await self.list())
+        self._catalog_seen = (stamp, time.monotonic())
+        if latest is not None:
+            self._note_success(latest.created_at, latest.id, latest.size_bytes)
+
     def status(self, now: datetime | None = None) -> BackupStatus:
         """Whether scheduled backups are on, the last success and whether one is overdue."""
         now = now or utcnow()
@@ -179,7 +198,9 @@ class BackupService:
         )
 
     async def health(self) -> ComponentHealth:
-        """The ``backups`` component of ``/healthz`` (from memory, never slow)."""
+        """The ``backups`` component of ``/healthz`` (from memory and the catalog's newest
+        backup, re-read only when the directory changed)."""
+        await self.refresh()
         state = self.status()
         last = state.last_success_at.isoformat() if state.last_success_at else "never"
         if state.last_error:
@@ -196,6 +217,7 @@ class BackupService:
 
     async def status_lines(self) -> builtins.list[StatusLine]:
         """The backup line of ``/status``."""
+        await self.refresh()
         state = self.status()
         latest = newest(await self.list())
         if latest is None:
@@ -205,6 +227,7 @@ class BackupService:
 
     async def checklist_items(self) -> builtins.list[ChecklistItem]:
         """The daily checklist's backup line (runbook §1 and §3)."""
+        await self.refresh()
         state = self.status()
         backups = await self.list()
         latest = newest(backups)
@@ -442,6 +465,7 @@ class BackupService:
         """Raise the "Backup overdue" incident while the newest backup is older than 1.5
         intervals (scheduled backups on), and clear it once one succeeds; True when overdue."""
         self._export_schedule()
+        await self.refresh()
         state = self.status(now)
         if state.overdue:
             last = state.last_success_at.isoformat() if state.last_success_at else "never"
@@ -459,6 +483,14 @@ class BackupService:
         self, actor: Actor, needed: Role, what: str, action: str, target: str
     ) -> None:
         await self._guard.require(actor, needed, what, action=action, target=target)
+
+
+def _mtime_ns(path: Path) -> int:
+    """The directory's modification time (a backup added or removed changes it); 0 if absent."""
+    try:
+        return int(path.stat().st_mtime_ns)
+    except OSError:
+        return 0
 
 
 def _ago(seconds: float) -> str:

@@ -175,6 +175,9 @@ class Settings(BaseSettings):
     redis_password: SecretStr | None = None
     lease_ttl_seconds: float = Field(default=10.0, ge=1, le=300)
     redis_check_seconds: float = Field(default=1.0, gt=0, le=60)
+    # Every process of a split deployment beats into the store this often; one that misses
+    # HEARTBEAT_MISSED beats (core/ops/cluster.py) is reported absent by every replica.
+    heartbeat_seconds: float = Field(default=2.0, gt=0, le=60)
 
     openai_api_key: SecretStr | None = None
     openai_base_url: str | None = None

@@ -1,6 +1,7 @@
 """The daily checklist (runbook §1) as data: each line ✅/⚠️/❌ with its reason.
 
-Run on a cron and posted to the ops chat by the bot, on ``/checklist``, by ``GET
+Run on a cron where the scheduler leads (the worker) and queued for the ops chat through the
+shared ``telegram`` outbox (``post``: the bot renders and sends it), on ``/checklist``, by ``GET
 /api/v1/checklist`` and by ``lunia checklist`` (exit 1 on any ❌). Sections come from providers,
 so capabilities added later (PnL and exposure, backups, credentials) join by registering one.
 """
@@ -10,8 +11,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 
+from core.incidents.delivery import CHANNEL, ChatDeliveryState
 from core.incidents.service import IncidentService
-from core.models import utcnow
+from core.models import OutboxMessage, utcnow
 from core.models.alerts import Severity
 from core.models.incidents import IncidentState
 from core.models.ops import Checklist, ChecklistItem, Mark
@@ -50,6 +52,19 @@ class ChecklistService:
                     ChecklistItem(name=name, mark=Mark.FAIL, reason=f"could not be checked: {exc}")
                 )
         return Checklist(generated_at=utcnow(), items=items)
+
+    async def post(self, delivery: ChatDeliveryState, chat_id: int) -> Checklist:
+        """Run the checklist and queue it for ``chat_id``: an ``op: checklist`` message of the
+        shared outbox, rendered and sent by whichever process runs the bot."""
+        checklist = await self.run()
+        payload = {
+            "op": "checklist",
+            "chat_id": chat_id,
+            "checklist": checklist.model_dump(mode="json"),
+        }
+        await delivery.enqueue([OutboxMessage(channel=CHANNEL, key=str(chat_id), payload=payload)])
+        logger.info("daily checklist queued for chat %s (%s)", chat_id, checklist.worst.value)
+        return checklist
 
     async def _service_health(self) -> list[ChecklistItem]:
         report = self._health.snapshot()

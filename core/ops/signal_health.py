@@ -11,6 +11,7 @@ crashed, and *off* when switched off or halted.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from enum import StrEnum
 
@@ -22,6 +23,7 @@ from core.incidents.service import IncidentService
 from core.models import utcnow
 from core.models.alerts import Severity
 from core.models.incidents import IncidentState
+from core.models.ops import ChecklistItem, Mark
 from core.platform.circuit import CircuitState
 from core.trading.engine import CoreInfo, EngineState, TradingEngine
 from core.trading.venues.service import VenueInfo, VenueService
@@ -106,8 +108,12 @@ class SignalHealthService:
         venues: VenueService,
         assistant: AssistantService,
         incidents: IncidentService,
+        cores: Callable[[], list[CoreInfo]] | None = None,
     ) -> None:
+        """``cores``: where the cores' ticks are known (the process running them, or the leading
+        worker's heartbeat on other replicas); the local engine by default."""
         self._settings = settings
+        self._cores = cores or trading.cores
         self._trading = trading
         self._venues = venues
         self._assistant = assistant
@@ -141,7 +147,7 @@ class SignalHealthService:
                 crashes=c.crashes,
                 last_error=c.last_error,
             )
-            for c in self._trading.cores()
+            for c in self._cores()
         ]
         venues = self._venues.status().items
         answers = self._assistant.answers
@@ -180,3 +186,40 @@ class SignalHealthService:
             ],
             refresh_seconds=self._settings.signal_health_refresh_seconds,
         )
+
+    async def checklist_items(self) -> list[ChecklistItem]:
+        """The checklist's signal lines: every running core fresh, the active venue healthy."""
+        now = utcnow()
+        marks = {c.name: self.freshness(c, now) for c in self._cores()}
+        crashing = sorted(n for n, f in marks.items() if f is Freshness.CRASHING)
+        stale = sorted(n for n, f in marks.items() if f is Freshness.STALE)
+        fresh = sum(f is Freshness.FRESH for f in marks.values())
+        if crashing or stale:
+            problems = [f"{n} crashing" for n in crashing] + [f"{n} stale" for n in stale]
+            cores = ChecklistItem(
+                name="signals: cores",
+                mark=Mark.FAIL if crashing else Mark.WARN,
+                reason=f"{fresh} fresh; " + ", ".join(problems),
+            )
+        else:
+            cores = ChecklistItem(
+                name="signals: cores", mark=Mark.OK, reason=f"{fresh} running core(s) fresh"
+            )
+        status = self._venues.status()
+        active = next(v for v in status.items if v.active)
+        if active.healthy is None:
+            venue = ChecklistItem(
+                name="signals: venue", mark=Mark.WARN, reason=f"{active.name} not probed yet"
+            )
+        elif active.healthy:
+            when = active.last_probe_at.isoformat() if active.last_probe_at else "never"
+            venue = ChecklistItem(
+                name="signals: venue", mark=Mark.OK, reason=f"{active.name} healthy (probed {when})"
+            )
+        else:
+            venue = ChecklistItem(
+                name="signals: venue",
+                mark=Mark.FAIL,
+                reason=f"{active.name} unhealthy: {active.last_error or 'probe failed'}",
+            )
+        return [cores, venue]

@@ -14,7 +14,7 @@ from core.incidents.service import IncidentService
 from core.ops.redis_outage import RedisWatch
 from core.platform.bus import Bus
 from core.platform.bus_redis import RedisStreamsBus
-from core.platform.health import ComponentHealth, HealthService, Status
+from core.platform.health import Check, ComponentHealth, HealthService, Status
 from core.platform.lease import Lease
 from core.platform.metrics import Metrics
 from core.store import Store
@@ -31,7 +31,11 @@ class StoreHealth:
         metrics: Metrics,
         bus: Bus,
         watch: RedisWatch | None,
+        *,
+        bot_elsewhere: Check | None = None,
     ) -> None:
+        """``bot_elsewhere``: how the deployment's bot is doing when it runs in another process
+        (from its heartbeat, ``core.ops.cluster``); used until a bot in this process reports."""
         self._settings = settings
         self._store = store
         self._incidents = incidents
@@ -39,6 +43,7 @@ class StoreHealth:
         self._bus = bus
         self._watch = watch
         self._lease: Lease | None = None
+        self._bot_elsewhere = bot_elsewhere
 
     def register(self, health: HealthService) -> None:
         """Add the store (critical), Redis and Telegram checks to ``health``."""
@@ -108,9 +113,12 @@ class StoreHealth:
         return f"{lease.name} lease: {holder} (term {lease.highest_term})"
 
     async def check_telegram(self) -> ComponentHealth:
-        """Disabled without a bot token; degraded until the bot registers its own check."""
+        """Disabled without a bot token; the bot process's heartbeat in a split deployment;
+        otherwise degraded until the bot registers its own check."""
         if self._settings.telegram_bot_token is None:
             return ComponentHealth(
                 status=Status.DISABLED, detail="no TELEGRAM_BOT_TOKEN: the bot is off"
             )
+        if self._bot_elsewhere is not None:
+            return await self._bot_elsewhere()
         return ComponentHealth(status=Status.DEGRADED, detail="bot not started in this process")

@@ -291,6 +291,28 @@ class Metrics:
             ["lease"],
             registry=r,
         )
+        # The deployment as this replica reads it from every process's heartbeat
+        # (core/ops/cluster.py): the same figures on every replica, so any one scraped will do.
+        # The label is ``process_role``: Prometheus's scrape config already labels each target
+        # with the ``role`` of the process scraped.
+        self.cluster_processes = Gauge(
+            "cluster_processes",
+            "Live processes of the deployment by role (from their heartbeats).",
+            ["process_role"],
+            registry=r,
+        )
+        self.cluster_leaders = Gauge(
+            "cluster_leaders",
+            "Live processes of a role that lead it (1 expected for bot and worker; 0: none).",
+            ["process_role"],
+            registry=r,
+        )
+        self.venue_healthy = Gauge(
+            "venue_healthy",
+            "1 while the venue's last probe (by the leading worker) succeeded, 0 when it failed.",
+            ["venue"],
+            registry=r,
+        )
         self.spool_depth = Gauge(
             "spool_depth",
             "Writes kept locally while Redis is unreachable, waiting to be replayed.",

@@ -25,6 +25,7 @@ from core.models import (
     OutboxStats,
 )
 from core.models.alerts import Alert, Severity
+from core.models.cluster import Heartbeat
 from core.models.incidents import Change, EventKind, Incident, IncidentEvent, IncidentState
 from core.models.trading import Holding, VenueAccount
 from core.models.venues import OrderRecord, OrderStatus
@@ -410,6 +411,18 @@ class Store(Protocol):
 
     async def restore_guard(self, now: datetime) -> RestoreGuard | None:
         """The restore under way at ``now``; None when there is none or its mark expired."""
+
+    # -- heartbeats (core/ops/cluster.py: every process of a deployment) ------------------------
+
+    async def put_heartbeat(self, beat: Heartbeat) -> None:
+        """Save this process's latest beat (replacing its previous one); it is seen by every
+        process sharing the store until ``beat.expires_at``."""
+
+    async def heartbeats(self, now: datetime) -> list[Heartbeat]:
+        """The beats not yet expired at ``now``, one per process, by role then instance."""
+
+    async def drop_heartbeat(self, instance: str) -> None:
+        """Forget a process's beat at once (it shut down cleanly)."""
 
     # -- security state (core/security: rate limits, refusal throttle, confirmations) --------------
 

@@ -110,6 +110,7 @@ from core.models import (
 )
 from core.models.alerts import Alert, Severity
 from core.models.audit import GENESIS_HASH, seal
+from core.models.cluster import Heartbeat
 from core.models.incidents import (
     Change,
     Incident,
@@ -1982,6 +1983,48 @@ class RedisStore:
             raw = await _reply(self._client().get(f"{self.prefix}:security:restore-guard"))
         guard = None if raw is None else RestoreGuard.model_validate_json(raw)
         return guard if guard is not None and guard.expires_at > now else None
+
+    # -- heartbeats ------------------------------------------------------------------------
+    # One hash beside the root (``{prefix}:cluster:heartbeats``, field = instance), like the
+    # leases: snapshots, restores and the integrity check leave it alone. Each field carries its
+    # own expiry (readers skip and drop expired ones); the hash itself expires with the last beat.
+
+    @property
+    def _heartbeats_key(self) -> str:
+        return f"{self.prefix}:cluster:heartbeats"
+
+    async def put_heartbeat(self, beat: Heartbeat) -> None:
+        """HSET the beat and push the hash's expiry past it, in one round trip."""
+        ttl = max(1, (beat.expires_at - utcnow()) // timedelta(milliseconds=1))
+        with _translated("saving a heartbeat"):
+            async with self._client().pipeline(transaction=True) as pipe:
+                pipe.hset(self._heartbeats_key, beat.instance, beat.model_dump_json())
+                pipe.pexpire(self._heartbeats_key, ttl, gt=True)
+                pipe.pexpire(self._heartbeats_key, ttl, nx=True)
+                await pipe.execute()
+
+    async def heartbeats(self, now: datetime) -> list[Heartbeat]:
+        """HGETALL; expired beats are left out (and deleted once expired by the clock)."""
+        with _translated("reading heartbeats"):
+            raw = await _reply(self._client().hgetall(self._heartbeats_key))
+        live: list[Heartbeat] = []
+        expired: list[str] = []
+        clock = utcnow()
+        for field, value in raw.items():
+            beat = Heartbeat.model_validate_json(value)
+            if beat.expires_at > now:
+                live.append(beat)
+            if beat.expires_at <= clock:  # gone for every reader: tidy it away
+                expired.append(_text(field))
+        if expired:
+            with contextlib.suppress(RedisError):
+                await _reply(self._client().hdel(self._heartbeats_key, *expired))
+        return sorted(live, key=lambda b: (b.role, b.instance))
+
+    async def drop_heartbeat(self, instance: str) -> None:
+        """HDEL the process's field."""
+        with _translated("dropping a heartbeat"):
+            await _reply(self._client().hdel(self._heartbeats_key, instance))
 
     def _confirmation_key(self, token: str) -> str:
         return f"{self.prefix}:security:confirm:{token}"

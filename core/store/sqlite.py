@@ -33,6 +33,7 @@ from core.models import (
 )
 from core.models.alerts import Alert, Severity
 from core.models.audit import GENESIS_HASH, seal
+from core.models.cluster import Heartbeat
 from core.models.incidents import (
     Change,
     EventKind,
@@ -247,6 +248,8 @@ MIGRATIONS: list[str] = [
 # durable state; these come and go with every API request).
 # The meta row marking a restore under way (``put_restore_guard``).
 _RESTORE_GUARD = "restore-guard"
+# The prefix of the meta rows holding processes' heartbeats (``put_heartbeat``).
+_HEARTBEAT = "heartbeat:"
 EPHEMERAL_TABLES = ("rate_limit_hits", "confirmations")
 # Tables derived from others (running counts kept by triggers): not state of their own.
 DERIVED_TABLES = ("incident_counts",)
@@ -1364,6 +1367,48 @@ class SqliteStore:
         )
         guard = None if row is None else RestoreGuard.model_validate_json(row["value"])
         return guard if guard is not None and guard.expires_at > now else None
+
+    # -- heartbeats ------------------------------------------------------------------------
+    # Rows of ``meta`` keyed ``heartbeat:{instance}`` (no migration needed); expired ones are
+    # deleted by the next beat.
+
+    async def put_heartbeat(self, beat: Heartbeat) -> None:
+        """Upsert the beat and drop the expired ones, in one write transaction."""
+        key = f"{_HEARTBEAT}{beat.instance}"
+        now = utcnow()
+
+        def tx(conn: sqlite3.Connection) -> None:
+            for row in conn.execute(
+                "SELECT key, value FROM meta WHERE key LIKE ?", (f"{_HEARTBEAT}%",)
+            ).fetchall():
+                if Heartbeat.model_validate_json(row["value"]).expires_at <= now:
+                    conn.execute("DELETE FROM meta WHERE key = ?", (row["key"],))
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key)"
+                " DO UPDATE SET value = excluded.value",
+                (key, beat.model_dump_json()),
+            )
+
+        await self._write(lambda: self._transaction(tx))
+
+    async def heartbeats(self, now: datetime) -> list[Heartbeat]:
+        """The ``heartbeat:`` rows not yet expired at ``now``."""
+        rows = await self._read(
+            lambda c: c.execute(
+                "SELECT value FROM meta WHERE key LIKE ?", (f"{_HEARTBEAT}%",)
+            ).fetchall()
+        )
+        beats = [Heartbeat.model_validate_json(r["value"]) for r in rows]
+        return sorted((b for b in beats if b.expires_at > now), key=lambda b: (b.role, b.instance))
+
+    async def drop_heartbeat(self, instance: str) -> None:
+        """Delete the process's row."""
+        key = f"{_HEARTBEAT}{instance}"
+
+        def tx(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM meta WHERE key = ?", (key,))
+
+        await self._write(lambda: self._transaction(tx))
 
     # -- security state --------------------------------------------------------------------
 

@@ -40,6 +40,9 @@ ALERTS = {
     "ControlPlaneDown": "critical",
     "BackupStale": "warning",
     "BackupNeverSucceeded": "warning",
+    "NoWorkerLeading": "critical",
+    "TelegramBotDown": "warning",
+    "VenueUnhealthy": "warning",
 }
 
 MINIMAL_ALERTMANAGER = """\

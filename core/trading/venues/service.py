@@ -559,5 +559,18 @@ class VenueService:
             items=items,
         )
 
+    def adopt_health(self, published: VenuesStatus) -> None:
+        """Take the venues' probe health from the process that probes them (the leading worker,
+        through its heartbeat), so a replica that never probes reports what was found."""
+        for item in published.items:
+            self._health[item.name] = _Health(
+                failures=item.consecutive_failures,
+                last_probe_at=item.last_probe_at,
+                last_error=item.last_error,
+                healthy=item.healthy,
+                banned=item.banned,
+                maintenance=item.maintenance,
+            )
+
     def _export(self) -> None:
         self._metrics.exchange_failover.set(1 if self.failed_over else 0)
