@@ -248,6 +248,7 @@ class ControlPlane:
         )
         self._store_health.register(self.health)
         self.health.register("backups", self.backups.health, critical=False)
+        self.health.register("audit_export", self.exports.health, critical=False)
         self.status.register("backups", self.backups.status_lines)
         self.checklist.register("backups", self.backups.checklist_items)
         # Temporary API tokens (issue #9): issued, listed, revoked; rotation on the checklist.

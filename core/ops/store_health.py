@@ -10,6 +10,7 @@ import time
 
 from core.config.settings import Settings
 from core.errors import StoreError
+from core.incidents.delivery import CHANNEL as TELEGRAM_CHANNEL
 from core.incidents.service import IncidentService
 from core.ops.redis_outage import RedisWatch
 from core.platform.bus import Bus
@@ -17,6 +18,7 @@ from core.platform.bus_redis import RedisStreamsBus
 from core.platform.health import ComponentHealth, HealthService, Status
 from core.platform.lease import Lease
 from core.platform.metrics import Metrics
+from core.platform.outbox import export_outbox_stats
 from core.store import Store
 
 
@@ -63,6 +65,10 @@ class StoreHealth:
         await self._store.ping()
         if self._settings.enable_redis:  # other replicas change incidents: keep the gauge true
             await self._incidents.export_open_counts()
+        if self._settings.telegram_bot_token is not None:
+            # Every replica reports the Telegram queue (TelegramOutboxStuck reads the max), so
+            # it goes on aging when no bot process sends, or the sender is stuck.
+            await export_outbox_stats(self._store, self._metrics, TELEGRAM_CHANNEL)
         where = "redis" if self._settings.enable_redis else f"sqlite {self._settings.db_path}"
         return ComponentHealth(status=Status.OK, detail=where)
 

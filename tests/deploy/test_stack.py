@@ -396,6 +396,13 @@ def test_dashboard_plots_what_the_runbook_watches(dashboard: dict[str, Any]) -> 
         "llm_requests_total",
         "backup_last_success_timestamp_seconds",
         "redis_status",
+        # what the runbook's alert rules watch (lunia.rules.yml, group lunia.runbook)
+        "orders_total",
+        "lease_leader",
+        "outbox_oldest_age_seconds",
+        "audit_export_last_success_timestamp_seconds",
+        "bus_lag",
+        "request_duration_seconds_count",
     } <= plotted
     assert "histogram_quantile(0.99, sum by (le, route)" in exprs
 
