@@ -189,6 +189,8 @@ class Restorer:
             kept=kept,
             audit_fork_seq=fork.seq,
             replaced_head=replaced,
+            backup_store=manifest.store,
+            into_store=self._store.kind,
         )
         self._metrics.backup_duration.labels("restore").observe(report.duration_seconds)
         self._metrics.backup_operations.labels("restore", "ok").inc()
@@ -206,7 +208,12 @@ class Restorer:
             + (", ".join(k.item for k in kept) or "nothing stricter")
             + "; flags changed: "
             + (", ".join(f.name for f in report.flags_changed) or "none")
-            + f"; audit fork at seq {fork.seq}",
+            + f"; audit fork at seq {fork.seq}"
+            + (
+                f"; moved from the {manifest.store} store into the {self._store.kind} store"
+                if manifest.store != self._store.kind
+                else ""
+            ),
         )
         logger.warning(
             "restored backup %s (taken %s) for %s in %.2fs; safety backup %s",
