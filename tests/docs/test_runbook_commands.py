@@ -89,6 +89,20 @@ MAKEFILE = ROOT / "Makefile"
 # Runbook §2.2's move between Redis and SQLite on the compose stack: the lunia steps inside
 # these lines run in tests/api/test_cli_store_move.py.
 _STORE_MOVE = "needs a Docker engine; its lunia steps run in tests/api/test_cli_store_move.py"
+_STORE_MOVE_LINES = (
+    "exec worker lunia backup create --reason emergency",
+    "stop api bot worker",
+    "run --rm --no-deps lunia backup list",
+    "run --rm --no-deps lunia backup verify ID",
+    "run --rm --no-deps lunia backup restore ID --yes",
+    "--profile embedded up -d lunia",
+    "exec lunia lunia checklist",
+    "exec lunia lunia backup create",
+    "stop lunia",
+    "up -d redis",
+    "run --rm api backup restore ID --yes",
+    "up -d api bot worker",
+)
 
 NOT_RUN: dict[str, str] = {
     "docker compose -f docker-compose.prod.yml ps": "needs a Docker engine",
@@ -112,18 +126,10 @@ NOT_RUN: dict[str, str] = {
     "ENABLE_REDIS=false lunia run": "serves until stopped",
     "ENABLE_REDIS=false lunia backup restore ID --yes": "moves the state to another kind of "
     "store; tests/api/test_cli_store_move.py runs it",
-    "docker compose -f docker-compose.prod.yml exec worker lunia backup create --reason emergency": _STORE_MOVE,
-    "docker compose -f docker-compose.prod.yml stop api bot worker": _STORE_MOVE,
-    "docker compose -f docker-compose.prod.yml run --rm --no-deps lunia backup list": _STORE_MOVE,
-    "docker compose -f docker-compose.prod.yml run --rm --no-deps lunia backup verify ID": _STORE_MOVE,
-    "docker compose -f docker-compose.prod.yml run --rm --no-deps lunia backup restore ID --yes": _STORE_MOVE,
-    "docker compose -f docker-compose.prod.yml --profile embedded up -d lunia": _STORE_MOVE,
-    "docker compose -f docker-compose.prod.yml exec lunia lunia checklist": _STORE_MOVE,
-    "docker compose -f docker-compose.prod.yml exec lunia lunia backup create": _STORE_MOVE,
-    "docker compose -f docker-compose.prod.yml stop lunia": _STORE_MOVE,
-    "docker compose -f docker-compose.prod.yml up -d redis": _STORE_MOVE,
-    "docker compose -f docker-compose.prod.yml run --rm api backup restore ID --yes": _STORE_MOVE,
-    "docker compose -f docker-compose.prod.yml up -d api bot worker": _STORE_MOVE,
+    **{
+        f"docker compose -f docker-compose.prod.yml {line}": _STORE_MOVE
+        for line in _STORE_MOVE_LINES
+    },
 }
 
 # Command (a lunia command's shape: env names, path, option names; otherwise its text) -> the
