@@ -10,12 +10,15 @@ queue and the last audit export are read from the shared store by every replica.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from core.control_plane import ControlPlane
@@ -23,7 +26,10 @@ from core.models import Actor, ActorKind, OutboxMessage, Role, utcnow
 from core.platform.roles import ProcessRole
 from core.security.exports import LAST_EXPORT
 from tests.conftest import SettingsFactory
-from tests.support.services import RedisServer
+from tests.support.http import serve
+from tests.support.services import RedisServer, start_prometheus
+
+RULES = Path(__file__).resolve().parents[2] / "deploy/prometheus/rules/lunia.rules.yml"
 
 OPERATOR = Actor(kind=ActorKind.TELEGRAM, id="22", name="olga", role=Role.OPERATOR)
 BOT_TOKEN = "123456:alert-series-test-token"
@@ -149,3 +155,67 @@ async def test_every_replica_reports_the_last_audit_export_from_the_store(
     component = restarted.health.snapshot().components["audit_export"]
     assert component.status == "degraded"
     assert "9 d ago" in component.detail and "lunia audit export" in component.detail
+
+
+async def alert_states(client: httpx.AsyncClient, url: str) -> dict[str, str]:
+    """Alert name -> state (pending or firing) of what Prometheus' rules say now."""
+    alerts = (await client.get(f"{url}/api/v1/alerts")).json()["data"]["alerts"]
+    return {a["labels"]["alertname"]: a["state"] for a in alerts}
+
+
+@pytest.mark.slow
+async def test_prometheus_judges_the_worker_leader_from_engine_processes_only(
+    make_role: RoleFactory, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """The shipped NoWorkerLeader rule over real scrapes of an api and a worker process: quiet
+    while the worker leads (the api reports no lease), on its way to firing once it is gone."""
+    redis = {"enable_redis": True, "redis_url": redis_server.url}
+    worker = await make_role(ProcessRole.WORKER, **redis)
+    api = await make_role(ProcessRole.API, **redis)
+    async with contextlib.AsyncExitStack() as worker_http, serve(api) as api_url:
+        worker_url = await worker_http.enter_async_context(serve(worker))
+        config = {
+            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+            "rule_files": ["rules/*.yml"],
+            "scrape_configs": [
+                {
+                    "job_name": "lunia",
+                    "static_configs": [
+                        {
+                            "targets": [worker_url.removeprefix("http://")],
+                            "labels": {"role": "worker"},
+                        },
+                        {"targets": [api_url.removeprefix("http://")], "labels": {"role": "api"}},
+                    ],
+                }
+            ],
+        }
+        files = {"rules/lunia.rules.yml": RULES.read_text()}
+        with start_prometheus(tmp_path, yaml.safe_dump(config), files=files) as prometheus:
+            async with httpx.AsyncClient(timeout=5) as client:
+
+                async def query(expr: str) -> list[dict[str, Any]]:
+                    answer = await client.get(
+                        f"{prometheus.url}/api/v1/query", params={"query": expr}
+                    )
+                    result: list[dict[str, Any]] = answer.json()["data"]["result"]
+                    return result
+
+                async def both_scraped() -> bool:
+                    leases = await query('lease_leader{lease="worker"}')
+                    return len(await query('up{job="lunia"} == 1')) == 2 and len(leases) == 1
+
+                await until(both_scraped, timeout=20)
+                [lease] = await query("lease_leader")
+                assert lease["metric"]["role"] == "worker" and lease["value"][1] == "1"
+                await asyncio.sleep(3)  # a few evaluations with both processes scraped
+                assert "NoWorkerLeader" not in await alert_states(client, prometheus.url)
+
+                await worker_http.aclose()  # the worker is gone: its series go stale
+                await worker.close()
+
+                async def noticed() -> bool:
+                    states = await alert_states(client, prometheus.url)
+                    return states.get("NoWorkerLeader") == "pending"  # fires after its 1m
+
+                await until(noticed, timeout=20)
