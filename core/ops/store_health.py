@@ -81,6 +81,9 @@ class StoreHealth:
         watch = self._watch
         spooled = await watch.spool.depth() if watch is not None else 0
         self._metrics.spool_depth.labels("writes").set(spooled)
+        # The lease's figures are this process's own (no Redis call): kept true during an
+        # outage too, when the lease lapses (NoWorkerLeader reads them).
+        lease = None if self._lease is None else self._lease_figures(self._lease)
         started = time.perf_counter()
         try:
             await self._store.ping()
@@ -95,8 +98,8 @@ class StoreHealth:
         parts = [f"ping {latency * 1000:.1f} ms"]
         if spooled:
             parts.append(f"{spooled} spooled write(s) being replayed")
-        if self._lease is not None:
-            parts.append(self._lease_figures(self._lease))
+        if lease is not None:
+            parts.append(lease)
         if isinstance(self._bus, RedisStreamsBus):
             await self._bus.export_metrics(self._metrics)
             self._metrics.spool_depth.labels("events").set(self._bus.spooled())

@@ -219,3 +219,18 @@ async def test_prometheus_judges_the_worker_leader_from_engine_processes_only(
                     return states.get("NoWorkerLeader") == "pending"  # fires after its 1m
 
                 await until(noticed, timeout=20)
+
+
+@pytest.mark.slow
+async def test_a_worker_that_lost_its_lease_to_a_redis_outage_reports_it(
+    make_role: RoleFactory, redis_server: RedisServer
+) -> None:
+    """With Redis gone the leader's lease lapses: its gauge says so (RedisDown, which names the
+    cause, inhibits NoWorkerLeader in Alertmanager), and says it again once Redis is back."""
+    redis = {"enable_redis": True, "redis_url": redis_server.url, "lease_ttl_seconds": 2}
+    worker = await make_role(ProcessRole.WORKER, **redis)
+    await until(lambda: samples(worker, "lease_leader") == {WORKER_LEASE: 1.0})
+    redis_server.kill()
+    await until(lambda: samples(worker, "lease_leader") == {WORKER_LEASE: 0.0})
+    redis_server.start()
+    await until(lambda: samples(worker, "lease_leader") == {WORKER_LEASE: 1.0}, timeout=20)

@@ -106,7 +106,7 @@ def test_each_rule_fires_on_its_fault_and_stays_quiet_when_healthy() -> None:
 
 def test_alertmanager_config_passes_amtool() -> None:
     output = run_tool("amtool", "check-config", str(ALERTMANAGER_CONFIG))
-    assert "1 inhibit rules" in output
+    assert "2 inhibit rules" in output
 
 
 def test_every_alert_routes_to_the_control_plane_webhook() -> None:
@@ -171,6 +171,41 @@ def test_control_plane_down_inhibits_the_other_alerts(tmp_path: Path) -> None:
             "RedisDown": "suppressed",
             # Inhibition is per job: another job's alerts still go out.
             "BackupStale": "active",
+        }
+
+
+@pytest.mark.slow
+def test_redis_down_inhibits_the_alerts_it_causes(tmp_path: Path) -> None:
+    token = tmp_path / "alert_webhook_token"
+    token.write_text("test-token\n")
+    config = (
+        ALERTMANAGER_CONFIG.read_text()
+        .replace("/run/secrets/alert_webhook_token", str(token))
+        .replace("http://lunia-api:8000", "http://127.0.0.1:9")
+    )
+    now = datetime.now(UTC)
+    window = {"startsAt": now.isoformat(), "endsAt": (now + timedelta(minutes=5)).isoformat()}
+    job = {"job": "lunia"}
+    alerts = [
+        {"labels": {"alertname": "RedisDown", "severity": "critical", **job}, **window},
+        {"labels": {"alertname": "NoWorkerLeader", "severity": "critical", **job}, **window},
+        {"labels": {"alertname": "BusLag", "severity": "warning", "group": "g", **job}, **window},
+        {"labels": {"alertname": "OrderErrorRate", "severity": "warning", **job}, **window},
+    ]
+    with start_alertmanager(tmp_path, config) as alertmanager, httpx.Client() as client:
+        client.post(f"{alertmanager.url}/api/v2/alerts", json=alerts).raise_for_status()
+
+        def states() -> dict[str, str] | None:
+            got = client.get(f"{alertmanager.url}/api/v2/alerts").json()
+            found = {a["labels"]["alertname"]: a["status"]["state"] for a in got}
+            return found if len(found) == len(alerts) else None
+
+        assert wait_until(states) == {
+            "RedisDown": "active",
+            "NoWorkerLeader": "suppressed",
+            "BusLag": "suppressed",
+            # Not a consequence of the outage: still sent.
+            "OrderErrorRate": "active",
         }
 
 
