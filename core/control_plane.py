@@ -274,6 +274,7 @@ class ControlPlane:
             self.health.register("worker", self.cluster.worker_health, critical=False)
             self.status.register("deployment", self.cluster.status_lines)
         self.health.register("backups", self.backups.health, critical=False)
+        self.health.register("audit_export", self.exports.health, critical=False)
         self.status.register("backups", self.backups.status_lines)
         self.checklist.register("backups", self.backups.checklist_items)
         # Temporary API tokens (issue #9): issued, listed, revoked; rotation on the checklist.

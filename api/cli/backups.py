@@ -181,6 +181,11 @@ def backup_restore(
         f"in {report.duration_seconds:.2f}s; safety backup of the previous state: "
         f"{report.safety_backup_id}"
     )
+    if report.backup_store != report.into_store:
+        typer.echo(
+            f"  moved from the {report.backup_store} store into the {report.into_store} store "
+            "(from the backup's portable copy)"
+        )
     for table in sorted(set(report.counts_before) | set(report.counts_after)):
         before, after = report.counts_before.get(table, 0), report.counts_after.get(table, 0)
         if before != after:

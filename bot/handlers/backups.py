@@ -100,6 +100,11 @@ async def restore(
                 if r.kept
                 else ""
             )
+            + (
+                f"\nMoved from the {e(r.backup_store)} store into the {e(r.into_store)} store"
+                if r.backup_store != r.into_store
+                else ""
+            )
         )
 
     user_id = message.from_user.id if message.from_user else 0

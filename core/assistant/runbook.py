@@ -65,7 +65,7 @@ SECTIONS: tuple[RunbookSection, ...] = (
             "Monitor core_pnl and orders_total; once the primary answers again, fail back "
             "(POST /api/v1/failback).",
         ],
-        alerts=["ExchangeFailoverActive", "VenueUnhealthy"],
+        alerts=["ExchangeFailoverActive", "VenueUnhealthy", "OrderErrorRate"],
         keywords=["exchange", "venue", "failover", "outage", "binance", "okx", "standby", "orders"],
     ),
     RunbookSection(
@@ -78,8 +78,11 @@ SECTIONS: tuple[RunbookSection, ...] = (
             "restart.",
             "Restart the Redis container or service.",
             "Once stable, set ENABLE_REDIS=true again and redeploy; spooled writes are replayed.",
+            "Redis lost for good: restore the newest backup into the embedded store "
+            "(`lunia backup restore ID --yes` with ENABLE_REDIS=false, then `lunia run`), and "
+            "back into Redis the same way once it is stable.",
         ],
-        alerts=["RedisDown"],
+        alerts=["RedisDown", "BusLag"],
         keywords=["redis", "store", "bus", "cache", "read-only", "readonly", "streams"],
     ),
     RunbookSection(
@@ -113,7 +116,7 @@ SECTIONS: tuple[RunbookSection, ...] = (
             "Disable non-essential cores: POST /api/v1/cores/{name}/toggle.",
             "Review Falco alerts for noisy neighbours.",
         ],
-        alerts=["LatencySLOBreach"],
+        alerts=["LatencySLOBreach", "API5xxRate"],
         keywords=["latency", "slow", "slo", "p99", "response", "timeout", "performance"],
     ),
     RunbookSection(
@@ -150,13 +153,13 @@ SECTIONS: tuple[RunbookSection, ...] = (
     RunbookSection(
         ref="4",
         title="Audit & compliance",
-        symptoms=[],
+        symptoms=["AuditExportStale: the last audit export is over 8 days old."],
         actions=[
             "Weekly: export the audit log (`lunia audit export --dest s3://bucket/prefix`).",
             "Check the chain with `lunia audit verify`.",
             "Quarterly: run the access review (`lunia report`).",
         ],
-        alerts=[],
+        alerts=["AuditExportStale"],
         keywords=["audit", "compliance", "export", "access", "review", "log"],
     ),
     RunbookSection(
@@ -175,7 +178,11 @@ SECTIONS: tuple[RunbookSection, ...] = (
     RunbookSection(
         ref="7",
         title="Escalation",
-        symptoms=["ControlPlaneDown: Prometheus cannot scrape the control plane."],
+        symptoms=[
+            "ControlPlaneDown: Prometheus cannot scrape the control plane.",
+            "TelegramOutboxStuck: messages wait over 5 minutes for Telegram; reach the on-call "
+            "another way.",
+        ],
         actions=[
             "Unacknowledged incidents escalate to the escalation chat and PagerDuty by themselves.",
             "Security incidents: notify security@lunia.example with artifacts and the release "
@@ -183,7 +190,7 @@ SECTIONS: tuple[RunbookSection, ...] = (
             "Catastrophic failure: switch to sandbox (SANDBOX_ENABLED=true, admin) and follow the "
             "failover steps.",
         ],
-        alerts=["ControlPlaneDown"],
+        alerts=["ControlPlaneDown", "TelegramOutboxStuck"],
         keywords=["escalation", "pagerduty", "security", "sandbox", "catastrophic", "page"],
     ),
 )

@@ -156,6 +156,10 @@ class RestoreReport(BaseModel):
     kept: list[KeptSafety] = []
     audit_fork_seq: int | None = None
     replaced_head: ChainHead | None = None
+    # The kind of store the backup was taken on and the one it went into: they differ when the
+    # state moved between Redis and SQLite (runbook §2.2), loaded from the portable copy.
+    backup_store: str = ""
+    into_store: str = ""
 
 
 class BackupStatus(BaseModel):

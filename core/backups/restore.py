@@ -29,7 +29,7 @@ from core.backups.catalog import BackupCatalog
 from core.backups.journal import ROLLBACK, BackupJournal, reason_of
 from core.backups.models import BackupManifest, FlagChange, KeptSafety, RestoreReport
 from core.backups.offsite import OffsiteCopies, local_copy
-from core.backups.verify import check_files, count_problems
+from core.backups.verify import check_files, count_problems, portable_problems
 from core.errors import LuniaError, OperationError
 from core.flags import FlagService
 from core.models import Actor, AuditEntry, AuditRecord, utcnow
@@ -38,6 +38,7 @@ from core.platform.metrics import Metrics
 from core.security.audit import FORK_ACTION, AuditLog, ChainHead
 from core.security.tokens import INDEX_KEY, KEY_PREFIX
 from core.store import FlagOverride, RestoreGuard, Store
+from core.store.portable import PORTABLE_FILE, read_portable
 from core.trading.engine import HALT_KEY
 from core.trading.venues.service import STATE_KEY as VENUE_KEY
 
@@ -120,6 +121,8 @@ class Restorer:
             if isinstance(manifest, str)
             else await asyncio.to_thread(check_files, directory, manifest)
         )
+        if not problems and not isinstance(manifest, str):
+            problems = portable_problems(manifest, self._store.kind)
         if problems or isinstance(manifest, str):
             detail = "; ".join(problems)
             await self._journal.record(
@@ -153,7 +156,11 @@ class Restorer:
                     raise AssertionError("unreachable") from exc  # _roll_back always raises
                 fork = await self._record_fork(backup_id, actor, replaced)
                 await self._flags.load()
-                kept = await self._keep_safety(current, backup_id, actor)
+                # Across store kinds the live store is another deployment's, not this backup's
+                # future: a token it lacks was never pruned from it.
+                kept = await self._keep_safety(
+                    current, backup_id, actor, pruned=manifest.store == self._store.kind
+                )
                 await self._flags.load()
                 await self._journal.sync()
                 counts_after = await self._store.counts()
@@ -182,6 +189,8 @@ class Restorer:
             kept=kept,
             audit_fork_seq=fork.seq,
             replaced_head=replaced,
+            backup_store=manifest.store,
+            into_store=self._store.kind,
         )
         self._metrics.backup_duration.labels("restore").observe(report.duration_seconds)
         self._metrics.backup_operations.labels("restore", "ok").inc()
@@ -199,7 +208,12 @@ class Restorer:
             + (", ".join(k.item for k in kept) or "nothing stricter")
             + "; flags changed: "
             + (", ".join(f.name for f in report.flags_changed) or "none")
-            + f"; audit fork at seq {fork.seq}",
+            + f"; audit fork at seq {fork.seq}"
+            + (
+                f"; moved from the {manifest.store} store into the {self._store.kind} store"
+                if manifest.store != self._store.kind
+                else ""
+            ),
         )
         logger.warning(
             "restored backup %s (taken %s) for %s in %.2fs; safety backup %s",
@@ -233,9 +247,13 @@ class Restorer:
             flags={s.name: s.value for s in self._flags.states() if s.name in SAFE_FLAGS},
         )
 
-    async def _keep_safety(self, now: _Safety, backup_id: str, actor: Actor) -> list[KeptSafety]:
+    async def _keep_safety(
+        self, now: _Safety, backup_id: str, actor: Actor, *, pruned: bool = True
+    ) -> list[KeptSafety]:
         """Put back whatever was stricter before the swap than in the restored state; each item
-        kept is audited (action ``backup.restore.keep``) and returned."""
+        kept is audited (action ``backup.restore.keep``) and returned. With ``pruned``, a token
+        the live store no longer has was pruned after the backup (expired or revoked) and stays
+        revoked."""
         restored = await self._read_safety()
         kept: list[KeptSafety] = []
 
@@ -284,6 +302,8 @@ class Restorer:
                 continue
             current = now.tokens.get(token_id)
             if current is not None and current.get("revoked_at") is None:
+                continue
+            if current is None and not pruned:
                 continue
             # Pruned since the backup (it had expired or was revoked): revoked now.
             revoked_at, revoked_by = (
@@ -356,9 +376,18 @@ class Restorer:
         return fork
 
     async def _replace_state(self, directory: Path, manifest: BackupManifest) -> int:
-        """Copy the backup over the live store and check the result; ``_Rejected`` if bad."""
-        found = await self._store.restore(directory)
-        problems = count_problems(manifest.counts, found)
+        """Copy the backup over the live store and check the result; ``_Rejected`` if bad.
+
+        A backup of another kind of store (Redis lost for good: runbook §2.2) is loaded from
+        its portable copy, and checked against that copy's own counts.
+        """
+        if manifest.store == self._store.kind:
+            found = await self._store.restore(directory)
+            problems = count_problems(manifest.counts, found)
+        else:
+            portable = await asyncio.to_thread(read_portable, directory / PORTABLE_FILE)
+            found = await self._store.load_portable(portable)
+            problems = count_problems(portable.counts(), found)
         problems += [f"integrity check: {p}" for p in await self._store.integrity_problems()]
         report = await self._audit.verify(anchored=False)
         if not report.ok:

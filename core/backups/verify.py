@@ -19,6 +19,7 @@ from core.platform.files import write_atomically
 from core.platform.metrics import Metrics
 from core.security.audit import AuditLog
 from core.store import Store
+from core.store.portable import PORTABLE_FILE, read_portable
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +51,7 @@ class Verifier:
             problems.append(manifest)
         else:
             problems += await asyncio.to_thread(check_files, directory, manifest)
+            problems += portable_problems(manifest, self._store.kind)
             if not problems:
                 counts, checked, trial_problems = await self._trial_restore(directory, manifest)
                 problems += trial_problems
@@ -87,10 +89,16 @@ class Verifier:
         checked = 0
         try:
             await trial.open()
-            await trial.restore(directory)
+            expected = manifest.counts
+            if manifest.store == trial.kind:
+                await trial.restore(directory)
+            else:  # taken on the other kind of store: what a restore here would load
+                portable = await asyncio.to_thread(read_portable, directory / PORTABLE_FILE)
+                await trial.load_portable(portable)
+                expected = portable.counts()
             problems += [f"integrity check: {p}" for p in await trial.integrity_problems()]
             counts = await trial.counts()
-            problems += count_problems(manifest.counts, counts)
+            problems += count_problems(expected, counts)
             report = await AuditLog(trial, self._metrics).verify()
             checked = report.checked
             if not report.ok:
@@ -144,4 +152,15 @@ def count_problems(expected: dict[str, int], found: dict[str, int]) -> list[str]
         f"{table}: manifest says {count} rows, the restored copy has {found.get(table, 0)}"
         for table, count in sorted(expected.items())
         if found.get(table, 0) != count
+    ]
+
+
+def portable_problems(manifest: BackupManifest, kind: str) -> list[str]:
+    """Why a backup cannot be loaded into a store of ``kind`` (empty when it can): one taken
+    on another kind of store needs its portable copy, listed in its signed manifest."""
+    if manifest.store == kind or PORTABLE_FILE in {f.name for f in manifest.files}:
+        return []
+    return [
+        f"it was taken on a {manifest.store} store before backups carried a portable copy, so "
+        f"it restores only into a {manifest.store} store; take a new backup there first"
     ]

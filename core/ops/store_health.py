@@ -10,6 +10,7 @@ import time
 
 from core.config.settings import Settings
 from core.errors import StoreError
+from core.incidents.delivery import CHANNEL as TELEGRAM_CHANNEL
 from core.incidents.service import IncidentService
 from core.ops.redis_outage import RedisWatch
 from core.platform.bus import Bus
@@ -17,6 +18,7 @@ from core.platform.bus_redis import RedisStreamsBus
 from core.platform.health import Check, ComponentHealth, HealthService, Status
 from core.platform.lease import Lease
 from core.platform.metrics import Metrics
+from core.platform.outbox import export_outbox_stats
 from core.store import Store
 
 
@@ -68,6 +70,10 @@ class StoreHealth:
         await self._store.ping()
         if self._settings.enable_redis:  # other replicas change incidents: keep the gauge true
             await self._incidents.export_open_counts()
+        if self._settings.telegram_bot_token is not None:
+            # Every replica reports the Telegram queue (TelegramOutboxStuck reads the max), so
+            # it goes on aging when no bot process sends, or the sender is stuck.
+            await export_outbox_stats(self._store, self._metrics, TELEGRAM_CHANNEL)
         where = "redis" if self._settings.enable_redis else f"sqlite {self._settings.db_path}"
         return ComponentHealth(status=Status.OK, detail=where)
 
@@ -80,6 +86,9 @@ class StoreHealth:
         watch = self._watch
         spooled = await watch.spool.depth() if watch is not None else 0
         self._metrics.spool_depth.labels("writes").set(spooled)
+        # The lease's figures are this process's own (no Redis call): kept true during an
+        # outage too, when the lease lapses (dashboards and the lease alerts read them).
+        lease = None if self._lease is None else self._lease_figures(self._lease)
         started = time.perf_counter()
         try:
             await self._store.ping()
@@ -94,8 +103,8 @@ class StoreHealth:
         parts = [f"ping {latency * 1000:.1f} ms"]
         if spooled:
             parts.append(f"{spooled} spooled write(s) being replayed")
-        if self._lease is not None:
-            parts.append(self._lease_figures(self._lease))
+        if lease is not None:
+            parts.append(lease)
         if isinstance(self._bus, RedisStreamsBus):
             await self._bus.export_metrics(self._metrics)
             self._metrics.spool_depth.labels("events").set(self._bus.spooled())

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from core.errors import LuniaError
-from core.models import OutboxItem, utcnow
+from core.models import OutboxItem, OutboxStats, utcnow
 from core.platform.metrics import Metrics
 from core.platform.tasks import cancel_and_wait
 from core.store import Store
@@ -58,6 +58,19 @@ class Delivery:
 
 
 Deliver = Callable[[OutboxItem], Awaitable[Delivery]]
+
+
+async def export_outbox_stats(store: Store, metrics: Metrics, channel: str) -> OutboxStats:
+    """Set ``channel``'s depth and oldest-message age gauges from the store, and return them.
+
+    The store is shared, so any process can report a channel, including one whose worker runs
+    elsewhere or nowhere (a stuck delivery keeps aging in every replica's figures).
+    """
+    stats = await store.outbox_stats(channel)
+    metrics.outbox_depth.labels(channel).set(stats.depth)
+    age = (utcnow() - stats.oldest).total_seconds() if stats.oldest else 0.0
+    metrics.outbox_oldest_age.labels(channel).set(max(age, 0.0))
+    return stats
 
 
 class OutboxRetention:
@@ -186,7 +199,4 @@ class OutboxWorker:
         return float(delay * jitter)
 
     async def _export_stats(self) -> None:
-        stats = await self._store.outbox_stats(self.channel)
-        self._metrics.outbox_depth.labels(self.channel).set(stats.depth)
-        age = (utcnow() - stats.oldest).total_seconds() if stats.oldest else 0.0
-        self._metrics.outbox_oldest_age.labels(self.channel).set(max(age, 0.0))
+        await export_outbox_stats(self._store, self._metrics, self.channel)

@@ -17,8 +17,9 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from core.config.settings import Settings
-from core.errors import InvalidInput, PermissionDenied
+from core.errors import InvalidInput, PermissionDenied, StoreError
 from core.models import Actor, ActorKind, AuditRecord, Role, utcnow
+from core.platform.health import ComponentHealth, Status
 from core.platform.metrics import Metrics
 from core.platform.s3 import S3Client, S3Location
 from core.security.access import require
@@ -29,6 +30,12 @@ logger = logging.getLogger(__name__)
 
 JOB_EXPORT = "audit-export"
 CURSOR = "audit-export-until-us"
+# When the audit log was last exported (any export, scheduled or by hand), in the store so every
+# replica reports it and a restart does not forget it.
+LAST_EXPORT = "audit-export-last-us"
+# Runbook §4 exports weekly; past this the `audit_export` component is degraded and the
+# AuditExportStale rule (deploy/prometheus/rules/lunia.rules.yml) fires.
+EXPORT_MAX_AGE = timedelta(days=8)
 # Entries are stamped just before they commit; stopping a little short of "now" keeps an entry
 # stamped before the cut but committed after the read from falling between two exports.
 SETTLE = timedelta(seconds=2)
@@ -147,6 +154,7 @@ class AuditExportService:
             )
         )
         self._metrics.audit_entries.labels("ok").inc()
+        await self._store.set_cursor(LAST_EXPORT, int(manifest.created_at.timestamp() * 1e6))
         self._metrics.audit_export_last_success.set(manifest.created_at.timestamp())
         logger.info("exported %d audit entries to %s", manifest.count, files[0])
         return ExportResult(destination=text, files=files, manifest=manifest)
@@ -161,6 +169,32 @@ class AuditExportService:
             for name in names:  # the manifest last: its presence means the export is complete
                 await self._s3.put_file(loc, loc.key(name), staging / name)
         return manifest, [loc.url(name) for name in names]
+
+    async def last_export_at(self) -> datetime | None:
+        """When the audit log was last exported, by anyone (None before the first export)."""
+        micros = await self._store.get_cursor(LAST_EXPORT)
+        return datetime.fromtimestamp(micros / 1e6, UTC) if micros else None
+
+    async def health(self) -> ComponentHealth:
+        """The ``audit_export`` component of ``/healthz``: how old the last export is; also
+        refreshes ``audit_export_last_success_timestamp_seconds`` from the store (0: never)."""
+        try:
+            last = await self.last_export_at()
+        except StoreError as exc:  # the gauge keeps its last reading while the store is away
+            return ComponentHealth(status=Status.DEGRADED, detail=f"store unreachable: {exc}")
+        self._metrics.audit_export_last_success.set(last.timestamp() if last else 0)
+        if last is None:
+            return ComponentHealth(
+                status=Status.OK, detail="no export yet (the weekly job runs Mondays 04:00 UTC)"
+            )
+        age = utcnow() - last
+        shown = f"last export {last.isoformat(timespec='seconds')} ({age.days} d ago)"
+        if age > EXPORT_MAX_AGE:
+            return ComponentHealth(
+                status=Status.DEGRADED,
+                detail=f"{shown}, over {EXPORT_MAX_AGE.days} d: run `lunia audit export`",
+            )
+        return ComponentHealth(status=Status.OK, detail=shown)
 
     async def last_scheduled_until(self) -> datetime | None:
         """Where the previous scheduled export stopped (None before the first one)."""

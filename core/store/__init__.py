@@ -29,6 +29,7 @@ from core.models.cluster import Heartbeat
 from core.models.incidents import Change, EventKind, Incident, IncidentEvent, IncidentState
 from core.models.trading import Holding, VenueAccount
 from core.models.venues import OrderRecord, OrderStatus
+from core.store.portable import PortableState
 
 AlertPlanner = Callable[[Alert, Incident | None, Incident | None], Change | None]
 IncidentMutation = Callable[[Incident], Change | None]
@@ -218,6 +219,10 @@ class RestoreGuard(BaseModel):
 class Store(Protocol):
     """Durable state of the control plane."""
 
+    @property
+    def kind(self) -> str:
+        """``sqlite`` or ``redis``: the kind a snapshot of this store is, in a backup."""
+
     async def open(self) -> None:
         """Connect and bring the schema up to date."""
 
@@ -395,6 +400,13 @@ class Store(Protocol):
         """Replace all state with the snapshot in ``source_dir`` in one atomic step, while open
         (concurrent readers see the old state or the new one, never a mix); return the counts
         as restored, taken before any other write can land."""
+
+    async def export_portable(self) -> PortableState:
+        """All durable state as a store-neutral copy (also written by ``snapshot``)."""
+
+    async def load_portable(self, state: PortableState) -> dict[str, int]:
+        """Replace all state with a portable copy taken from any kind of store, in one atomic
+        step like ``restore``; return the counts as loaded."""
 
     async def counts(self) -> dict[str, int]:
         """Rows (or records) per kind of state, to compare a restore against its manifest."""

@@ -140,6 +140,14 @@ from core.store import (
     flag_version_conflict,
 )
 from core.store.group_commit import GroupCommit
+from core.store.portable import (
+    AUDIT_HEAD,
+    KV_PREFIX,
+    PORTABLE_FILE,
+    PortableState,
+    write_portable,
+)
+from core.store.portable import TABLES as PORTABLE_TABLES
 
 logger = logging.getLogger(__name__)
 
@@ -721,6 +729,8 @@ def scratch_db_url(url: str) -> str:
 
 class RedisStore:
     """The shared store: every replica opens one on the same Redis and ``prefix``."""
+
+    kind = "redis"
 
     def __init__(self, url: str, *, prefix: str = "lunia", scratch: bool = False) -> None:
         self.prefix = prefix
@@ -1792,7 +1802,17 @@ class RedisStore:
         into ``dest_dir/redis.jsonl`` (mode 0600): a header line, then one line per key with
         its ``DUMP`` payload in base64."""
         async with self._bulk_client() as redis:
-            version, counts, payloads = await self._read_all(redis, dumps=True)
+            # The DUMPs and the portable copy's reads in one MULTI: the same moment.
+            with _translated("reading a consistent copy"):
+                async with redis.pipeline(transaction=True) as pipe:
+                    pipe.eval(
+                        _READ_ALL_LUA, 0, self._k.root, "1", self._k.pattern, *self._count_args()
+                    )
+                    self._queue_portable_reads(pipe)
+                    replies = await pipe.execute()
+        raw_version, flat, payloads = replies[0]
+        version, counts = int(raw_version or 0), self._counts(flat)
+        portable = self._portable_from(replies[1:])
         lines = [
             _dump(
                 {
@@ -1808,8 +1828,12 @@ class RedisStore:
             lines.append(_dump({"key": key, "dump": base64.b64encode(payloads[i + 1]).decode()}))
         data = ("\n".join(lines) + "\n").encode()
         await asyncio.to_thread(_write_private, dest_dir / SNAPSHOT_FILE, data)
+        await asyncio.to_thread(write_portable, dest_dir / PORTABLE_FILE, portable)
         return StoreSnapshot(
-            kind="redis", schema_version=version, files=[SNAPSHOT_FILE], counts=counts
+            kind="redis",
+            schema_version=version,
+            files=[SNAPSHOT_FILE, PORTABLE_FILE],
+            counts=counts,
         )
 
     async def restore(self, source_dir: Path) -> dict[str, int]:
@@ -1841,6 +1865,204 @@ class RedisStore:
         counts = self._counts(flat)
         await self._migrate()  # an older snapshot is brought up to this release's schema
         return counts
+
+    async def export_portable(self) -> PortableState:
+        """All durable state as a store-neutral copy, read in one MULTI (one consistent step)."""
+        async with self._bulk_client() as redis:
+            with _translated("reading a portable copy"):
+                async with redis.pipeline(transaction=True) as pipe:
+                    self._queue_portable_reads(pipe)
+                    replies = await pipe.execute()
+        return self._portable_from(replies)
+
+    def _queue_portable_reads(self, pipe: Any) -> None:
+        """Queue the reads ``_portable_from`` turns into rows (fixed keys: indexes are rebuilt
+        from the records they index)."""
+        k = self._k
+        pipe.xrange(k.audit)
+        pipe.get(k.audit_head)
+        for key in (k.flags, k.flag_versions, k.engine, k.kv, k.cursors, k.incidents):
+            pipe.hgetall(key)
+        pipe.hgetall(k.alerts)
+        pipe.hgetall(k.dedup)
+        pipe.xrange(k.events)
+        pipe.xrange(k.outbox)
+        pipe.hgetall(k.outbox_state)
+        pipe.hgetall(k.outbox_payload)
+        pipe.hgetall(k.orders)
+        pipe.zrange(k.orders_all, 0, -1, withscores=True)
+        pipe.hgetall(k.pnl)
+        pipe.hgetall(k.holdings)
+        pipe.hgetall(k.venues)
+
+    @staticmethod
+    def _portable_from(replies: Sequence[Any]) -> PortableState:
+        (audit, head, flags, versions, engine, kv, cursors, incidents, alerts, dedup, events,
+         outbox, outbox_state, payloads, orders, order_numbers, pnl, holdings,
+         venues) = replies  # fmt: skip
+        tables: dict[str, list[dict[str, Any]]] = {t: [] for t in PORTABLE_TABLES}
+        for entry_id, fields in audit:
+            doc = json.loads(fields[_ENTRY.encode()])
+            tables["audit"].append(
+                {
+                    **{c: doc[c] for c in ("ts", "action", "target", "outcome", "detail")},
+                    **{c: doc[c] for c in ("prev_hash", "hash")},
+                    "seq": _stream_seq(entry_id),
+                    "actor": _dump(doc["actor"]),
+                    "before": _dump(doc["before"]),
+                    "after": _dump(doc["after"]),
+                }
+            )
+        for position, raw in holdings.items():
+            core, symbol = json.loads(position)
+            tables["holdings"].append({"core": core, "symbol": symbol, "doc": _text(raw)})
+        for venue, raw in venues.items():
+            tables["venue_accounts"].append({"venue": _text(venue), "doc": _text(raw)})
+        if head is not None:
+            tables["meta"].append({"key": AUDIT_HEAD, "value": _text(head)})
+        tables["meta"] += [{"key": KV_PREFIX + _text(n), "value": _text(v)} for n, v in kv.items()]
+        for name, raw in flags.items():
+            doc = json.loads(raw)
+            tables["flag_overrides"].append(
+                {
+                    "name": _text(name),
+                    "value": _dump(doc["value"]),
+                    "set_by": _dump(doc["set_by"]),
+                    "set_at": doc["set_at"],
+                }
+            )
+        for name, raw in versions.items():
+            doc = json.loads(raw)
+            tables["flag_versions"].append(
+                {
+                    "name": _text(name),
+                    "version": int(doc["version"]),
+                    "changed_by": _dump(doc["changed_by"]),
+                    "changed_at": doc["changed_at"],
+                }
+            )
+        for key, raw in engine.items():
+            doc = json.loads(raw)
+            tables["engine_state"].append(
+                {"key": _text(key), "value": _dump(doc["value"]), "updated_at": doc["updated_at"]}
+            )
+        tables["cursors"] = [{"name": _text(n), "value": int(v)} for n, v in cursors.items()]
+        for raw in incidents.values():
+            incident = Incident.model_validate_json(raw)
+            tables["incidents"].append(
+                {
+                    "id": incident.id,
+                    "key": incident.key,
+                    "state": incident.state.value,
+                    "severity": incident.severity.value,
+                    "deadline": None if incident.deadline is None else _ts(incident.deadline),
+                    "resolved_at": None
+                    if incident.resolved_at is None
+                    else _ts(incident.resolved_at),
+                    "updated_at": _ts(incident.last_seen),
+                    "doc": _text(raw),
+                }
+            )
+        dedup_of = {int(alert_id): _text(key) for key, alert_id in dedup.items()}
+        for alert_id, raw in alerts.items():
+            doc = json.loads(raw)
+            tables["alerts"].append(
+                {
+                    "id": int(alert_id),
+                    "dedup": dedup_of[int(alert_id)],
+                    "incident_id": doc["incident_id"],
+                    "received_at": doc["received_at"],
+                    "doc": _dump(doc["alert"]),
+                }
+            )
+        for entry_id, fields in events:
+            doc = json.loads(fields[_ENTRY.encode()])
+            ts = _ts(datetime.fromisoformat(doc.pop("ts")))
+            doc.pop("seq", None)
+            tables["incident_events"].append(
+                {
+                    "seq": _stream_seq(entry_id),
+                    "incident_id": doc["incident"]["id"],
+                    "ts": ts,
+                    "kind": doc["kind"],
+                    "doc": _dump(doc),
+                }
+            )
+        for entry_id, fields in outbox:
+            item_id = _stream_seq(entry_id)
+            state = json.loads(outbox_state[str(item_id).encode()])
+            payload = payloads.get(str(item_id).encode(), fields.get(b"payload"))
+            tables["outbox"].append(
+                {
+                    "id": item_id,
+                    "channel": _text(fields[b"channel"]),
+                    "key": _text(fields[b"key"]),
+                    "payload": "{}" if state["status"] != "pending" else _text(payload or b"{}"),
+                    "created_at": _text(fields[b"created_at"]),
+                    "next_at": state["next_at"],
+                    "attempts": state["attempts"],
+                    "status": state["status"],
+                    "last_error": state["last_error"],
+                    "sensitive": int(bool(state.get("sensitive"))),
+                    "finished_at": state.get("finished_at"),
+                }
+            )
+        numbers = {_text(cid): int(score) for cid, score in order_numbers}
+        for cid, raw in orders.items():
+            order = OrderRecord.model_validate_json(raw)
+            tables["orders"].append(
+                {
+                    "id": numbers[_text(cid)],
+                    "client_order_id": order.client_order_id,
+                    "core": order.core,
+                    "venue": order.venue,
+                    "status": order.status.value,
+                    "created_at": _ts(order.created_at),
+                    "doc": _text(raw),
+                }
+            )
+        for member, raw in pnl.items():
+            core, ts = json.loads(member)
+            realized, unrealized = json.loads(raw)
+            tables["pnl_points"].append(
+                {"core": core, "ts": ts, "realized": realized, "unrealized": unrealized}
+            )
+        return PortableState(source="redis", tables=tables)
+
+    async def load_portable(self, state: PortableState) -> dict[str, int]:
+        """Replace all state with a portable copy (from any kind of store): its keys and every
+        index are built under a private staging prefix, then swapped in for the live keys in
+        one atomic step, as ``restore`` does."""
+        problems = state.problems()
+        if problems:
+            raise StoreError("portable copy cannot be loaded: " + "; ".join(problems))
+        staging = f"{self.prefix}:restore:{secrets.token_hex(8)}"
+        staged = _StagedKeys(_Keys(staging))
+        _stage_portable(staged, state)
+        async with self._bulk_client() as redis:
+            try:
+                with _translated("loading a portable copy"):
+                    for start in range(0, len(staged.commands), _PAGE):
+                        async with redis.pipeline(transaction=False) as pipe:
+                            for command in staged.commands[start : start + _PAGE]:
+                                pipe.execute_command(*command)
+                            await pipe.execute()
+                    async with self._write_lock:
+                        flat = await redis.eval(  # type: ignore[misc]
+                            _SWAP_LUA,
+                            0,
+                            self._k.root,
+                            self._k.pattern,
+                            staging,
+                            str(len(staged.names)),
+                            *sorted(staged.names),
+                            *self._count_args(),
+                        )
+            finally:
+                with contextlib.suppress(RedisError):
+                    await _delete_matching(redis, _glob_escape(staging) + ":*")
+        await self._migrate()
+        return self._counts(list(flat))
 
     async def _stage_and_swap(
         self, redis: Redis, staging: str, keys: Sequence[tuple[str, bytes]]
@@ -2119,3 +2341,141 @@ def _read_snapshot(path: Path) -> tuple[int, list[tuple[str, bytes]]]:
         return int(header["schema_version"]), keys
     except (ValueError, KeyError, TypeError, binascii.Error) as exc:
         raise StoreError(f"{path.name} is damaged: {type(exc).__name__}: {exc}") from exc
+
+
+class _StagedKeys:
+    """Commands that build a store's keys under a staging root, and the keys they create."""
+
+    def __init__(self, keys: _Keys) -> None:
+        self.k = keys
+        self.commands: list[tuple[Any, ...]] = []
+        self.names: set[str] = set()
+
+    def send(self, command: str, key: str, *args: Any) -> None:
+        self.commands.append((command, key, *args))
+        self.names.add(self.k.relative(key))
+
+
+def _stage_portable(staged: _StagedKeys, state: PortableState) -> None:
+    """Queue the keys and indexes of the layout in the module docstring for ``state``."""
+    k, send = staged.k, staged.send
+    send("SET", k.schema, len(MIGRATIONS))
+    for row in sorted(state.rows("audit"), key=lambda r: int(r["seq"])):
+        doc = {
+            **{c: row[c] for c in ("ts", "action", "target", "outcome", "detail")},
+            **{c: row[c] for c in ("prev_hash", "hash")},
+            "actor": json.loads(row["actor"]),
+            "before": None if row["before"] is None else json.loads(row["before"]),
+            "after": None if row["after"] is None else json.loads(row["after"]),
+        }
+        send("XADD", k.audit, f"{row['seq']}-0", _ENTRY, _dump(doc))
+    for row in state.rows("meta"):
+        if row["key"] == AUDIT_HEAD:
+            send("SET", k.audit_head, row["value"])
+        elif row["key"].startswith(KV_PREFIX):
+            send("HSET", k.kv, row["key"].removeprefix(KV_PREFIX), row["value"])
+    for row in state.rows("flag_overrides"):
+        doc = {"value": json.loads(row["value"]), "set_by": json.loads(row["set_by"])}
+        send("HSET", k.flags, row["name"], _dump({**doc, "set_at": row["set_at"]}))
+    for row in state.rows("flag_versions"):
+        doc = {"version": row["version"], "changed_by": json.loads(row["changed_by"])}
+        send("HSET", k.flag_versions, row["name"], _dump({**doc, "changed_at": row["changed_at"]}))
+    for row in state.rows("engine_state"):
+        doc = {"value": json.loads(row["value"]), "updated_at": row["updated_at"]}
+        send("HSET", k.engine, row["key"], _dump(doc))
+    for row in state.rows("cursors"):
+        send("HSET", k.cursors, row["name"], int(row["value"]))
+    _stage_incidents(staged, state)
+    _stage_outbox(staged, state)
+    orders = sorted(state.rows("orders"), key=lambda r: int(r["id"]))
+    for row in orders:
+        cid, number = row["client_order_id"], int(row["id"])
+        send("HSET", k.orders, cid, row["doc"])
+        send("ZADD", k.orders_all, number, cid)
+        send("ZADD", k.order_status(OrderStatus(row["status"])), number, cid)
+    if orders:
+        send("SET", k.orders_seq, int(orders[-1]["id"]))
+    for row in state.rows("holdings"):
+        send("HSET", k.holdings, _dump([row["core"], row["symbol"]]), row["doc"])
+    for row in state.rows("venue_accounts"):
+        send("HSET", k.venues, row["venue"], row["doc"])
+    for row in state.rows("pnl_points"):
+        member = _dump([row["core"], row["ts"]])
+        send("HSET", k.pnl, member, _dump([row["realized"], row["unrealized"]]))
+        send("ZADD", k.pnl_ts, _micros(datetime.fromisoformat(row["ts"])), member)
+
+
+def _stage_incidents(staged: _StagedKeys, state: PortableState) -> None:
+    """Incidents, their alerts and events, with every index the store reads by."""
+    k, send = staged.k, staged.send
+    latest: dict[str, int] = {}
+    top = 0
+    for row in state.rows("incidents"):
+        incident = Incident.model_validate_json(row["doc"])
+        iid = incident.id
+        top = max(top, iid)
+        send("HSET", k.incidents, iid, row["doc"])
+        send("ZADD", k.incidents_all, iid, iid)
+        send("ZADD", k.state(incident.state), iid, iid)
+        if incident.is_open:
+            send("ZADD", k.open_severity(incident.severity), iid, iid)
+            send("HSET", k.open, incident.key, iid)
+        if incident.deadline is not None:
+            send("ZADD", k.deadlines, _micros(incident.deadline), iid)
+        latest[incident.key] = max(latest.get(incident.key, 0), iid)
+    for key, iid in latest.items():
+        send("HSET", k.latest, key, iid)
+    if top:
+        send("SET", k.incidents_seq, top)
+    top = 0
+    for row in state.rows("alerts"):
+        alert_id = int(row["id"])
+        top = max(top, alert_id)
+        doc = {
+            "incident_id": row["incident_id"],
+            "received_at": row["received_at"],
+            "alert": json.loads(row["doc"]),
+        }
+        send("HSET", k.alerts, alert_id, _dump(doc))
+        send("HSET", k.dedup, row["dedup"], alert_id)
+        if row["incident_id"] is not None:
+            send("ZADD", k.incident_alerts(int(row["incident_id"])), alert_id, alert_id)
+    if top:
+        send("SET", k.alerts_seq, top)
+    events = sorted(state.rows("incident_events"), key=lambda r: int(r["seq"]))
+    for row in events:
+        seq = int(row["seq"])
+        doc = {**json.loads(row["doc"]), "seq": seq, "ts": row["ts"]}
+        send("XADD", k.events, f"{seq}-0", _ENTRY, _dump(doc))
+        send("ZADD", k.incident_events(int(row["incident_id"])), seq, seq)
+    if events:
+        send("SET", k.events_seq, int(events[-1]["seq"]))
+
+
+def _stage_outbox(staged: _StagedKeys, state: PortableState) -> None:
+    """Outbox messages; the pending ones queued per key, each key's head due at its time."""
+    k, send = staged.k, staged.send
+    heads: dict[tuple[str, str], dict[str, Any]] = {}
+    rows = sorted(state.rows("outbox"), key=lambda r: int(r["id"]))
+    for row in rows:
+        item_id, channel, key = int(row["id"]), row["channel"], row["key"]
+        send("XADD", k.outbox, f"{item_id}-0", "channel", channel, "key", key,
+             "created_at", row["created_at"])  # fmt: skip
+        doc: dict[str, Any] = {c: row[c] for c in ("next_at", "attempts", "status", "last_error")}
+        if row["sensitive"]:
+            doc["sensitive"] = True
+        if row["finished_at"] is not None:
+            doc["finished_at"] = row["finished_at"]
+        send("HSET", k.outbox_state, item_id, _dump(doc))
+        if row["status"] != "pending":
+            continue
+        send("HSET", k.outbox_payload, item_id, row["payload"])
+        send("ZADD", k.queue(channel, key), item_id, item_id)
+        created = _micros(datetime.fromisoformat(row["created_at"]))
+        send("ZADD", k.pending(channel), created, item_id)
+        heads.setdefault((channel, key), row)
+    for (channel, _), head in heads.items():
+        due = _micros(datetime.fromisoformat(head["next_at"]))
+        send("ZADD", k.due(channel), due, int(head["id"]))
+    if rows:
+        send("SET", k.outbox_seq, int(rows[-1]["id"]))

@@ -11,7 +11,9 @@ import asyncio
 import json
 import logging
 import os
+import shutil
 import sqlite3
+import tempfile
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -64,6 +66,7 @@ from core.store import (
     flag_version_conflict,
 )
 from core.store.group_commit import GroupCommit
+from core.store.portable import PORTABLE_FILE, TABLES, PortableState, write_portable
 
 logger = logging.getLogger(__name__)
 
@@ -368,6 +371,8 @@ class _IncidentsByKey:
 
 class SqliteStore:
     """The embedded store: one SQLite file under ``LUNIA_STATE_DIR``."""
+
+    kind = "sqlite"
 
     def __init__(self, path: Path, *, readers: int = 4) -> None:
         self.path = path
@@ -1272,6 +1277,7 @@ class SqliteStore:
                     target.execute("PRAGMA journal_mode=DELETE")  # one file, no -wal beside it
                     version = int(target.execute("PRAGMA user_version").fetchone()[0])
                     counts = _count_rows(target)
+                    portable = _portable_state(target)
                 finally:
                     target.close()
             finally:
@@ -1280,9 +1286,55 @@ class SqliteStore:
             raise StoreError(f"snapshot of {self.path} failed: {exc}") from exc
         with open(dest, "rb") as written:
             os.fsync(written.fileno())
+        write_portable(dest.with_name(PORTABLE_FILE), portable)
         return StoreSnapshot(
-            kind="sqlite", schema_version=version, files=[SNAPSHOT_FILE], counts=counts
+            kind="sqlite",
+            schema_version=version,
+            files=[SNAPSHOT_FILE, PORTABLE_FILE],
+            counts=counts,
         )
+
+    async def export_portable(self) -> PortableState:
+        """All durable state as a store-neutral copy, from one read transaction."""
+        return await self._read(_portable_state)
+
+    async def load_portable(self, state: PortableState) -> dict[str, int]:
+        """Replace all state with a portable copy (from any kind of store), in one step.
+
+        The rows go into a fresh database of this release's schema beside the live one, which
+        then replaces the live state the way ``restore`` does (one transaction, the restore mark
+        kept, the counts as loaded returned).
+        """
+        problems = state.problems()
+        if problems:
+            raise StoreError("portable copy cannot be loaded: " + "; ".join(problems))
+        workdir = Path(
+            await asyncio.to_thread(tempfile.mkdtemp, prefix=".portable-", dir=self.path.parent)
+        )
+        try:
+            await asyncio.to_thread(self._build_from_portable, workdir / SNAPSHOT_FILE, state)
+            return await self.restore(workdir)
+        finally:
+            await asyncio.to_thread(shutil.rmtree, workdir, True)
+
+    def _build_from_portable(self, dest: Path, state: PortableState) -> None:
+        conn = sqlite3.connect(dest, isolation_level=None)
+        try:
+            self._migrate(conn)
+            conn.execute("BEGIN IMMEDIATE")
+            for table, columns in TABLES.items():
+                for row in state.rows(table):
+                    names = [c for c in columns if c in row]  # checked against the schema
+                    conn.execute(
+                        f'INSERT INTO "{table}" ({", ".join(names)})'  # noqa: S608
+                        f" VALUES ({', '.join('?' * len(names))})",
+                        [row[c] for c in names],
+                    )
+            conn.execute("COMMIT")
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"portable copy cannot be loaded: {exc}") from exc
+        finally:
+            conn.close()
 
     async def restore(self, source_dir: Path) -> dict[str, int]:
         """Copy the snapshot over the live database on the writer thread, in one transaction.
@@ -1474,6 +1526,17 @@ def _put_holdings(conn: sqlite3.Connection, holdings: Sequence[Holding]) -> None
         "INSERT OR REPLACE INTO holdings (core, symbol, doc) VALUES (?,?,?)",
         [(h.core, h.symbol, h.model_dump_json()) for h in holdings],
     )
+
+
+def _portable_state(conn: sqlite3.Connection) -> PortableState:
+    """The durable tables' rows as a portable copy (the restore mark left out)."""
+    tables: dict[str, list[dict[str, Any]]] = {}
+    for table, columns in TABLES.items():
+        # Table and column names are the module's own constants: nothing user-supplied.
+        rows = conn.execute(f'SELECT {", ".join(columns)} FROM "{table}"')  # noqa: S608
+        tables[table] = [dict(zip(columns, row, strict=True)) for row in rows]
+    tables["meta"] = [r for r in tables["meta"] if r["key"] != _RESTORE_GUARD]
+    return PortableState(source="sqlite", tables=tables)
 
 
 def _count_rows(conn: sqlite3.Connection) -> dict[str, int]:

@@ -83,7 +83,9 @@ async def test_backup_is_complete_consistent_and_owner_only(plane: ControlPlane)
     info = await plane.backups.create(OPERATOR)
 
     directory = plane.backups.root / info.id
-    assert sorted(p.name for p in directory.iterdir()) == ["manifest.json", "state.db"]
+    # The store's own snapshot, and the store-neutral copy another kind of store restores from.
+    names = sorted(p.name for p in directory.iterdir())
+    assert names == ["manifest.json", "portable.json", "state.db"]
     assert stat.S_IMODE(directory.stat().st_mode) == 0o700
     assert stat.S_IMODE(plane.backups.root.stat().st_mode) == 0o700
     for child in directory.iterdir():
@@ -100,9 +102,10 @@ async def test_backup_is_complete_consistent_and_owner_only(plane: ControlPlane)
     assert manifest["counts"]["incidents"] == 2
     # The backup's own audit entry is written after the snapshot, so the snapshot lacks it.
     assert manifest["counts"]["audit"] == counts["audit"] - 1
-    [state_db] = manifest["files"]
-    assert state_db["name"] == "state.db"
+    state_db, portable = manifest["files"]
+    assert (state_db["name"], portable["name"]) == ("state.db", "portable.json")
     assert state_db["size"] == (directory / "state.db").stat().st_size
+    assert portable["size"] == (directory / "portable.json").stat().st_size
 
     [listed] = await plane.backups.list()
     assert (listed.id, listed.status, listed.reason) == (info.id, "unverified", BackupReason.MANUAL)
@@ -373,6 +376,7 @@ async def test_backup_and_restore_round_trip_through_s3(make_plane: PlaneFactory
         remote = s3.objects()
         assert set(remote) == {
             f"prod/backups/{info.id}/state.db",
+            f"prod/backups/{info.id}/portable.json",
             f"prod/backups/{info.id}/manifest.json",
         }
         assert remote[f"prod/backups/{info.id}/state.db"].body == (local / "state.db").read_bytes()

@@ -14,6 +14,7 @@ import redis.asyncio as aioredis
 from core.control_plane import ControlPlane
 from core.errors import OperationError
 from core.models import AuditRecord
+from core.store.portable import PORTABLE_FILE, read_portable
 from core.store.redis import SNAPSHOT_FILE, RedisStore
 from tests.conftest import SettingsFactory
 from tests.core.test_backups import (
@@ -51,12 +52,16 @@ async def plane(
     await started.close()
 
 
-async def test_backup_of_redis_state_is_one_owner_only_snapshot_file(plane: ControlPlane) -> None:
+async def test_backup_of_redis_state_is_an_owner_only_snapshot_and_portable_copy(
+    plane: ControlPlane,
+) -> None:
     await make_state(plane)
     info = await plane.backups.create(OPERATOR)
 
     directory = plane.backups.root / info.id
-    assert sorted(p.name for p in directory.iterdir()) == ["manifest.json", SNAPSHOT_FILE]
+    # The Redis snapshot, and the store-neutral copy the embedded store restores from (§2.2).
+    names = sorted(p.name for p in directory.iterdir())
+    assert names == sorted(["manifest.json", SNAPSHOT_FILE, PORTABLE_FILE])
     for child in directory.iterdir():
         assert stat.S_IMODE(os.stat(child).st_mode) == 0o600, child.name
     manifest = json.loads((directory / "manifest.json").read_text())
@@ -65,6 +70,10 @@ async def test_backup_of_redis_state_is_one_owner_only_snapshot_file(plane: Cont
     assert manifest["counts"]["incidents"] == 2
     # The backup's own audit entry is written after the snapshot, so the snapshot lacks it.
     assert manifest["counts"]["audit"] == (await plane.store.counts())["audit"] - 1
+    # Both files hold the same moment: the portable copy counts what the snapshot counts.
+    portable = read_portable(directory / PORTABLE_FILE)
+    assert portable.source == "redis"
+    assert portable.counts() == manifest["counts"]
 
 
 async def test_verify_restores_into_a_scratch_prefix_and_cleans_it_up(

@@ -29,7 +29,8 @@ from tests.support.services import (
 ROOT = Path(__file__).resolve().parents[2]
 PROMETHEUS_CONFIG = ROOT / "deploy/prometheus/prometheus.yml"
 RULES = ROOT / "deploy/prometheus/rules/lunia.rules.yml"
-RULES_TEST = Path(__file__).with_name("rules_test.yml")
+# Unit tests evaluated every minute, and those judging ages in days evaluated hourly.
+RULES_TESTS = [Path(__file__).with_name(n) for n in ("rules_test.yml", "rules_test_days.yml")]
 ALERTMANAGER_CONFIG = ROOT / "deploy/alertmanager/alertmanager.yml"
 
 ALERTS = {
@@ -43,6 +44,11 @@ ALERTS = {
     "NoWorkerLeading": "critical",
     "TelegramBotDown": "warning",
     "VenueUnhealthy": "warning",
+    "TelegramOutboxStuck": "critical",
+    "AuditExportStale": "warning",
+    "OrderErrorRate": "warning",
+    "API5xxRate": "critical",
+    "BusLag": "warning",
 }
 
 MINIMAL_ALERTMANAGER = """\
@@ -72,6 +78,22 @@ def wait_until(probe: Callable[[], T | None], timeout: float = 10.0) -> T:
     return result
 
 
+def settled(
+    states: Callable[[], dict[str, str] | None], expected: dict[str, str]
+) -> dict[str, str] | None:
+    """Alertmanager's alert states once they match ``expected`` (it marks an alert inhibited a
+    moment after it arrives: seen "active" first on a loaded machine), else the last seen."""
+    seen: list[dict[str, str] | None] = [None]
+
+    def match() -> dict[str, str] | None:
+        seen[0] = states()
+        return seen[0] if seen[0] == expected else None
+
+    with contextlib.suppress(AssertionError):
+        wait_until(match)
+    return seen[0]
+
+
 # Static checks ------------------------------------------------------------------------------
 
 
@@ -97,13 +119,13 @@ def test_rule_file_passes_promtool_check_rules() -> None:
 
 @pytest.mark.slow
 def test_each_rule_fires_on_its_fault_and_stays_quiet_when_healthy() -> None:
-    output = run_tool("promtool", "test", "rules", str(RULES_TEST))
-    assert "SUCCESS" in output
+    output = run_tool("promtool", "test", "rules", *map(str, RULES_TESTS))
+    assert output.count("SUCCESS") == len(RULES_TESTS)
 
 
 def test_alertmanager_config_passes_amtool() -> None:
     output = run_tool("amtool", "check-config", str(ALERTMANAGER_CONFIG))
-    assert "1 inhibit rules" in output
+    assert "2 inhibit rules" in output
 
 
 def test_every_alert_routes_to_the_control_plane_webhook() -> None:
@@ -169,17 +191,45 @@ def test_control_plane_down_inhibits_the_other_alerts(tmp_path: Path) -> None:
             # Inhibition is per job: another job's alerts still go out.
             "BackupStale": "active",
         }
-        # Alertmanager marks an alert inhibited a moment after it arrives (seen "active" first
-        # on a loaded machine): wait for the states to settle, then compare what was last seen.
-        seen: list[dict[str, str] | None] = [None]
+        assert settled(states, expected) == expected
 
-        def settled() -> dict[str, str] | None:
-            seen[0] = states()
-            return seen[0] if seen[0] == expected else None
 
-        with contextlib.suppress(AssertionError):
-            wait_until(settled)
-        assert seen[0] == expected
+@pytest.mark.slow
+def test_redis_down_inhibits_the_alerts_it_causes(tmp_path: Path) -> None:
+    token = tmp_path / "alert_webhook_token"
+    token.write_text("test-token\n")
+    config = (
+        ALERTMANAGER_CONFIG.read_text()
+        .replace("/run/secrets/alert_webhook_token", str(token))
+        .replace("http://lunia-api:8000", "http://127.0.0.1:9")
+    )
+    now = datetime.now(UTC)
+    window = {"startsAt": now.isoformat(), "endsAt": (now + timedelta(minutes=5)).isoformat()}
+    job = {"job": "lunia"}
+    alerts = [
+        {"labels": {"alertname": "RedisDown", "severity": "critical", **job}, **window},
+        {"labels": {"alertname": "NoWorkerLeading", "severity": "critical", **job}, **window},
+        {"labels": {"alertname": "TelegramBotDown", "severity": "warning", **job}, **window},
+        {"labels": {"alertname": "BusLag", "severity": "warning", "group": "g", **job}, **window},
+        {"labels": {"alertname": "OrderErrorRate", "severity": "warning", **job}, **window},
+    ]
+    with start_alertmanager(tmp_path, config) as alertmanager, httpx.Client() as client:
+        client.post(f"{alertmanager.url}/api/v2/alerts", json=alerts).raise_for_status()
+
+        def states() -> dict[str, str] | None:
+            got = client.get(f"{alertmanager.url}/api/v2/alerts").json()
+            found = {a["labels"]["alertname"]: a["status"]["state"] for a in got}
+            return found if len(found) == len(alerts) else None
+
+        expected = {
+            "RedisDown": "active",
+            "NoWorkerLeading": "suppressed",
+            "TelegramBotDown": "suppressed",
+            "BusLag": "suppressed",
+            # Not a consequence of the outage: still sent.
+            "OrderErrorRate": "active",
+        }
+        assert settled(states, expected) == expected
 
 
 # Service helpers ----------------------------------------------------------------------------

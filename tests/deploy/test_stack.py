@@ -27,6 +27,8 @@ COMPOSE = ROOT / "docker-compose.prod.yml"
 DOCKERFILE = ROOT / "deploy/Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 PROMETHEUS_CONFIG = ROOT / "deploy/prometheus/prometheus.yml"
+RULES = ROOT / "deploy/prometheus/rules/lunia.rules.yml"
+RULES_TESTS = [ROOT / "tests/deploy" / n for n in ("rules_test.yml", "rules_test_days.yml")]
 ALERTMANAGER_CONFIG = ROOT / "deploy/alertmanager/alertmanager.yml"
 GRAFANA = ROOT / "deploy/grafana"
 DASHBOARD = GRAFANA / "dashboards/lunia.json"
@@ -452,6 +454,13 @@ def test_dashboard_plots_what_the_runbook_watches(dashboard: dict[str, Any]) -> 
         "llm_requests_total",
         "backup_last_success_timestamp_seconds",
         "redis_status",
+        # what the runbook's alert rules watch (lunia.rules.yml, group lunia.runbook)
+        "orders_total",
+        "lease_leader",
+        "outbox_oldest_age_seconds",
+        "audit_export_last_success_timestamp_seconds",
+        "bus_lag",
+        "request_duration_seconds_count",
     } <= plotted
     assert "histogram_quantile(0.99, sum by (le, route)" in exprs
 
@@ -498,6 +507,45 @@ async def test_every_plotted_metric_is_exported_by_the_control_plane(
         for target in panel["targets"]:
             unknown = metric_names(target["expr"]) - exported
             assert not unknown, (panel["title"], target["expr"], unknown)
+
+
+def alert_rules() -> list[dict[str, Any]]:
+    return [rule for group in load_yaml(RULES)["groups"] for rule in group["rules"]]
+
+
+async def test_every_metric_an_alert_rule_reads_is_exported_by_the_control_plane(
+    plane: ControlPlane,
+) -> None:
+    exported = exported_series_names(plane.metrics.render().decode())
+    # "up" is Prometheus' own series for each scrape target.
+    exported.add("up")
+    rules = alert_rules()
+    assert len(rules) >= 13
+    for rule in rules:
+        unknown = metric_names(rule["expr"]) - exported
+        assert not unknown, (rule["alert"], unknown)
+
+
+def test_every_alert_rule_has_promtool_cases_that_fire_and_that_stay_quiet() -> None:
+    cases = [case for path in RULES_TESTS for case in load_yaml(path)["tests"]]
+    checks = [check for case in cases for check in case["alert_rule_test"]]
+    for rule in alert_rules():
+        mine = [check for check in checks if check["alertname"] == rule["alert"]]
+        assert any(check["exp_alerts"] for check in mine), f"{rule['alert']} never fires"
+        assert any(not check["exp_alerts"] for check in mine), f"{rule['alert']} never quiet"
+
+
+def test_alert_rules_name_a_runbook_section_that_exists() -> None:
+    runbook = (ROOT / "docs/RUNBOOK.md").read_text()
+    anchors = {
+        re.sub(r"[^\w\- ]", "", line.lstrip("#").strip().lower()).replace(" ", "-")
+        for line in runbook.splitlines()
+        if line.startswith("#")
+    }
+    for rule in alert_rules():
+        link = rule["annotations"]["runbook"]
+        assert link.startswith("RUNBOOK.md#"), rule["alert"]
+        assert link.removeprefix("RUNBOOK.md#") in anchors, (rule["alert"], link)
 
 
 def test_metric_name_extraction_ignores_functions_labels_and_durations() -> None:

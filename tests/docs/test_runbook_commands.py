@@ -86,6 +86,24 @@ ROOT = Path(__file__).resolve().parents[2]
 MAKEFILE = ROOT / "Makefile"
 
 # What this module deliberately does not run, and why (each must still appear in the runbook).
+# Runbook §2.2's move between Redis and SQLite on the compose stack: the lunia steps inside
+# these lines run in tests/api/test_cli_store_move.py.
+_STORE_MOVE = "needs a Docker engine; its lunia steps run in tests/api/test_cli_store_move.py"
+_STORE_MOVE_LINES = (
+    "exec worker lunia backup create --reason emergency",
+    "stop api bot worker",
+    "run --rm --no-deps lunia backup list",
+    "run --rm --no-deps lunia backup verify ID",
+    "run --rm --no-deps lunia backup restore ID --yes",
+    "--profile embedded up -d lunia",
+    "exec lunia lunia checklist",
+    "exec lunia lunia backup create",
+    "stop lunia",
+    "up -d redis",
+    "run --rm api backup restore ID --yes",
+    "up -d api bot worker",
+)
+
 NOT_RUN: dict[str, str] = {
     "docker compose -f docker-compose.prod.yml ps": "needs a Docker engine",
     "docker compose -f docker-compose.prod.yml restart redis": "needs a Docker engine",
@@ -107,6 +125,13 @@ NOT_RUN: dict[str, str] = {
     "API_TOKENS_FILE=/run/secrets/api_tokens ALERT_WEBHOOK_TOKEN_FILE=/run/secrets/webhook "
     "lunia run": "serves until stopped; reads /run/secrets",
     "INFRA_PROD_ENABLED=true lunia run": "serves until stopped",
+    "ENABLE_REDIS=false lunia run": "serves until stopped",
+    "ENABLE_REDIS=false lunia backup restore ID --yes": "moves the state to another kind of "
+    "store; tests/api/test_cli_store_move.py runs it",
+    **{
+        f"docker compose -f docker-compose.prod.yml {line}": _STORE_MOVE
+        for line in _STORE_MOVE_LINES
+    },
 }
 
 # Command (a lunia command's shape: env names, path, option names; otherwise its text) -> the
@@ -173,6 +198,14 @@ COVERAGE: dict[str, tuple[str, ...]] = {
         "tests/deploy/test_deploy_configs.py::test_alertmanager_config_passes_amtool",
         "tests/api/test_cli.py::test_audit_verify_fails_naming_the_edited_entry",
         "tests/api/test_cli_backups.py::test_backup_create_list_verify_restore",
+    ),
+    "ENABLE_REDIS=… lunia backup restore --yes": (
+        "tests/api/test_cli_store_move.py::"
+        "test_runbook_2_2_moves_the_state_to_sqlite_and_back_with_the_cli",
+    ),
+    "ENABLE_REDIS=… lunia run": (
+        "tests/core/test_store_migration.py::"
+        "test_a_redis_backup_restores_into_the_embedded_sqlite_store",
     ),
     "make smoke": ("tests/api/test_smoke.py::test_smoke_passes_against_a_running_instance",),
     "make up": (
