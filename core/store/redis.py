@@ -1913,11 +1913,7 @@ class RedisStore:
                     "after": _dump(doc["after"]),
                 }
             )
-        for position, raw in holdings.items():
-            core, symbol = json.loads(position)
-            tables["holdings"].append({"core": core, "symbol": symbol, "doc": _text(raw)})
-        for venue, raw in venues.items():
-            tables["venue_accounts"].append({"venue": _text(venue), "doc": _text(raw)})
+        tables.update(_trading_rows(holdings, venues))
         if head is not None:
             tables["meta"].append({"key": AUDIT_HEAD, "value": _text(head)})
         tables["meta"] += [{"key": KV_PREFIX + _text(n), "value": _text(v)} for n, v in kv.items()]
@@ -2395,14 +2391,32 @@ def _stage_portable(staged: _StagedKeys, state: PortableState) -> None:
         send("ZADD", k.order_status(OrderStatus(row["status"])), number, cid)
     if orders:
         send("SET", k.orders_seq, int(orders[-1]["id"]))
-    for row in state.rows("holdings"):
-        send("HSET", k.holdings, _dump([row["core"], row["symbol"]]), row["doc"])
-    for row in state.rows("venue_accounts"):
-        send("HSET", k.venues, row["venue"], row["doc"])
+    _stage_trading(staged, state)
     for row in state.rows("pnl_points"):
         member = _dump([row["core"], row["ts"]])
         send("HSET", k.pnl, member, _dump([row["realized"], row["unrealized"]]))
         send("ZADD", k.pnl_ts, _micros(datetime.fromisoformat(row["ts"])), member)
+
+
+def _trading_rows(
+    holdings: dict[Any, Any], venues: dict[Any, Any]
+) -> dict[str, list[dict[str, Any]]]:
+    """Positions and paper accounts (``holdings``, ``venues`` hashes) as portable rows."""
+    positions = []
+    for position, raw in holdings.items():
+        core, symbol = json.loads(position)
+        positions.append({"core": core, "symbol": symbol, "doc": _text(raw)})
+    accounts = [{"venue": _text(venue), "doc": _text(raw)} for venue, raw in venues.items()]
+    return {"holdings": positions, "venue_accounts": accounts}
+
+
+def _stage_trading(staged: _StagedKeys, state: PortableState) -> None:
+    """Positions and paper accounts back into their hashes."""
+    k, send = staged.k, staged.send
+    for row in state.rows("holdings"):
+        send("HSET", k.holdings, _dump([row["core"], row["symbol"]]), row["doc"])
+    for row in state.rows("venue_accounts"):
+        send("HSET", k.venues, row["venue"], row["doc"])
 
 
 def _stage_incidents(staged: _StagedKeys, state: PortableState) -> None:
