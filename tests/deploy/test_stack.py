@@ -563,6 +563,8 @@ def test_embedded_service_stands_in_for_every_role_on_sqlite(compose: dict[str, 
     assert embedded["command"] == ["run"]
     env = embedded["environment"]
     assert env["ENABLE_REDIS"] == "false"
+    # The §2.2 restore is the first command on its fresh state volume (the guard allows it).
+    assert env["LUNIA_LOCAL"] == "1"
     assert not any(name.startswith("REDIS_") for name in env)
     assert "redis_password" not in embedded["secrets"]
     assert not embedded["depends_on"]
