@@ -288,8 +288,10 @@ def debian_mirror() -> str:
     for path in [Path("/etc/apt/sources.list"), *Path("/etc/apt/sources.list.d").glob("*")]:
         text = path.read_text() if path.is_file() else ""
         for match in re.finditer(r"^(?:deb\s+(?:\[[^\]]*\]\s+)?|URIs:\s*)(\S+)", text, re.M):
-            if "security" not in match.group(1):
-                return match.group(1)
+            uri = match.group(1).rstrip("/")
+            # Debian's own archive (…/debian), not its security suite or a vendor's repository.
+            if uri.endswith("/debian") and "security" not in uri:
+                return uri
     return "http://deb.debian.org/debian"
 
 
