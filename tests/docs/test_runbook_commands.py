@@ -88,17 +88,20 @@ MAKEFILE = ROOT / "Makefile"
 # What this module deliberately does not run, and why (each must still appear in the runbook).
 # Runbook §2.2's move between Redis and SQLite on the compose stack: the lunia steps inside
 # these lines run in tests/api/test_cli_store_move.py.
-_STORE_MOVE = "needs a Docker engine; its lunia steps run in tests/api/test_cli_store_move.py"
+_STORE_MOVE = (
+    "needs a Docker engine: `make stack-test` runs the sequence on the real stack "
+    "(tests/stack/drive.py); its lunia steps run in tests/api/test_cli_store_move.py"
+)
 _STORE_MOVE_LINES = (
     "exec worker lunia backup create --reason emergency",
     "stop api bot worker",
-    "run --rm --no-deps lunia backup list",
-    "run --rm --no-deps lunia backup verify ID",
-    "run --rm --no-deps lunia backup restore ID --yes",
-    "--profile embedded up -d lunia",
-    "exec lunia lunia checklist",
-    "exec lunia lunia backup create",
-    "stop lunia",
+    "run --rm --no-deps embedded backup list",
+    "run --rm --no-deps embedded backup verify ID",
+    "run --rm --no-deps embedded backup restore ID --yes",
+    "--profile embedded up -d embedded",
+    "exec embedded lunia checklist",
+    "exec embedded lunia backup create",
+    "stop embedded",
     "up -d redis",
     "run --rm api backup restore ID --yes",
     "up -d api bot worker",
@@ -110,6 +113,8 @@ NOT_RUN: dict[str, str] = {
     "docker compose -f docker-compose.prod.yml exec worker lunia backup list": "needs a Docker "
     "engine; the same command over the API is run (`--url URL --token TOKEN`)",
     "make up": "needs a Docker engine (`make -n` checks the recipe)",
+    "make stack-test": "needs root and builds images (`make -n` checks the recipe); CI runs "
+    "it after `make test` (.ci/run)",
     "make down": "needs a Docker engine (`make -n` checks the recipe)",
     "make test": "runs this very suite, after lint (`make -n` checks the recipe)",
     "make lint": "the lint gate `make test` runs first (`make -n` checks the recipe)",
@@ -262,6 +267,7 @@ MAKE_RECIPES: dict[str, str] = {
     "verify": "lunia audit verify",
     "smoke": "lunia smoke",
     "up": "docker compose -f docker-compose.prod.yml up -d --build",
+    "stack-test": "tests/stack/drive.py",
     "down": "docker compose -f docker-compose.prod.yml down",
 }
 
