@@ -24,7 +24,7 @@ _ERRORS: dict[int | str, dict[str, object]] = {
 @router.get("", response_model=Items[CoreInfo], responses=_ERRORS)
 async def list_cores(plane: PlaneDep, _: ViewerDep) -> Items[CoreInfo]:
     """Every core: enabled, running, essential, PnL and crashes."""
-    return Items[CoreInfo](items=plane.trading.cores())
+    return Items[CoreInfo](items=plane.cluster.cores())
 
 
 @router.post("/{name}/toggle", response_model=CoreInfo, responses=_ERRORS)

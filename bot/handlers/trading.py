@@ -82,7 +82,7 @@ async def failback(message: Message, plane: ControlPlane, ui: Ui, actor: Actor) 
 async def cores(message: Message, plane: ControlPlane, ui: Ui) -> None:
     """Every core: on/off, essential, PnL, crashes."""
     lines = ["⚙️ <b>Cores</b>"]
-    for c in plane.trading.cores():
+    for c in plane.cluster.cores():
         state = "🟢 on" if c.enabled else "⚪️ off"
         lines.append(
             f"{state} <b>{e(c.name)}</b>{' (essential)' if c.essential else ''} · "

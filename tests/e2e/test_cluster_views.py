@@ -207,6 +207,9 @@ async def test_any_replica_reports_the_whole_split_deployment_from_shared_state(
         running = [c for c in report["cores"] if c["freshness"] != "off"]
         assert running and all(c["freshness"] == "fresh" for c in running), report["cores"]
         assert all(v["healthy"] is not None for v in report["venues"] if v["role"] != "other")
+        # /api/v1/cores (and the bot's /cores) list the cores as the worker runs them.
+        cores = (await http.get("/api/v1/cores", headers=auth(VIEWER_TOKEN))).json()["items"]
+        assert any(c["enabled"] and c["last_run_at"] is not None for c in cores), cores
         status = (await http.get("/api/v1/status", headers=auth(VIEWER_TOKEN))).json()
         [processes] = [line for line in status["lines"] if line["label"] == "processes"]
         assert processes["ok"] is True

@@ -486,6 +486,7 @@ async def check_stack(stack: Stack, telegram: FakeTelegram, report: Report) -> N
     http = httpx.AsyncClient(timeout=10)
     async with http:
         await check_health(stack, http, report)
+        check_hardening(stack, report)
         await check_prometheus(stack, http, report)
         incident = await check_alert_to_incident(stack, http, report)
         await check_acknowledge_from_chat(stack, http, telegram, incident, report)
@@ -526,6 +527,25 @@ async def check_health(stack: Stack, http: httpx.AsyncClient, report: Report) ->
         if response.status_code != 200 or body["status"] != "ok":
             raise CheckFailed(f"/healthz on the api replica: {response.status_code} {body}")
         details.append(f"{sum(map(len, containers.values()))} containers healthy")
+
+
+def check_hardening(stack: Stack, report: Report) -> None:
+    with report.step("hardening: non-root, read-only root, s3 extra, Redis password") as details:
+        api = stack.containers("api")[0]
+        uid = stack.docker("exec", api, "id", "-u").strip()
+        if uid != "10001":
+            raise CheckFailed(f"the api runs as uid {uid}, not the image's unprivileged 10001")
+        probe = "open('/usr/lib/lunia-write-probe', 'w')"
+        wrote = run(["docker", "exec", api, "python", "-c", probe], env=stack.engine.env,
+                    check=False)  # fmt: skip
+        if wrote.returncode == 0 or "Read-only file system" not in wrote.stderr:
+            raise CheckFailed(f"the root filesystem is writable: {wrote.stderr[-300:]!r}")
+        stack.docker("exec", api, "python", "-c", "import boto3")  # the s3 extra is installed
+        redis = stack.containers("redis")[0]
+        anonymous = stack.docker("exec", redis, "redis-cli", "ping", check=False)
+        if "NOAUTH" not in anonymous:
+            raise CheckFailed(f"Redis answered a client without the password: {anonymous!r}")
+        details.append(f"uid {uid}, root read-only, boto3 importable, Redis NOAUTH without it")
 
 
 async def check_prometheus(stack: Stack, http: httpx.AsyncClient, report: Report) -> None:
