@@ -673,8 +673,11 @@ async def check_worker_failover(stack: Stack, report: Report) -> None:
         await eventually("standby leads", standby_leads, timeout=LEASE_TTL * 3, every=0.25)
         took = time.monotonic() - killed
         details.append(f"took {took:.1f} s (lease {LEASE_TTL:.0f} s)")
-        if took > LEASE_TTL + 5:
-            raise CheckFailed(f"standby took {took:.1f} s, lease is {LEASE_TTL:.0f} s")
+        # The documented bound: the lease's TTL plus a third of it (one renew interval), and a
+        # little for the gauge's refresh and this poll.
+        bound = LEASE_TTL * 4 / 3 + 3
+        if took > bound:
+            raise CheckFailed(f"standby took {took:.1f} s, more than {bound:.1f} s")
         stack.docker("start", first)
 
 
