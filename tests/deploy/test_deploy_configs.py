@@ -159,11 +159,14 @@ def test_shipped_rules_load_into_prometheus_with_severity_and_runbook(tmp_path: 
         assert rule["annotations"]["runbook"].startswith("RUNBOOK.md#"), rule["name"]
 
 
-@pytest.mark.slow
-def test_control_plane_down_inhibits_the_other_alerts(tmp_path: Path) -> None:
+def alertmanager_states(
+    tmp_path: Path, labels: list[dict[str, str]], expected: dict[str, str]
+) -> dict[str, str] | None:
+    """Post alerts with these labels to a real Alertmanager on the shipped config (its secret
+    path and receiver pointed at loopback, routes and inhibit rules as shipped) and return the
+    alerts' states once settled (see ``settled``)."""
     token = tmp_path / "alert_webhook_token"
     token.write_text("test-token\n")
-    # Same routes and inhibit rules; only the secret path and a closed loopback port differ.
     config = (
         ALERTMANAGER_CONFIG.read_text()
         .replace("/run/secrets/alert_webhook_token", str(token))
@@ -171,12 +174,7 @@ def test_control_plane_down_inhibits_the_other_alerts(tmp_path: Path) -> None:
     )
     now = datetime.now(UTC)
     window = {"startsAt": now.isoformat(), "endsAt": (now + timedelta(minutes=5)).isoformat()}
-    target = {"job": "lunia", "instance": "lunia-api:8000"}
-    alerts = [
-        {"labels": {"alertname": "ControlPlaneDown", "severity": "critical", **target}, **window},
-        {"labels": {"alertname": "RedisDown", "severity": "critical", **target}, **window},
-        {"labels": {"alertname": "BackupStale", "severity": "warning", "job": "other"}, **window},
-    ]
+    alerts = [{"labels": alert, **window} for alert in labels]
     with start_alertmanager(tmp_path, config) as alertmanager, httpx.Client() as client:
         client.post(f"{alertmanager.url}/api/v2/alerts", json=alerts).raise_for_status()
 
@@ -185,51 +183,45 @@ def test_control_plane_down_inhibits_the_other_alerts(tmp_path: Path) -> None:
             found = {a["labels"]["alertname"]: a["status"]["state"] for a in got}
             return found if len(found) == len(alerts) else None
 
-        expected = {
-            "ControlPlaneDown": "active",
-            "RedisDown": "suppressed",
-            # Inhibition is per job: another job's alerts still go out.
-            "BackupStale": "active",
-        }
-        assert settled(states, expected) == expected
+        return settled(states, expected)
+
+
+@pytest.mark.slow
+def test_control_plane_down_inhibits_the_other_alerts(tmp_path: Path) -> None:
+    target = {"job": "lunia", "instance": "lunia-api:8000"}
+    labels = [
+        {"alertname": "ControlPlaneDown", "severity": "critical", **target},
+        {"alertname": "RedisDown", "severity": "critical", **target},
+        {"alertname": "BackupStale", "severity": "warning", "job": "other"},
+    ]
+    expected = {
+        "ControlPlaneDown": "active",
+        "RedisDown": "suppressed",
+        # Inhibition is per job: another job's alerts still go out.
+        "BackupStale": "active",
+    }
+    assert alertmanager_states(tmp_path, labels, expected) == expected
 
 
 @pytest.mark.slow
 def test_redis_down_inhibits_the_alerts_it_causes(tmp_path: Path) -> None:
-    token = tmp_path / "alert_webhook_token"
-    token.write_text("test-token\n")
-    config = (
-        ALERTMANAGER_CONFIG.read_text()
-        .replace("/run/secrets/alert_webhook_token", str(token))
-        .replace("http://lunia-api:8000", "http://127.0.0.1:9")
-    )
-    now = datetime.now(UTC)
-    window = {"startsAt": now.isoformat(), "endsAt": (now + timedelta(minutes=5)).isoformat()}
     job = {"job": "lunia"}
-    alerts = [
-        {"labels": {"alertname": "RedisDown", "severity": "critical", **job}, **window},
-        {"labels": {"alertname": "NoWorkerLeading", "severity": "critical", **job}, **window},
-        {"labels": {"alertname": "TelegramBotDown", "severity": "warning", **job}, **window},
-        {"labels": {"alertname": "BusLag", "severity": "warning", "group": "g", **job}, **window},
-        {"labels": {"alertname": "OrderErrorRate", "severity": "warning", **job}, **window},
+    labels = [
+        {"alertname": "RedisDown", "severity": "critical", **job},
+        {"alertname": "NoWorkerLeading", "severity": "critical", **job},
+        {"alertname": "TelegramBotDown", "severity": "warning", **job},
+        {"alertname": "BusLag", "severity": "warning", "group": "g", **job},
+        {"alertname": "OrderErrorRate", "severity": "warning", **job},
     ]
-    with start_alertmanager(tmp_path, config) as alertmanager, httpx.Client() as client:
-        client.post(f"{alertmanager.url}/api/v2/alerts", json=alerts).raise_for_status()
-
-        def states() -> dict[str, str] | None:
-            got = client.get(f"{alertmanager.url}/api/v2/alerts").json()
-            found = {a["labels"]["alertname"]: a["status"]["state"] for a in got}
-            return found if len(found) == len(alerts) else None
-
-        expected = {
-            "RedisDown": "active",
-            "NoWorkerLeading": "suppressed",
-            "TelegramBotDown": "suppressed",
-            "BusLag": "suppressed",
-            # Not a consequence of the outage: still sent.
-            "OrderErrorRate": "active",
-        }
-        assert settled(states, expected) == expected
+    expected = {
+        "RedisDown": "active",
+        "NoWorkerLeading": "suppressed",
+        "TelegramBotDown": "suppressed",
+        "BusLag": "suppressed",
+        # Not a consequence of the outage: still sent.
+        "OrderErrorRate": "active",
+    }
+    assert alertmanager_states(tmp_path, labels, expected) == expected
 
 
 # Service helpers ----------------------------------------------------------------------------
