@@ -4,7 +4,6 @@ points, and the store is reconciled with the venue (paper, and ccxt against the 
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
@@ -23,18 +22,12 @@ from core.trading.engine import ADOPTED_CORE
 from core.trading.strategies import Intent
 from tests.conftest import RedisFactory, SettingsFactory
 from tests.fakes.exchanges import BinanceFake, credentials_env
+from tests.support.waiting import eventually
 
 ADMIN = Actor(kind=ActorKind.API, id="admin-1", name="admin-1", role=Role.ADMIN)
 QUIET = {"core_tick_seconds": 3600, "venue_probe_seconds": 3600, "pnl_snapshot_seconds": 3600}
 
 Build = Callable[..., Awaitable[ControlPlane]]
-
-
-async def until(condition: Callable[[], bool], timeout: float = 15.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
 
 
 @pytest.fixture(params=["sqlite", "redis"])
@@ -53,7 +46,7 @@ async def build(
         await plane.start()
         opened.append(plane)
         if lead:
-            await until(lambda: plane.duties.active)  # trading started (lease won with Redis)
+            await eventually(lambda: plane.duties.active)  # trading started (lease won with Redis)
         return plane
 
     yield make
@@ -169,7 +162,7 @@ async def test_restore_keeps_what_the_venue_holds_and_adopts_orders_placed_after
     balances = await plane.venues.active().balances()
 
     await plane.backups.restore(backup.id, ADMIN, confirm=True)
-    await until(lambda: plane.trading.exposure().total > 0)
+    await eventually(lambda: plane.trading.exposure().total > 0)
 
     assert plane.trading.exposure().total == pytest.approx(exposure)
     assert await plane.venues.active().balances() == balances  # the paper venue is not rewound
@@ -209,14 +202,14 @@ async def test_a_standby_taking_over_trades_on_the_leaders_positions(
             await plane.start()
             planes.append(plane)
         leader, standby = planes
-        await until(lambda: leader.duties.active)
+        await eventually(lambda: leader.duties.active)
         assert standby.standing_by
         await trade(leader)
         before = await picture(leader)
         # Standing by, it already shows the leader's booked positions (re-read every 2 s).
-        await until(lambda: standby.trading.exposure().total == before["exposure"], timeout=10)
+        await eventually(lambda: standby.trading.exposure().total == before["exposure"], timeout=10)
         await leader.close()  # hands the lease over
-        await until(lambda: standby.duties.active)
+        await eventually(lambda: standby.duties.active)
         assert await picture(standby) == before
     finally:
         for plane in reversed(planes):
@@ -244,7 +237,7 @@ async def test_a_restore_through_an_api_replica_is_caught_up_by_the_trading_work
             await plane.start()
             planes.append(plane)
         worker, api = planes
-        await until(lambda: worker.duties.active)
+        await eventually(lambda: worker.duties.active)
         await worker.trading.place_order("momentum", buy("BTC/USDT", 0.002))
         backup = await api.backups.create(ADMIN)
         late = await worker.trading.place_order("mean_reversion", buy("ETH/USDT", 0.02))

@@ -28,6 +28,7 @@ from core.security.exports import LAST_EXPORT
 from tests.conftest import SettingsFactory
 from tests.support.http import serve
 from tests.support.services import RedisServer, start_prometheus
+from tests.support.waiting import eventually
 
 RULES = Path(__file__).resolve().parents[2] / "deploy/prometheus/rules/lunia.rules.yml"
 
@@ -64,18 +65,6 @@ async def make_role(make_settings: SettingsFactory, tmp_path: Path) -> AsyncIter
         await plane.close()
 
 
-async def until(probe: Callable[[], Awaitable[bool] | bool], timeout: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        result = probe()
-        if not isinstance(result, bool):
-            result = await result
-        if result:
-            return
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.05)
-
-
 WORKER_LEASE = (("lease", "worker"),)
 
 
@@ -85,10 +74,10 @@ async def test_only_engine_processes_report_the_worker_lease(
 ) -> None:
     redis = {"enable_redis": True, "redis_url": redis_server.url}
     leader = await make_role(ProcessRole.WORKER, **redis)
-    await until(lambda: samples(leader, "lease_leader") == {WORKER_LEASE: 1.0})
+    await eventually(lambda: samples(leader, "lease_leader") == {WORKER_LEASE: 1.0})
     standby = await make_role(ProcessRole.WORKER, **redis)
     api = await make_role(ProcessRole.API, **redis)
-    await until(lambda: samples(standby, "lease_leader") == {WORKER_LEASE: 0.0})
+    await eventually(lambda: samples(standby, "lease_leader") == {WORKER_LEASE: 0.0})
     await asyncio.sleep(0.5)  # a few health refreshes of the api process
     # Only engine processes hold the worker lease: the api reports none, and the bot's lease
     # has its own name, so neither can hide or fake a missing worker leader.
@@ -98,7 +87,7 @@ async def test_only_engine_processes_report_the_worker_lease(
     assert samples(api, "redis_status")[(("redis_status", "disabled"),)] == 0.0
 
     await leader.close()  # hands the lease over: the standby leads
-    await until(lambda: samples(standby, "lease_leader") == {WORKER_LEASE: 1.0})
+    await eventually(lambda: samples(standby, "lease_leader") == {WORKER_LEASE: 1.0})
 
 
 async def test_a_replica_without_the_sender_reports_the_telegram_queue_age(
@@ -112,13 +101,13 @@ async def test_a_replica_without_the_sender_reports_the_telegram_queue_age(
     )
     message = OutboxMessage(channel="telegram", key="-100", payload={"text": "incident #1"})
     await plane.telegram_delivery.enqueue([message])
-    await until(lambda: samples(plane, "outbox_depth") == {(("channel", "telegram"),): 1.0})
+    await eventually(lambda: samples(plane, "outbox_depth") == {(("channel", "telegram"),): 1.0})
     first = samples(plane, "outbox_oldest_age_seconds")[(("channel", "telegram"),)]
 
     def aging() -> bool:  # the oldest message keeps aging while nothing sends it
         return samples(plane, "outbox_oldest_age_seconds")[(("channel", "telegram"),)] > first
 
-    await until(aging)
+    await eventually(aging)
 
 
 async def test_a_replica_without_a_bot_token_reports_no_telegram_queue(
@@ -145,7 +134,7 @@ async def test_every_replica_reports_the_last_audit_export_from_the_store(
     result = await tool.exports.export(OPERATOR, str(tmp_path / "exports"))
     exported_at = result.manifest.created_at.timestamp()
     for plane in (worker, api):
-        await until(lambda p=plane: samples(p, gauge) == {(): pytest.approx(exported_at)})
+        await eventually(lambda p=plane: samples(p, gauge) == {(): pytest.approx(exported_at)})
     assert api.health.snapshot().components["audit_export"].status == "ok"
 
     # Nine days later (the store says so): degraded with what to run, and the age a restarted
@@ -210,7 +199,7 @@ async def test_prometheus_judges_the_worker_leader_from_engine_processes_only(
                     scraped = await query('up{job="lunia"} == 1')
                     return len(scraped) == 2 and len(leases) == 1 and len(seen) == 2
 
-                await until(both_scraped, timeout=20)
+                await eventually(both_scraped, timeout=20)
                 [lease] = await query("lease_leader")
                 assert lease["metric"]["role"] == "worker" and lease["value"][1] == "1"
                 await asyncio.sleep(3)  # a few evaluations with both processes scraped
@@ -223,7 +212,7 @@ async def test_prometheus_judges_the_worker_leader_from_engine_processes_only(
                     states = await alert_states(client, prometheus.url)
                     return states.get("NoWorkerLeading") == "pending"  # fires after its 1m
 
-                await until(noticed, timeout=20)
+                await eventually(noticed, timeout=20)
 
 
 @pytest.mark.slow
@@ -234,8 +223,8 @@ async def test_a_worker_that_lost_its_lease_to_a_redis_outage_reports_it(
     cause, inhibits NoWorkerLeading in Alertmanager), and says it again once Redis is back."""
     redis = {"enable_redis": True, "redis_url": redis_server.url, "lease_ttl_seconds": 2}
     worker = await make_role(ProcessRole.WORKER, **redis)
-    await until(lambda: samples(worker, "lease_leader") == {WORKER_LEASE: 1.0})
+    await eventually(lambda: samples(worker, "lease_leader") == {WORKER_LEASE: 1.0})
     redis_server.kill()
-    await until(lambda: samples(worker, "lease_leader") == {WORKER_LEASE: 0.0})
+    await eventually(lambda: samples(worker, "lease_leader") == {WORKER_LEASE: 0.0})
     redis_server.start()
-    await until(lambda: samples(worker, "lease_leader") == {WORKER_LEASE: 1.0}, timeout=20)
+    await eventually(lambda: samples(worker, "lease_leader") == {WORKER_LEASE: 1.0}, timeout=20)

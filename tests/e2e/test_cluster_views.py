@@ -9,12 +9,11 @@ worker's scheduler posts the daily checklist, which the bot process sends.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from core.platform.roles import ProcessRole
 from tests.conftest import ADMIN_TOKEN, TOKENS, VIEWER_TOKEN, WEBHOOK_TOKEN, SettingsFactory, auth
 from tests.fakes.telegram import FakeTelegram
 from tests.support.services import RedisServer, free_port
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.slow  # a real lunia bot process and a real Redis
 
@@ -38,20 +38,6 @@ BEAT = 0.3  # HEARTBEAT_SECONDS: a process is absent 3 missed beats (0.9 s) afte
 SIGNING = "9f1c2e7a4b5d6e8f0a1b2c3d4e5f6a7b8c9d0e1f2a3b4c5d6e7f8a9b0c1d2e3f"
 CALLBACKS = "shared-signing-key-for-all-replicas"
 OPS_CLI = Actor(kind=ActorKind.CLI, id="ops", name="ops", role=Role.OPERATOR)
-
-
-async def eventually(check: Callable[[], Any], timeout: float = 15.0, what: str = "") -> Any:
-    """Poll ``check`` (sync or async) until it returns something truthy."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what or 'condition'}: not met within {timeout} s")
-        await asyncio.sleep(0.05)
 
 
 class Deployment:

@@ -8,8 +8,7 @@ concerned; tests/e2e/test_worker_failover.py runs real ``lunia worker`` processe
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -35,25 +34,12 @@ from tests.conftest import (
 from tests.fakes.telegram import FakeTelegram
 from tests.support.payloads import am_alert, am_payload
 from tests.support.services import RedisServer
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.slow  # end to end across replicas on a real Redis
 
 OPS = -1001000000001
 QUIET = {"core_tick_seconds": 3600, "venue_probe_seconds": 3600}
-
-
-async def eventually(check: Callable[[], Any], timeout: float = 10.0) -> Any:
-    """Poll ``check`` (sync or async) until it returns something truthy."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
-        await asyncio.sleep(0.05)
 
 
 @pytest.fixture
