@@ -355,13 +355,10 @@ class Stack:
         """Set the daily checklist to the minute that starts 1–2 minutes from now (called just
         before ``up``, so a slow image build does not make the stack miss it)."""
         self.checklist_at = datetime.fromtimestamp(time.time() + 120, UTC).strftime("%H:%M")
-        self.prepare(keep_secrets=True)
+        self.write_env()
 
-    def prepare(self, *, keep_secrets: bool = False) -> None:
+    def prepare(self) -> None:
         """A throwaway .env and secrets folder under var/stack-test/ (never the user's)."""
-        if keep_secrets:
-            self.write_env()
-            return
         shutil.rmtree(WORK, ignore_errors=True)
         (WORK / "secrets").mkdir(parents=True)
         for name in (
@@ -514,13 +511,9 @@ async def check_health(stack: Stack, http: httpx.AsyncClient, report: Report) ->
 
         await eventually("all containers healthy", all_healthy, timeout=180, every=2)
 
-        async def whole_deployment_ok() -> httpx.Response | None:
-            # The api replica reports the bot and the worker from their heartbeats (issue 19).
-            answer = await http.get(f"{stack.api}/healthz")
-            return answer if answer.json()["status"] == "ok" else None
-
+        # The api replica reports the bot and the worker from their heartbeats (issue 19).
         with contextlib.suppress(CheckFailed):
-            await eventually("/healthz ok on the api replica", whole_deployment_ok, timeout=30)
+            await eventually("/healthz ok", lambda: healthz_ok(stack, http), timeout=30)
         response = await http.get(f"{stack.api}/healthz")
         body = response.json()
         details.append(f"/healthz {response.status_code} {body['status']}")
@@ -690,30 +683,20 @@ async def check_redis_outage(stack: Stack, http: httpx.AsyncClient, report: Repo
             return bool(body["components"].get("redis", {}).get("status") != "ok")
 
         await eventually("api sees Redis down", degraded, timeout=30)
-        token = stack.secret_values["alert_webhook_token"]
-        response = await http.post(
-            f"{stack.api}/api/v1/alerts/alertmanager",
-            headers={"Authorization": f"Bearer {token}"},
-            json=webhook_body("SpooledDuringOutage", "5b0a7c1e9d2f3a44"),
-        )
+        response = await post_alert(stack, http, "SpooledDuringOutage", "5b0a7c1e9d2f3a44")
         details.append(f"webhook during outage: {response.status_code}")
         if not response.is_success:
             raise CheckFailed(f"alert during the outage refused: {response.status_code}")
         stack.compose("start", "redis")
 
         async def replayed() -> bool:
-            incidents = await http.get(f"{stack.api}/api/v1/incidents", headers=stack.auth)
-            return incidents.is_success and "SpooledDuringOutage" in incidents.text
+            return "SpooledDuringOutage" in await incident_titles(stack, http)
 
         await eventually("spooled alert replayed into an incident", replayed, timeout=60)
         details.append("replayed")
         back = time.monotonic()
 
-        async def whole_again() -> bool:
-            answer = await http.get(f"{stack.api}/healthz")
-            return bool(answer.json()["status"] == "ok")
-
-        await eventually("/healthz ok again after Redis is back", whole_again, timeout=60)
+        await eventually("/healthz ok again", lambda: healthz_ok(stack, http), timeout=60)
         details.append(f"whole again {time.monotonic() - back:.1f} s after the replay")
 
 
@@ -721,6 +704,23 @@ async def check_smoke(stack: Stack, report: Report) -> None:
     with report.step("make smoke against the deployment (LUNIA_URL, its tokens)") as details:
         out = stack.make("smoke")
         details.append(out.strip().splitlines()[-1] if out.strip() else "")
+
+
+async def healthz_ok(stack: Stack, http: httpx.AsyncClient) -> bool:
+    """Whether the api replica's /healthz says the whole deployment is ok."""
+    return bool((await http.get(f"{stack.api}/healthz")).json()["status"] == "ok")
+
+
+async def post_alert(
+    stack: Stack, http: httpx.AsyncClient, alertname: str, fingerprint: str
+) -> httpx.Response:
+    """One firing alert straight to the api's Alertmanager webhook, with the stack's token."""
+    token = stack.secret_values["alert_webhook_token"]
+    return await http.post(
+        f"{stack.api}/api/v1/alerts/alertmanager",
+        headers={"Authorization": f"Bearer {token}"},
+        json=webhook_body(alertname, fingerprint),
+    )
 
 
 async def incident_titles(stack: Stack, http: httpx.AsyncClient) -> str:
@@ -760,12 +760,7 @@ async def check_redis_lost_for_good(stack: Stack, http: httpx.AsyncClient, repor
             raise CheckFailed("the embedded store lacks the incident taken over from Redis")
         details.append(f"{taken} → sqlite")
         # Work done while on SQLite must come back: an incident opened there.
-        token = stack.secret_values["alert_webhook_token"]
-        opened = await http.post(
-            f"{stack.api}/api/v1/alerts/alertmanager",
-            headers={"Authorization": f"Bearer {token}"},
-            json=webhook_body("WhileOnSqlite", "8c1d0e2f3a4b5c6d"),
-        )
+        opened = await post_alert(stack, http, "WhileOnSqlite", "8c1d0e2f3a4b5c6d")
         opened.raise_for_status()
         embedded = stack.containers("embedded")[0]
         back = backup_id(stack.lunia(embedded, "backup", "create", "--reason", "manual"))
