@@ -16,11 +16,12 @@ is refused.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, NamedTuple, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_core import ErrorDetails
@@ -59,9 +60,7 @@ _RFC3339 = re.compile(
     r"(\d{4}-\d{2}-\d{2})[Tt](\d{2}:\d{2}:\d{2})(?:\.(\d{1,9}))?([Zz]|[+-]\d{2}:\d{2})"
 )
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-# A JSON string literal (escapes included), so brackets inside strings are not counted as nesting.
-_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
-_NOT_BRACKET = re.compile(rb"[^\[\]{}]+")
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 # JSON may escape half a surrogate pair (``"\ud800"``); such text cannot be stored as UTF-8.
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
@@ -83,8 +82,12 @@ def check_nesting(raw: bytes, limit: int = MAX_JSON_DEPTH) -> None:
     openers = raw.count(b"[") + raw.count(b"{")
     if openers <= limit:
         return  # cannot be deeper than the number of brackets it opens
-    # Strings may hold any brackets; counting only the ones outside them is a linear scan.
-    brackets = _NOT_BRACKET.sub(b"", _JSON_STRING.sub(b'""', raw))
+    # Strings may hold any brackets: only the ones outside them count. Dropping escaped
+    # backslashes, then escaped quotes (left to right, as a JSON parser reads escapes), leaves
+    # only the quotes that open and close strings: every other piece between them is outside.
+    unescaped = raw.replace(b"\\\\", b"").replace(b'\\"', b"")
+    outside = b"".join(unescaped.split(b'"')[::2])
+    brackets = outside.translate(None, _NOT_BRACKETS)
     depth = 0
     for byte in brackets:
         depth += 1 if byte in b"[{" else -1
@@ -99,6 +102,11 @@ def _parse_timestamp(value: object) -> datetime:
     """Parse an RFC 3339 timestamp (up to nanoseconds, offset required) into UTC."""
     if not isinstance(value, str):
         raise ValueError("expected an RFC 3339 timestamp string")
+    return _parse_rfc3339(value)
+
+
+@functools.lru_cache(maxsize=4096)  # a group's alerts share times (endsAt: Go's zero time)
+def _parse_rfc3339(value: str) -> datetime:
     match = _RFC3339.fullmatch(value)
     if match is None:
         raise ValueError("not an RFC 3339 timestamp with a time zone")
@@ -351,7 +359,7 @@ def _validate(model: type[_Model], body: Any) -> _Model:
 
 def _clean(text: str) -> str:
     """Text that can be stored and sent: a lone surrogate becomes U+FFFD."""
-    return _LONE_SURROGATE.sub("\ufffd", text)
+    return text if text.isascii() else _LONE_SURROGATE.sub("\ufffd", text)
 
 
 def _cut(text: str, limit: int) -> str:
@@ -368,6 +376,8 @@ class _Bounds:
 
     def text(self, what: str, value: str, limit: int) -> str:
         """``value`` cleaned and cut to ``limit`` characters (noted under ``what``)."""
+        if len(value) <= limit and value.isascii():
+            return value  # most text: nothing to clean, nothing to cut
         value = _clean(value)
         if len(value) <= limit:
             return value
@@ -378,6 +388,14 @@ class _Bounds:
 
     def mapping(self, what: str, values: dict[str, str], limit: int) -> dict[str, str]:
         """Labels or annotations with names and values cut, at most ``MAX_LABELS`` of them."""
+        if (  # most labels: few, short and ASCII; kept as sent without a look at each
+            len(values) <= MAX_LABELS
+            and max(map(len, values), default=0) <= NAME_MAX_CHARS
+            and max(map(len, values.values()), default=0) <= limit
+            and "".join(values).isascii()
+            and "".join(values.values()).isascii()
+        ):
+            return dict(values)
         items = list(values.items())
         if len(items) > MAX_LABELS:
             self.notes.append(f"kept the first {MAX_LABELS} of {len(items)} {what}")
@@ -430,7 +448,7 @@ def _status(item: _GroupedAlert, ends_at: datetime | None, received_at: datetime
     return AlertStatus.FIRING
 
 
-class _Times(BaseModel):
+class _Times(NamedTuple):
     """An alert's start and end as read, and as hashed for its dedup key (as sent, when
     unreadable, so a sender's retry still matches)."""
 
@@ -472,7 +490,7 @@ def _grouped_times(item: _GroupedAlert, received_at: datetime, bounds: _Bounds) 
             else:
                 outcome = "the alert was taken as not ended"
             bounds.notes.append(f"endsAt {end_hash} is not an RFC 3339 timestamp; {outcome}")
-    return _Times(starts_at=starts_at, ends_at=ends_at, hashed=(start_hash, end_hash))
+    return _Times(starts_at, ends_at, (start_hash, end_hash))
 
 
 def _title_from_labels(labels: dict[str, str]) -> str:
@@ -535,6 +553,7 @@ def parse_alertmanager(body: Any, *, received_at: datetime | None = None) -> lis
     """Turn an Alertmanager webhook (v4) body into one ``Alert`` per alert in the group."""
     payload = _validate(_AlertmanagerPayload, body)
     now = received_at or utcnow()
+    group_key = payload.derived_group_key
 
     def convert(item: _AlertmanagerAlert) -> Alert:
         labels = item.labels or {}
@@ -544,7 +563,7 @@ def parse_alertmanager(body: Any, *, received_at: datetime | None = None) -> lis
             repaired.append(f"the alert carried no alertname; titled {title}")
         return _from_grouped(
             AlertSource.ALERTMANAGER,
-            payload.derived_group_key,
+            group_key,
             item,
             title=title,
             annotations=dict(item.annotations or {}),
@@ -560,6 +579,7 @@ def parse_grafana(body: Any, *, received_at: datetime | None = None) -> list[Ale
     """Turn a Grafana webhook contact point body into one ``Alert`` per alert in the group."""
     payload = _validate(_GrafanaPayload, body)
     now = received_at or utcnow()
+    group_key = payload.derived_group_key
 
     def convert(item: _GrafanaAlert) -> Alert:
         labels = item.labels or {}
@@ -580,7 +600,7 @@ def parse_grafana(body: Any, *, received_at: datetime | None = None) -> list[Ale
             annotations.setdefault("valueString", item.value_string)
         return _from_grouped(
             AlertSource.GRAFANA,
-            payload.derived_group_key,
+            group_key,
             item,
             title=title,
             annotations=annotations,

@@ -21,6 +21,7 @@ resolved less than ``reopen_window`` ago, and opens a new one otherwise.
 from __future__ import annotations
 
 import enum
+import functools
 import json
 from datetime import datetime, timedelta
 from typing import Any
@@ -309,6 +310,7 @@ class Rules(BaseModel):
         return now + timedelta(seconds=step.ack_timeout_seconds)
 
 
+@functools.cache  # one per source: an Actor is frozen, and every alert's change names one
 def source_actor(source: AlertSource) -> Actor:
     """The actor recorded for changes an alert source causes."""
     return Actor(kind=ActorKind.SYSTEM, id=source.value, name=source.value, role=Role.OPERATOR)
@@ -342,7 +344,8 @@ def legacy_key(alert: Alert) -> str:
 
 
 def _member(alert: Alert, now: datetime) -> Member:
-    return Member(
+    # From a validated Alert: nothing to check again (one per alert of every webhook).
+    return Member.model_construct(
         fingerprint=alert.fingerprint,
         status=alert.status,
         severity=alert.severity,

@@ -115,8 +115,9 @@ class HeldChange:
             self._hidden += 1
             self._joined += len(change.incident.group) > len(held.group)
             self._resolved += change.incident.firing_members < held.firing_members
-        self.change.outbox.extend(change.outbox)  # in place: the held change is ours alone
-        self.change = self.change.model_copy(update={"incident": change.incident})
+        # In place: the held change is ours alone (``final`` hands out a copy).
+        self.change.outbox.extend(change.outbox)
+        self.change.incident = change.incident
         return True
 
     def final(self) -> Change:

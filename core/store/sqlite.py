@@ -8,6 +8,7 @@ with its own connection, so the event loop never blocks on disk.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -15,6 +16,7 @@ import shutil
 import sqlite3
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -72,6 +74,12 @@ logger = logging.getLogger(__name__)
 
 # The one file a snapshot of this store consists of.
 SNAPSHOT_FILE = "state.db"
+# The WAL is copied back into the database by a thread of its own, at most this often while
+# writes come, instead of by whichever commit crosses SQLite's threshold: the copy ends in
+# fsyncs (tens of ms here) that would stall that commit and every webhook waiting behind it.
+CHECKPOINT_SECONDS = 1.0
+# SQLite's own checkpoint on commit stays as a backstop, should the thread fall behind (pages).
+BACKSTOP_CHECKPOINT_PAGES = 16_000
 
 T = TypeVar("T")
 
@@ -384,6 +392,9 @@ class SqliteStore:
         self._reader_conns: list[sqlite3.Connection] = []
         self._conns_lock = threading.Lock()
         self._ingests = GroupCommit[_IngestJob, IngestOutcome](self._commit_ingests)
+        self._checkpointer: ThreadPoolExecutor | None = None
+        self._checkpoint_conn: sqlite3.Connection | None = None
+        self._checkpoint_due = 0.0  # monotonic time the next checkpoint may start
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -391,6 +402,9 @@ class SqliteStore:
         """Create the file if needed, switch to WAL and run pending migrations."""
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-writer")
+        self._checkpointer = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="sqlite-checkpoint"
+        )
         self._reader_pool = ThreadPoolExecutor(
             max_workers=self._readers, thread_name_prefix="sqlite-reader"
         )
@@ -399,6 +413,7 @@ class SqliteStore:
     def _open_writer(self) -> None:
         try:
             self._write_conn = _connect(self.path)
+            self._write_conn.execute(f"PRAGMA wal_autocheckpoint={BACKSTOP_CHECKPOINT_PAGES}")
             self._migrate(self._write_conn)
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"cannot open state database {self.path}: {exc}") from exc
@@ -427,6 +442,12 @@ class SqliteStore:
         """Close every connection and stop the threads; safe to call twice."""
         writer, readers = self._writer, self._reader_pool
         self._writer = self._reader_pool = None
+        checkpointer, self._checkpointer = self._checkpointer, None
+        if checkpointer is not None:
+            checkpointer.shutdown(wait=True)
+            if self._checkpoint_conn is not None:
+                self._checkpoint_conn.close()
+                self._checkpoint_conn = None
         if writer is not None:
             await asyncio.get_running_loop().run_in_executor(writer, self._close_writer)
             writer.shutdown(wait=True)
@@ -482,7 +503,29 @@ class SqliteStore:
             conn.execute("COMMIT")
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"state database write failed: {exc}") from exc
+        self._schedule_checkpoint()
         return result
+
+    def _schedule_checkpoint(self) -> None:
+        """Have the checkpoint thread copy the WAL back, unless it did so less than
+        ``CHECKPOINT_SECONDS`` ago (called by the writer thread after each commit)."""
+        now = time.monotonic()
+        checkpointer = self._checkpointer
+        if checkpointer is None or now < self._checkpoint_due:
+            return
+        self._checkpoint_due = now + CHECKPOINT_SECONDS
+        with contextlib.suppress(RuntimeError):  # shut down meanwhile: closing checkpoints
+            checkpointer.submit(self._checkpoint)
+
+    def _checkpoint(self) -> None:
+        """A PASSIVE checkpoint on a connection of its own: it copies what no reader still
+        needs and waits for nobody, so the writer and the readers go on meanwhile."""
+        try:
+            if self._checkpoint_conn is None:
+                self._checkpoint_conn = _connect(self.path)
+            self._checkpoint_conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        except sqlite3.DatabaseError as exc:  # the backstop checkpoint on commit remains
+            logger.warning("background WAL checkpoint failed: %s", exc)
 
     async def ping(self) -> None:
         """Raise ``StoreUnavailable`` unless a read answers."""

@@ -9,11 +9,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from core.errors import InvalidInput
 from core.incidents.receivers import (
     MAX_ALERTS_PER_PAYLOAD,
     PayloadError,
+    check_nesting,
     parse_alertmanager,
     parse_falco,
     parse_grafana,
@@ -814,3 +817,36 @@ def test_one_bad_alert_refuses_the_whole_group() -> None:
         parse_alertmanager(body)
     # The sample itself is untouched and still parses in full.
     assert len(parse_alertmanager(AM_FIRING)) == 2
+
+
+# --- nesting limit -------------------------------------------------------------------------
+
+# Text made of what could fool a bracket count: brackets, quotes, backslashes, escapes.
+_TRICKY_TEXT = st.text(alphabet='[]{}"\\/nu0a ', max_size=12)
+_JSON_VALUES = st.recursive(
+    st.none() | st.integers() | _TRICKY_TEXT,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_TRICKY_TEXT, inner, max_size=3),
+    max_leaves=30,
+)
+
+
+def _depth(value: Any) -> int:
+    """How deep arrays and objects nest in ``value`` (a scalar: 0)."""
+    if isinstance(value, list):
+        return 1 + max(map(_depth, value), default=0)
+    if isinstance(value, dict):
+        return 1 + max(map(_depth, value.values()), default=0)
+    return 0
+
+
+@given(value=_JSON_VALUES, limit=st.integers(min_value=0, max_value=6), ascii_only=st.booleans())
+@settings(max_examples=400, deadline=None)
+def test_nesting_check_counts_only_brackets_outside_strings(
+    value: Any, limit: int, ascii_only: bool
+) -> None:
+    raw = json.dumps(value, ensure_ascii=ascii_only).encode()
+    if _depth(value) > limit:
+        with pytest.raises(PayloadError, match=f"deeper than {limit} levels"):
+            check_nesting(raw, limit)
+    else:
+        check_nesting(raw, limit)
