@@ -26,6 +26,7 @@ from api.app import create_app
 from core.config.settings import Settings
 from core.control_plane import ControlPlane
 from core.errors import ConfigError
+from core.platform import heap
 from core.platform.roles import ProcessRole
 
 logger = logging.getLogger(__name__)
@@ -111,6 +112,7 @@ async def serve(settings: Settings, role: ProcessRole = ProcessRole.ALL) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop, sig)
         announce(plane)
+        heap.settle()  # start-up's objects out of the collector's way from here on
         try:
             await server.serve()
         except SystemExit as exc:  # uvicorn exits when it cannot bind

@@ -45,6 +45,7 @@ from bot.app import TelegramBot  # noqa: E402
 from core.config.settings import Settings  # noqa: E402
 from core.control_plane import ControlPlane  # noqa: E402
 from core.models.incidents import EventKind, IncidentEvent  # noqa: E402
+from core.platform import heap  # noqa: E402
 from tests.fakes.telegram import Call, FakeTelegram  # noqa: E402
 from tests.support.payloads import am_alert, am_payload  # noqa: E402
 from tests.support.services import free_port, start_redis  # noqa: E402
@@ -81,6 +82,7 @@ def bare_app(path: Path) -> FastAPI:
 
 
 async def serving(app: Any) -> tuple[EmbeddedServer, asyncio.Task[None], str]:
+    heap.settle()  # as `lunia run` does before serving (the reference gets the same)
     port = free_port()
     server = EmbeddedServer(
         uvicorn.Config(
