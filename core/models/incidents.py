@@ -171,7 +171,9 @@ class Incident(BaseModel):
 
     def roster(self) -> _Roster:
         """The members by fingerprint with their counts (built once per members list)."""
-        roster = self._roster
+        # Read where pydantic keeps private attributes: ``self._roster`` would go through
+        # BaseModel.__getattr__, several times per alert of every webhook.
+        roster: _Roster | None = (self.__pydantic_private__ or {}).get("_roster")
         if roster is not None and roster.members is self.members:
             return roster
         roster = _Roster({m.fingerprint: m for m in self.group})
@@ -344,8 +346,7 @@ def legacy_key(alert: Alert) -> str:
 
 
 def _member(alert: Alert, now: datetime) -> Member:
-    # From a validated Alert: nothing to check again (one per alert of every webhook).
-    return Member.model_construct(
+    return Member(
         fingerprint=alert.fingerprint,
         status=alert.status,
         severity=alert.severity,
