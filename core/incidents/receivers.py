@@ -126,6 +126,7 @@ def _parse_end_timestamp(value: object) -> datetime | None:
     return None if parsed == _GO_ZERO_TIME else parsed
 
 
+@functools.lru_cache(maxsize=4096)  # as for parsing: a group's alerts share their times
 def _iso(moment: datetime | None) -> str | None:
     """The canonical text of a parsed timestamp, for hashing."""
     return None if moment is None else moment.isoformat()

@@ -308,13 +308,18 @@ def _opt_ts(value: datetime | None) -> str | None:
     return None if value is None else _ts(value)
 
 
-class _EventDoc(BaseModel):
-    """How an incident event is stored (serialised in one pass by pydantic)."""
+class _EventHead(BaseModel):
+    """How an incident event is stored, but for its ``incident``: that member is the very JSON
+    just written into ``incidents.doc``, spliced in rather than serialised a second time (a
+    big group's member list is most of it)."""
 
     kind: EventKind
     actor: Actor
     detail: str
-    incident: Incident
+
+    def with_incident(self, incident_json: str) -> str:
+        """The whole event document: this object's members, then ``"incident"``."""
+        return f'{self.model_dump_json()[:-1]},"incident":{incident_json}}}'
 
 
 _IngestJob = tuple[Sequence[Alert], AlertPlanner]
@@ -720,8 +725,9 @@ class SqliteStore:
         return None if row is None else Incident.model_validate_json(row["doc"])
 
     @staticmethod
-    def _save_incident(conn: sqlite3.Connection, incident: Incident) -> Incident:
-        """Insert (id 0) or update an incident; returns it with its id and new version."""
+    def _save_incident(conn: sqlite3.Connection, incident: Incident) -> tuple[Incident, str]:
+        """Insert (id 0) or update an incident; returns it with its id and new version, and
+        the JSON stored for it."""
         now = utcnow()
         if incident.id == 0:
             # Only the writer thread inserts, inside BEGIN IMMEDIATE: the next id is ours.
@@ -742,20 +748,19 @@ class SqliteStore:
                 _opt_ts(incident.deadline),
                 _opt_ts(incident.resolved_at),
                 _ts(now),
-                incident.model_dump_json(),
+                doc := incident.model_dump_json(),
                 incident.id,
             ),
         )
-        return incident
+        return incident, doc
 
     def _apply_change(
         self, conn: sqlite3.Connection, change: Change, before: IncidentState | None
     ) -> IncidentEvent:
-        incident = self._save_incident(conn, change.incident)
+        incident, incident_json = self._save_incident(conn, change.incident)
         now = utcnow()
-        doc = _EventDoc(
-            kind=change.kind, actor=change.actor, detail=change.detail, incident=incident
-        ).model_dump_json()
+        head = _EventHead(kind=change.kind, actor=change.actor, detail=change.detail)
+        doc = head.with_incident(incident_json)
         cursor = conn.execute(
             "INSERT INTO incident_events (incident_id, ts, kind, doc) VALUES (?,?,?,?)",
             (incident.id, _ts(now), change.kind.value, doc),
