@@ -335,8 +335,13 @@ def incident_key(alert: Alert) -> str:
     """The key of the incident ``alert`` belongs to: its group, or its own condition."""
     if alert.group_key is None or alert.source is AlertSource.ENGINE:
         return legacy_key(alert)
-    # Hashed: a group key can be long (every group label), the store indexes this one.
-    return f"{alert.source.value}:group:{stable_hash(alert.group_key)}"
+    return f"{alert.source.value}:group:{_group_hash(alert.group_key)}"
+
+
+@functools.lru_cache(maxsize=4096)  # a webhook's alerts share their group's key
+def _group_hash(group_key: str) -> str:
+    """Hashed: a group key can be long (every group label), the store indexes this one."""
+    return stable_hash(group_key)
 
 
 def legacy_key(alert: Alert) -> str:

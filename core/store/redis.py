@@ -1160,12 +1160,13 @@ class RedisStore:
             await apply(hold)
         for dedup, incident_id, alert in rows:
             alert_id = await tx.next_id(k.alerts_seq)
-            doc = {
-                "incident_id": incident_id,
-                "received_at": received,
-                "alert": alert.model_dump(mode="json"),
-            }
-            tx.hset(k.alerts, alert_id, _dump(doc))
+            # {"incident_id", "received_at", "alert"}, the alert serialised by pydantic in one
+            # pass (its dict through json.dumps cost three times as much, per alert).
+            doc = (
+                f'{{"incident_id":{_dump(incident_id)},"received_at":{_dump(received)},'
+                f'"alert":{alert.model_dump_json()}}}'
+            )
+            tx.hset(k.alerts, alert_id, doc)
             tx.hset(k.dedup, dedup, alert_id)
             if incident_id is not None:
                 tx.zadd(k.incident_alerts(incident_id), alert_id, alert_id)
