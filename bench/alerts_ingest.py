@@ -130,8 +130,9 @@ async def drive(
 
 
 async def history(settings: Settings, rounds: int, size: int, concurrency: int) -> list[float]:
-    """Alerts/s of each round of 40k new alerts (an incident per webhook's group), piling up."""
-    plane = ControlPlane(settings)
+    """Alerts/s of each round of 40k new alerts, each an incident of its own (ALERT_GROUP_BY
+    alertname: every alert is named apart), so 5 rounds leave 200k incidents stored."""
+    plane = ControlPlane(settings.model_copy(update={"alert_group_by": ["alertname"]}))
     await plane.start()
     server, task, url = await serving(create_app(plane))
     per_round = 40_000 // size

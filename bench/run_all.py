@@ -40,6 +40,7 @@ BENCHES = (
     Bench("http_probes.py", "Probes and scrapes: `/healthz`, `/metrics`", ("--seconds", "5"), 180),
     # Fewer alerts timed through to Telegram than by hand (20/min per group makes each ~3 s).
     Bench("alerts_ingest.py", "Alert ingestion and webhook → Telegram", ("--pages", "5"), 240),
+    Bench("query_plans.py", "SQLite hot-path query plans", ("--history", "2000"), 180),
     Bench("telegram_storm.py", "Alert storm → Telegram", (), 180),
     Bench("backup.py", "Backup, verify, restore", ("--audit", "20000", "--incidents", "2000"), 180),
 )
