@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -41,6 +41,12 @@ if TYPE_CHECKING:
 MAX_BODY_BYTES = 1024 * 1024
 
 
+class Observer(Protocol):
+    """One series of a histogram (what ``Histogram.labels`` returns)."""
+
+    def observe(self, amount: float) -> None: ...
+
+
 class RequestMetrics:
     """Times every HTTP request into ``request_duration_seconds`` by route template, with
     labels bounded whatever clients send (core/platform/metrics.py): unknown paths and methods,
@@ -49,6 +55,9 @@ class RequestMetrics:
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
         self.metrics = metrics
+        # The histogram's child per label values, bounded as the labels are: labels() checks
+        # and locks on every call, a dict lookup does not (probes come thousands a second).
+        self._series: dict[tuple[str, str, str], Observer] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -73,9 +82,11 @@ class RequestMetrics:
             if 400 <= status < 500 and not (scope.get("state") or {}).get(AUTHENTICATED):
                 route = UNMATCHED_ROUTE
             method = ANY_METHOD if route == UNMATCHED_ROUTE else method_label(method)
-            self.metrics.request_duration.labels(route, method, str(status)).observe(
-                time.perf_counter() - started
-            )
+            labels = (route, method, str(status))
+            series = self._series.get(labels)
+            if series is None:
+                series = self._series[labels] = self.metrics.request_duration.labels(*labels)
+            series.observe(time.perf_counter() - started)
 
 
 def route_label(route: object, method: str) -> str:
@@ -99,7 +110,7 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = dict(scope.get("headers") or []).get(b"content-length")
+        declared = next((v for k, v in scope["headers"] if k == b"content-length"), None)
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
             await _too_large(send, self.limit)
             return

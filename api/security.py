@@ -34,6 +34,9 @@ _COMMON_HEADERS = (
 # JSON and text may load nothing; HTML (the /docs pages) keeps its scripts but cannot be framed.
 _CSP_STRICT = b"default-src 'none'; frame-ancestors 'none'"
 _CSP_HTML = b"frame-ancestors 'none'"
+_STRICT_HEADERS = (*_COMMON_HEADERS, (b"content-security-policy", _CSP_STRICT))
+_HTML_HEADERS = (*_COMMON_HEADERS, (b"content-security-policy", _CSP_HTML))
+_ADDED_NAMES = frozenset(name for name, _ in _STRICT_HEADERS)
 
 
 class SecurityHeaders:
@@ -51,11 +54,15 @@ class SecurityHeaders:
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers") or [])
                 present = {name.lower() for name, _ in headers}
-                content_type = dict(headers).get(b"content-type", b"")
-                csp = _CSP_HTML if content_type.startswith(b"text/html") else _CSP_STRICT
-                for name, value in (*_COMMON_HEADERS, (b"content-security-policy", csp)):
-                    if name not in present:
-                        headers.append((name, value))
+                html = any(
+                    name.lower() == b"content-type" and value.startswith(b"text/html")
+                    for name, value in headers
+                )
+                added = _HTML_HEADERS if html else _STRICT_HEADERS
+                if present.isdisjoint(_ADDED_NAMES):  # as almost always: all of them at once
+                    headers.extend(added)
+                else:
+                    headers.extend(h for h in added if h[0] not in present)
                 message["headers"] = headers
             await send(message)
 
