@@ -79,6 +79,13 @@ class PnlPoint(BaseModel):
         return self.realized + self.unrealized
 
 
+def splice_incident(head_json: str, incident_json: str) -> str:
+    """A stored event's JSON: the members of ``head_json`` (an object with at least one) and
+    ``"incident"``, the incident's JSON as just stored, spliced in rather than serialised a
+    second time (a big group's member list is most of an event)."""
+    return f'{head_json[:-1]},"incident":{incident_json}}}'
+
+
 class HeldChange:
     """One webhook's consecutive updates of one incident, kept as a single change until
     something else comes: a group's alerts arrive together, and a save plus an event per

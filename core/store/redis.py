@@ -138,6 +138,7 @@ from core.store import (
     StoredAlert,
     StoreSnapshot,
     flag_version_conflict,
+    splice_incident,
 )
 from core.store.group_commit import GroupCommit
 from core.store.portable import (
@@ -653,8 +654,9 @@ class _IncidentWork:
         found = await self._index(self._latest, self._k.latest, key)
         return None if found is None else await self.get(found)
 
-    async def save(self, incident: Incident) -> Incident:
-        """Insert (id 0) or update an incident and its indexes; returns it with id and version."""
+    async def save(self, incident: Incident) -> tuple[Incident, str]:
+        """Insert (id 0) or update an incident and its indexes; returns it with id and version,
+        and the JSON stored for it."""
         tx, k = self._tx, self._k
         previous: Incident | None = None
         if incident.id == 0:
@@ -668,7 +670,7 @@ class _IncidentWork:
         if incident.is_open and open_id not in (None, iid):
             # The SQLite store's unique index on open incidents per key refuses the same.
             raise StoreError(f"incident key {incident.key!r} already has open incident #{open_id}")
-        tx.hset(k.incidents, iid, incident.model_dump_json())
+        tx.hset(k.incidents, iid, doc := incident.model_dump_json())
         tx.zadd(k.incidents_all, iid, iid)
         if previous is not None and previous.state is not incident.state:
             tx.zrem(k.state(previous.state), iid)
@@ -699,7 +701,7 @@ class _IncidentWork:
             tx.hset(k.latest, incident.key, iid)
             self._latest[incident.key] = iid
         self._docs[iid] = incident
-        return incident
+        return incident, doc
 
 
 _IngestJob = tuple[Sequence[Alert], AlertPlanner]
@@ -1035,7 +1037,7 @@ class RedisStore:
     async def _apply_change(
         self, tx: _Tx, work: _IncidentWork, change: Change, before: IncidentState | None
     ) -> IncidentEvent:
-        incident = await work.save(change.incident)
+        incident, incident_json = await work.save(change.incident)
         now = utcnow()
         seq = await tx.next_id(self._k.events_seq)
         event = IncidentEvent(
@@ -1046,7 +1048,8 @@ class RedisStore:
             actor=change.actor,
             detail=change.detail,
         )
-        tx.send("XADD", self._k.events, f"{seq}-0", _ENTRY, event.model_dump_json())
+        head = event.model_dump_json(exclude={"incident"})
+        tx.send("XADD", self._k.events, f"{seq}-0", _ENTRY, splice_incident(head, incident_json))
         tx.zadd(self._k.incident_events(incident.id), seq, seq)
         if change.audit:
             await self._append_audit(

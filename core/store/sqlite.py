@@ -66,6 +66,7 @@ from core.store import (
     StoredAlert,
     StoreSnapshot,
     flag_version_conflict,
+    splice_incident,
 )
 from core.store.group_commit import GroupCommit
 from core.store.portable import PORTABLE_FILE, TABLES, PortableState, write_portable
@@ -317,17 +318,11 @@ def _opt_ts(value: datetime | None) -> str | None:
 
 
 class _EventHead(BaseModel):
-    """How an incident event is stored, but for its ``incident``: that member is the very JSON
-    just written into ``incidents.doc``, spliced in rather than serialised a second time (a
-    big group's member list is most of it)."""
+    """How an incident event is stored, but for its ``incident`` (``splice_incident``)."""
 
     kind: EventKind
     actor: Actor
     detail: str
-
-    def with_incident(self, incident_json: str) -> str:
-        """The whole event document: this object's members, then ``"incident"``."""
-        return f'{self.model_dump_json()[:-1]},"incident":{incident_json}}}'
 
 
 _IngestJob = tuple[Sequence[Alert], AlertPlanner]
@@ -777,7 +772,7 @@ class SqliteStore:
         incident, incident_json = self._save_incident(conn, change.incident)
         now = utcnow()
         head = _EventHead(kind=change.kind, actor=change.actor, detail=change.detail)
-        doc = head.with_incident(incident_json)
+        doc = splice_incident(head.model_dump_json(), incident_json)
         cursor = conn.execute(
             "INSERT INTO incident_events (incident_id, ts, kind, doc) VALUES (?,?,?,?)",
             (incident.id, _ts(now), change.kind.value, doc),
