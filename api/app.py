@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -34,9 +34,6 @@ from api.security import RateLimit, SecurityHeaders
 from core import __version__
 from core.control_plane import ControlPlane
 from core.platform.metrics import ANY_METHOD, UNMATCHED_ROUTE, Metrics, method_label
-
-if TYPE_CHECKING:
-    from bot.app import TelegramBot
 
 MAX_BODY_BYTES = 1024 * 1024
 
@@ -155,7 +152,10 @@ async def _too_large(send: Send, limit: int) -> None:
 
 
 def create_app(
-    plane: ControlPlane, *, own_lifecycle: bool = False, telegram: TelegramBot | None = None
+    plane: ControlPlane,
+    *,
+    own_lifecycle: bool = False,
+    telegram: telegram_routes.WebhookUpdates | None = None,
 ) -> FastAPI:
     """Build the HTTP app over a control plane (started by the caller unless ``own_lifecycle``);
     ``telegram`` receives webhook updates when TELEGRAM_MODE=webhook. Processes of the ``bot``

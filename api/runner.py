@@ -2,7 +2,9 @@
 
 ``lunia run`` is every role at once; ``lunia api|bot|worker`` run one role each
 (core/platform/roles.py), all serving ``/healthz`` and ``/metrics``, only ``api`` (and ``run``)
-the rest of the HTTP API.
+the rest of the HTTP API. The process is ready (``/readyz``) once the control plane has started
+and the API listens; the Telegram bot is loaded and started after that, in the background
+(bot/launcher.py), because importing aiogram alone takes longer than everything else.
 
 uvicorn's own signal capture re-raises SIGTERM after shutdown (exit 143); we install our own
 handlers instead so a drained shutdown exits 0. The process runs on uvloop and parses HTTP with
@@ -16,13 +18,15 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Iterator
+import socket
+from collections.abc import Callable, Iterator
 
 import uvicorn
 from starlette.types import ASGIApp
 from uvicorn.loops.auto import auto_loop_factory
 
 from api.app import create_app
+from bot.launcher import TelegramLauncher
 from core.config.settings import Settings
 from core.control_plane import ControlPlane
 from core.errors import ConfigError
@@ -62,11 +66,23 @@ def run(settings: Settings, role: ProcessRole = ProcessRole.ALL) -> int:
 
 
 class EmbeddedServer(uvicorn.Server):
-    """uvicorn without its signal capture: the runner owns SIGTERM/SIGINT."""
+    """uvicorn without its signal capture (the runner owns SIGTERM/SIGINT), calling
+    ``on_listening`` once it accepts connections."""
+
+    def __init__(
+        self, config: uvicorn.Config, on_listening: Callable[[], None] | None = None
+    ) -> None:
+        super().__init__(config)
+        self._on_listening = on_listening
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started and self._on_listening is not None:  # not when it could not bind
+            self._on_listening()
 
 
 def announce(plane: ControlPlane) -> None:
@@ -92,9 +108,8 @@ async def serve(settings: Settings, role: ProcessRole = ProcessRole.ALL) -> int:
     telegram = None
     webhook_here = role.serves_api and settings.telegram_mode == "webhook"
     if settings.telegram_bot_token is not None and (role.runs_bot or webhook_here):
-        from bot.app import TelegramBot  # aiogram is slow to import: only when enabled
-
-        telegram = TelegramBot(plane, sends=role.runs_bot)
+        # Loaded in the background once the API serves: importing aiogram takes seconds.
+        telegram = TelegramLauncher(plane, sends=role.runs_bot)
         if role.runs_bot:  # polls and sends only while this replica leads
             plane.duties.add("telegram", telegram.start, telegram.stop)
     await plane.start()
@@ -102,7 +117,8 @@ async def serve(settings: Settings, role: ProcessRole = ProcessRole.ALL) -> int:
         config = server_config(
             create_app(plane, telegram=telegram), settings.api_host, settings.api_port
         )
-        server = EmbeddedServer(config)
+        # The bot loads once the API serves (and /readyz can say so), not before.
+        server = EmbeddedServer(config, on_listening=telegram.load if telegram else None)
         loop = asyncio.get_running_loop()
 
         def stop(sig: signal.Signals) -> None:
@@ -131,6 +147,6 @@ async def serve(settings: Settings, role: ProcessRole = ProcessRole.ALL) -> int:
     finally:
         await plane.close()  # stops the duties, the bot among them, draining its outbox
         if telegram is not None:
-            await telegram.bot.session.close()
+            await telegram.close()
     logger.info("stopped cleanly")
     return 0

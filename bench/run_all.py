@@ -36,7 +36,9 @@ class Bench:
 
 
 BENCHES = (
-    Bench("startup.py", "Start-up: `lunia run` to ready", ("--runs", "3"), 180),
+    Bench(
+        "startup.py", "Start-up: `lunia run` to ready, and to the bot polling", ("--runs", "3"), 180
+    ),
     Bench("http_probes.py", "Probes and scrapes: `/healthz`, `/metrics`", ("--seconds", "5"), 180),
     # Fewer alerts timed through to Telegram than by hand (20/min per group makes each ~3 s).
     Bench("alerts_ingest.py", "Alert ingestion and webhook → Telegram", ("--pages", "5"), 240),

@@ -1,8 +1,9 @@
 """The Telegram bot's lifecycle: session, dispatcher, delivery, polling or webhook, health.
 
 ``TelegramBot(plane)`` is started by ``lunia run`` (and ``lunia bot``) when TELEGRAM_BOT_TOKEN
-is set. Polling errors (409 conflict, network, 5xx) never end the process: aiogram retries them
-with backoff and the bot's ``/healthz`` component reports them.
+is set, in the background once the process serves (bot/launcher.py: importing this module,
+hence aiogram, takes seconds). Polling errors (409 conflict, network, 5xx) never end the
+process: aiogram retries them with backoff and the bot's ``/healthz`` component reports them.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from aiogram.types import BotCommand, ErrorEvent, Update
 
 from bot.callbacks import Confirmations, Signer
 from bot.handlers import all_commands, build_routers
+from bot.launcher import health_until_started
 from bot.middlewares import AccessMiddleware, ChatScopeMiddleware
 from bot.notifier import Notifier
 from bot.render import e
@@ -112,7 +114,7 @@ class TelegramBot:
         self._stopped_by_outage = False
         if sends and plane.redis_watch is not None:
             plane.redis_watch.on_notice(self._outage_notice)
-        plane.health.register("telegram", self._check, critical=False)
+        plane.health.register("telegram", self.check, critical=False)
 
     async def start(self) -> None:
         """Deliver queued messages, catch up on events, then start receiving updates."""
@@ -218,19 +220,14 @@ class TelegramBot:
         elif update.message is not None:
             await self.ui.reply(update.message.chat.id, text)
 
-    async def _check(self) -> ComponentHealth:
+    async def check(self) -> ComponentHealth:
+        """The ``telegram`` health component: polling, sending and the outbox, or, while not
+        running here, what this process is waiting for or which process runs the bot."""
         h = self.health
         if not h.started:
-            cluster = self.plane.cluster
-            if not self.sends or self.plane.standing_by:
-                # The bot that polls and sends runs in another process: report it from its
-                # heartbeat (ok while one leads, degraded with the reason when none does).
-                here = "webhook updates only" if not self.sends else "standby"
-                if not cluster.shared:
-                    return ComponentHealth(status=Status.OK, detail=f"{here}; another sends")
-                found = await cluster.bot_health()
-                return found.model_copy(update={"detail": f"{here} here; {found.detail}"})
-            return ComponentHealth(status=Status.DEGRADED, detail="starting")
+            return await health_until_started(
+                self.plane, sends=self.sends, starting="starting: connecting to Telegram"
+            )
         sent = self.sender.last_success
         detail = (
             f"last update {_age(h.last_update)} ago, last send {_age(sent)} ago, "

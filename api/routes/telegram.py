@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any, Protocol
 
 from fastapi import APIRouter, Header, HTTPException, Request
 
@@ -11,23 +11,32 @@ from api.deps import caller_of
 from api.schemas import ErrorBody, WebhookAck
 from core.errors import Unauthenticated
 
-if TYPE_CHECKING:
-    from bot.app import TelegramBot
-
 router = APIRouter(tags=["telegram"])
+
+
+class WebhookUpdates(Protocol):
+    """Where webhook updates go: the bot, or its launcher while the bot loads (bot/)."""
+
+    async def feed_webhook(self, update: dict[str, Any]) -> None:
+        """Handle one update; ``Unavailable`` (a 503, which Telegram retries) if not yet able."""
 
 
 @router.post(
     "/telegram/webhook",
     response_model=WebhookAck,
-    responses={401: {"model": ErrorBody}, 404: {"model": ErrorBody}, 400: {"model": ErrorBody}},
+    responses={
+        401: {"model": ErrorBody},
+        404: {"model": ErrorBody},
+        400: {"model": ErrorBody},
+        503: {"model": ErrorBody, "description": "the bot is still starting (Telegram retries)"},
+    },
 )
 async def telegram_webhook(
     request: Request,
     secret: Annotated[str | None, Header(alias="X-Telegram-Bot-Api-Secret-Token")] = None,
 ) -> WebhookAck:
     """Accept one update from Telegram after checking its secret header in constant time."""
-    bot: TelegramBot | None = getattr(request.app.state, "telegram", None)
+    bot: WebhookUpdates | None = getattr(request.app.state, "telegram", None)
     settings = request.app.state.plane.settings
     if bot is None or settings.telegram_mode != "webhook" or not settings.telegram_webhook_secret:
         raise HTTPException(404, "webhook mode is not enabled (TELEGRAM_MODE=webhook)")

@@ -115,6 +115,7 @@ class ClusterService:
         self._published_cores: list[CoreInfo] | None = None
         self._task: asyncio.Task[None] | None = None
         self._failing = False  # the store refused the last beat (logged once per outage)
+        self._published: dict[str, Callable[[], dict[str, Any]]] = {}
         self._unreadable: str | None = None  # the leader whose published views we cannot read
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -168,9 +169,19 @@ class ClusterService:
 
     # -- writing -----------------------------------------------------------------------------
 
+    def publish(self, name: str, view: Callable[[], dict[str, Any]]) -> None:
+        """Also put ``view()`` under ``name`` in this process's beat while it leads (the bot
+        publishes its own ``telegram`` health, so other replicas report it as it is)."""
+        self._published[name] = view
+
     def _beat(self, *, views: bool = True) -> Heartbeat:
         now = utcnow()
         leads = self._leads()
+        published: dict[str, Any] = {}
+        if views and leads:
+            if self.role.runs_engine:
+                published.update(self._views())
+            published.update({name: view() for name, view in self._published.items()})
         return Heartbeat(
             role=self.role.value,
             instance=self.instance,
@@ -179,7 +190,7 @@ class ClusterService:
             seen_at=now,
             expires_at=now + timedelta(seconds=self.interval * HEARTBEAT_MISSED),
             leads=leads,
-            views=self._views() if views and leads and self.role.runs_engine else {},
+            views=published,
         )
 
     def _views(self) -> dict[str, Any]:
@@ -266,11 +277,25 @@ class ClusterService:
             return ComponentHealth(
                 status=Status.DISABLED, detail="no TELEGRAM_BOT_TOKEN: the bot is off"
             )
-        return self._role_health(
+        health = self._role_health(
             BOT_ROLES,
             "bot",
             "polls and sends Telegram",
             "nothing polls or sends Telegram (start `lunia bot`)",
+        )
+        leader = self.deployment().leader(BOT_ROLES)
+        if health.status is not Status.OK or leader is None or leader.this_process:
+            return health
+        # The leading bot's own word on itself (a release that publishes it): still starting,
+        # or unable to reach Telegram, is not "polls and sends".
+        own = next(
+            (b.views.get("telegram") for b in self._beats if b.instance == leader.instance), None
+        )
+        if not isinstance(own, dict) or own.get("status") in (None, Status.OK.value):
+            return health
+        return ComponentHealth(
+            status=Status.DOWN if own.get("status") == Status.DOWN.value else Status.DEGRADED,
+            detail=f"{leader.instance} leads; its bot: {own.get('detail', '')}",
         )
 
     async def worker_health(self) -> ComponentHealth:

@@ -90,10 +90,16 @@ class HealthService:
         self._encoded = self._encode()
 
     def register(self, name: str, check: Check, *, critical: bool = True) -> None:
-        """Add a component; ``critical`` ones make the service ``down`` when they are."""
-        self._components[name] = _Registered(
-            check, critical, ComponentHealth(status=Status.DEGRADED, detail="not checked yet")
+        """Add a component; ``critical`` ones make the service ``down`` when they are. A check
+        registered again under the same name (one that takes over from a placeholder) keeps
+        the last result until it runs."""
+        known = self._components.get(name)
+        last = (
+            known.last
+            if known is not None
+            else ComponentHealth(status=Status.DEGRADED, detail="not checked yet")
         )
+        self._components[name] = _Registered(check, critical, last)
         self._encoded = self._encode()
 
     async def start(self) -> None:

@@ -1,5 +1,7 @@
 """The start path stays light: ``lunia run`` is ready without importing what only some requests
-need (matplotlib for charts, the openai SDK, ccxt, boto3), so it starts fast with the bot on."""
+need (matplotlib for charts, the openai SDK, ccxt, boto3), nor waiting for the bot: aiogram is
+imported in the background once the API serves. The bot polls soon after, and what it did not
+need to start is still not imported then."""
 
 from __future__ import annotations
 
@@ -16,8 +18,9 @@ pytestmark = pytest.mark.slow  # a fresh interpreter, so imports are counted fro
 ROOT = Path(__file__).resolve().parents[2]
 HEAVY = ("matplotlib", "openai", "ccxt", "boto3", "botocore")
 
-# Runs api.runner.serve (what `lunia run` runs) with the bot on against the fake Bot API and an
-# LLM configured, waits for /readyz, and reports which top-level packages were loaded by then.
+# Runs api.runner.serve (what `lunia run` runs) with the bot on against the fake Bot API (which
+# holds getMe until the process is ready, so the bot cannot be up by then) and an LLM
+# configured; reports which top-level packages were loaded at ready and once the bot polls.
 SCRIPT = """
 import asyncio, json, os, signal, sys
 from pathlib import Path
@@ -44,6 +47,7 @@ async def main() -> None:
             openai_api_key="sk-test",
             openai_base_url=f"http://127.0.0.1:{free_port()}/v1",
         )
+        fake.hold("getMe")
         server = asyncio.create_task(serve(settings))
         async with httpx.AsyncClient() as client:
             for _ in range(600):
@@ -56,18 +60,26 @@ async def main() -> None:
                 await asyncio.sleep(0.05)
             else:
                 raise SystemExit("not ready within 30 s")
-        loaded = sorted({name.partition(".")[0] for name in sys.modules})
-        calls = [call.method for call in fake.calls]
+            at_ready = {
+                "loaded": sorted({name.partition(".")[0] for name in sys.modules}),
+                "calls": [call.method for call in fake.calls],
+            }
+            fake.release("getMe")
+            await fake.wait_for_call("getUpdates", timeout=60)
+        polling = {
+            "loaded": sorted({name.partition(".")[0] for name in sys.modules}),
+            "calls": [call.method for call in fake.calls],
+        }
         os.kill(os.getpid(), signal.SIGTERM)  # serve drains and returns 0
         code = await server
-        print(json.dumps({"loaded": loaded, "calls": calls, "exit": code}))
+        print(json.dumps({"ready": at_ready, "polling": polling, "exit": code}))
 
 
 asyncio.run(main())
 """
 
 
-def test_run_is_ready_with_the_bot_on_without_importing_heavy_packages(tmp_path: Path) -> None:
+def test_run_is_ready_before_the_bot_and_light_until_first_use(tmp_path: Path) -> None:
     env = {
         k: v for k, v in os.environ.items() if not k.startswith(("API_", "TELEGRAM_", "OPENAI_"))
     }
@@ -83,7 +95,11 @@ def test_run_is_ready_with_the_bot_on_without_importing_heavy_packages(tmp_path:
     assert done.returncode == 0, done.stderr.decode()[-3000:]
     report = json.loads(done.stdout.decode().strip().splitlines()[-1])
     assert report["exit"] == 0
-    # The bot really started before ready: aiogram is loaded and it talked to Telegram.
-    assert "aiogram" in report["loaded"]
-    assert {"getMe", "setMyCommands"} <= set(report["calls"])
-    assert [name for name in HEAVY if name in report["loaded"]] == []
+    # Ready while Telegram had not answered the bot: the start path does not wait for it.
+    assert "getUpdates" not in report["ready"]["calls"]
+    assert [name for name in HEAVY if name in report["ready"]["loaded"]] == []
+    # Then the bot came up for real: aiogram is loaded, it talked to Telegram, and polls...
+    assert "aiogram" in report["polling"]["loaded"]
+    assert {"getMe", "setMyCommands", "deleteWebhook"} <= set(report["polling"]["calls"])
+    # ...still without what only charts, the LLM, venues with keys and S3 backups need.
+    assert [name for name in HEAVY if name in report["polling"]["loaded"]] == []

@@ -884,6 +884,7 @@ class FakeTelegram(LoopbackServer):
         self._closing = False
         self._offline: Literal["drop", "502"] | None = None
         self._faults: list[_Fault] = []
+        self._held: dict[str, asyncio.Event] = {}
         self._chats: dict[int, _Chat] = {}
         self._migrated: dict[int, int] = {}
         self._kicked: dict[int, str] = {}
@@ -953,6 +954,8 @@ class FakeTelegram(LoopbackServer):
         """Answer pending long polls and close every socket."""
         self._closing = True
         self._wake_pollers()
+        for method in list(self._held):
+            self.release(method)
         await super().stop()
 
     # ------------------------------------------------------------------ fault injection
@@ -975,6 +978,17 @@ class FakeTelegram(LoopbackServer):
             migrate_to_chat_id=migrate_to_chat_id,
         )
         self._faults.append(_Fault(method.lower(), error, count))
+
+    def hold(self, method: str) -> None:
+        """Keep every call of ``method`` waiting for its answer until ``release(method)`` (a slow
+        Telegram); the calls are recorded as they arrive, without a status while held."""
+        self._held.setdefault(method.lower(), asyncio.Event())
+
+    def release(self, method: str) -> None:
+        """Answer the held calls of ``method``, and later ones at once."""
+        gate = self._held.pop(method.lower(), None)
+        if gate is not None:
+            gate.set()
 
     def clear_faults(self) -> None:
         """Forget queued injected failures."""
@@ -1361,6 +1375,10 @@ class FakeTelegram(LoopbackServer):
         """Record, validate and run one API call; fills ``call.status``/``call.response``."""
         call = Call(method, params, time.monotonic(), http_method, files, token, source)
         self.calls.append(call)
+        gate = self._held.get(method.lower())
+        if gate is not None:
+            self._notify()
+            await gate.wait()
         try:
             result = self._dispatch(call)
             if inspect.isawaitable(result):

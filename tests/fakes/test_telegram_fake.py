@@ -187,6 +187,21 @@ async def test_retry_after_surfaces(fake_tg: FakeTelegram, bot: Bot) -> None:
     assert [m.text for m in fake_tg.messages(CHAT)] == ["hello"]
 
 
+async def test_a_held_method_answers_only_once_released(fake_tg: FakeTelegram, bot: Bot) -> None:
+    """A slow Telegram: a held getMe is recorded on arrival and answered on release; other
+    methods answer meanwhile."""
+    fake_tg.hold("getMe")
+    asking = asyncio.create_task(bot.get_me())
+    [held] = await fake_tg.wait_for_call("getMe")
+    assert held.status is None and not asking.done()
+    await bot.send_message(CHAT, "meanwhile")
+    assert not asking.done()
+    fake_tg.release("getMe")
+    me = await asyncio.wait_for(asking, 5)
+    assert me.username == fake_tg.bot_username and held.status == 200
+    await asyncio.wait_for(bot.get_me(), 5)  # released: answered at once from now on
+
+
 async def test_flood_limits_opt_in() -> None:
     """With flood limits on, a second send to one chat within the window gets a 429."""
     async with FakeTelegram(flood_limits=FloodLimits(per_chat=(1, 2.0))) as fake:
