@@ -12,10 +12,12 @@ DEBIAN_TEST_PACKAGES := redis-server prometheus prometheus-alertmanager chromium
 .PHONY: setup lock run test lint format system-deps clean create-emergency-backup report enable-self-healing smoke verify bench test-fast up down stack-test stack-clean
 
 # --locked: stop if pyproject.toml changed without `make lock`; --inexact: keep pip and uv itself.
+# --compile-bytecode: as pip does in the image; where PYTHONDONTWRITEBYTECODE is set, every
+# process would otherwise compile aiogram and the rest from source at each start.
 $(STAMP): pyproject.toml uv.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet 'uv==$(UV_VERSION)'
-	UV_PROJECT_ENVIRONMENT=$(VENV) $(BIN)/uv sync --quiet --locked --inexact --extra dev
+	UV_PROJECT_ENVIRONMENT=$(VENV) $(BIN)/uv sync --quiet --locked --inexact --compile-bytecode --extra dev
 	rm -f $(VENV)/.installed-*
 	touch $@
 
