@@ -412,6 +412,9 @@ class SqliteStore:
         self._checkpointer: ThreadPoolExecutor | None = None
         self._checkpoint_conn: sqlite3.Connection | None = None
         self._checkpoint_due = 0.0  # monotonic time the next checkpoint may start
+        # One checkpoint at a time: a secret's wipe (``_wipe_wal``) must not find the WAL busy
+        # with a background one, or the frames holding the secret would stay.
+        self._checkpoint_lock = threading.Lock()
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -538,9 +541,10 @@ class SqliteStore:
         """A PASSIVE checkpoint on a connection of its own: it copies what no reader still
         needs and waits for nobody, so the writer and the readers go on meanwhile."""
         try:
-            if self._checkpoint_conn is None:
-                self._checkpoint_conn = _connect(self.path, self._on_statement)
-            self._checkpoint_conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            with self._checkpoint_lock:
+                if self._checkpoint_conn is None:
+                    self._checkpoint_conn = _connect(self.path, self._on_statement)
+                self._checkpoint_conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
         except sqlite3.DatabaseError as exc:  # the backstop checkpoint on commit remains
             logger.warning("background WAL checkpoint failed: %s", exc)
 
@@ -1103,7 +1107,8 @@ class SqliteStore:
         if conn is None:
             return
         try:
-            busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+            with self._checkpoint_lock:
+                busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
         except sqlite3.DatabaseError as exc:
             logger.warning("could not truncate the WAL after wiping a secret: %s", exc)
             return
