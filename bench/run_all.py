@@ -39,7 +39,12 @@ BENCHES = (
     Bench(
         "startup.py", "Start-up: `lunia run` to ready, and to the bot polling", ("--runs", "3"), 180
     ),
-    Bench("http_probes.py", "Probes and scrapes: `/healthz`, `/metrics`", ("--seconds", "5"), 180),
+    Bench(
+        "http_probes.py",
+        "Probes and scrapes: `/healthz`, `/metrics`",
+        ("--seconds", "3", "--rounds", "3"),
+        240,
+    ),
     # Fewer alerts timed through to Telegram than by hand (20/min per group makes each ~3 s).
     Bench("alerts_ingest.py", "Alert ingestion and webhook → Telegram", ("--pages", "5"), 240),
     Bench(
