@@ -317,6 +317,15 @@ def _opt_ts(value: datetime | None) -> str | None:
     return None if value is None else _ts(value)
 
 
+def _pnl_point(row: sqlite3.Row) -> PnlPoint:
+    return PnlPoint(
+        core=row["core"],
+        ts=datetime.fromisoformat(row["ts"]),
+        realized=row["realized"],
+        unrealized=row["unrealized"],
+    )
+
+
 class _EventHead(BaseModel):
     """How an incident event is stored, but for its ``incident`` (``splice_incident``)."""
 
@@ -1273,15 +1282,7 @@ class SqliteStore:
             args.append(core)
         sql += " ORDER BY ts, core"
         rows = await self._read(lambda c: c.execute(sql, args).fetchall())
-        return [
-            PnlPoint(
-                core=r["core"],
-                ts=datetime.fromisoformat(r["ts"]),
-                realized=r["realized"],
-                unrealized=r["unrealized"],
-            )
-            for r in rows
-        ]
+        return [_pnl_point(r) for r in rows]
 
     async def pnl_baseline(self, at: datetime, cores: Sequence[str]) -> list[PnlPoint]:
         """Each core's latest PnL point at or before ``at`` (one indexed lookup per core)."""
@@ -1303,15 +1304,7 @@ class SqliteStore:
             ]
 
         rows = await self._read(read)
-        return [
-            PnlPoint(
-                core=r["core"],
-                ts=datetime.fromisoformat(r["ts"]),
-                realized=r["realized"],
-                unrealized=r["unrealized"],
-            )
-            for r in rows
-        ]
+        return [_pnl_point(r) for r in rows]
 
     async def prune_pnl_points(self, before: datetime) -> int:
         """Delete PnL points older than ``before``."""
