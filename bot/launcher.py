@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from core.control_plane import ControlPlane
 from core.errors import Unavailable
+from core.platform import heap
 from core.platform.health import ComponentHealth, Status
 from core.platform.tasks import cancel_and_wait
 
@@ -63,7 +64,7 @@ def _collector_paused() -> Iterator[None]:
     try:
         yield
     finally:
-        gc.freeze()
+        heap.settle()  # what the import built joins what start-up built, out of the way
         if was_enabled:
             gc.enable()
 
