@@ -26,8 +26,7 @@ from api.app import create_app  # noqa: E402
 from core.config.settings import Settings  # noqa: E402
 from core.control_plane import ControlPlane  # noqa: E402
 from core.store.sqlite import SqliteStore  # noqa: E402
-from tests.support.hot_paths import exercise, full_scans, plans  # noqa: E402
-from tests.support.payloads import am_alert, am_payload  # noqa: E402
+from tests.support.hot_paths import exercise, full_scans, plans, seed  # noqa: E402
 
 TOKEN = "bench-webhook-token"
 
@@ -48,16 +47,7 @@ async def main(history: int) -> None:
         hook = {"Authorization": f"Bearer {TOKEN}"}
         transport = httpx.ASGITransport(app=create_app(plane))
         async with httpx.AsyncClient(transport=transport, base_url="http://bench") as client:
-            for start in range(0, history, 100):  # history: incidents of their own
-                alerts = [
-                    am_alert(f"Old{i}", fingerprint=f"old-{i}", job=f"old{i}")
-                    for i in range(start, min(start + 100, history))
-                ]
-                for alert in alerts:
-                    response = await client.post(
-                        "/api/v1/alerts/alertmanager", json=am_payload(alert), headers=hook
-                    )
-                    response.raise_for_status()
+            await seed(client, hook, history)
             statements.clear()
             await exercise(plane, client, hook)
         await plane.close()

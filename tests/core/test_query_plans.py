@@ -12,8 +12,7 @@ from api.app import create_app
 from core.control_plane import ControlPlane
 from core.store.sqlite import SqliteStore
 from tests.conftest import WEBHOOK_TOKEN, SettingsFactory, auth
-from tests.support.hot_paths import exercise, full_scans, plans
-from tests.support.payloads import am_alert, am_payload
+from tests.support.hot_paths import exercise, full_scans, plans, seed
 
 
 async def test_hot_path_queries_never_read_a_growing_table_whole(
@@ -27,10 +26,7 @@ async def test_hot_path_queries_never_read_a_growing_table_whole(
         hook = auth(WEBHOOK_TOKEN)
         transport = httpx.ASGITransport(app=create_app(plane))
         async with httpx.AsyncClient(transport=transport, base_url="http://lunia.test") as client:
-            for i in range(30):  # some history first
-                body = am_payload(am_alert(f"Old{i}", fingerprint=f"old-{i}", job=f"old{i}"))
-                response = await client.post("/api/v1/alerts/alertmanager", json=body, headers=hook)
-                assert response.status_code == 200
+            await seed(client, hook, 30)
             statements.clear()
             await exercise(plane, client, hook)
     finally:

@@ -27,6 +27,14 @@ _LITERALS = re.compile(r"'(?:[^']|'')*'|\b\d+(?:\.\d+)?\b|\bNULL\b")
 _LISTS = re.compile(r"\((?:\?,\s*)+\?\)")
 
 
+async def seed(client: httpx.AsyncClient, headers: dict[str, str], incidents: int) -> None:
+    """History first: ``incidents`` alerts, each an incident of its own."""
+    for i in range(incidents):
+        body = am_payload(am_alert(f"Old{i}", fingerprint=f"old-{i}", job=f"old{i}"))
+        response = await client.post("/api/v1/alerts/alertmanager", json=body, headers=headers)
+        assert response.status_code == 200, response.text
+
+
 async def exercise(plane: ControlPlane, client: httpx.AsyncClient, headers: dict[str, str]) -> None:
     """New groups, re-deliveries, an alert joining, resolutions, a reopening, an acknowledgement,
     the escalation tick, the open counts and the chat outbox: what production does all day."""
